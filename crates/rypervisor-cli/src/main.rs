@@ -1,1 +1,281 @@
-fn main(){}
+//! `rypervisor`: the command line over the rypervisor library.
+//!
+//! Subcommands: `info` (what this host's KVM offers), `demo` (the LWN "Using the KVM API"
+//! program, optionally narrated) and `run` (a flat binary or ELF guest in real, protected
+//! or long mode). Exit status: the guest's own status, 124 on timeout, 2 on a triple fault,
+//! 3 on other guest faults, 1 on bad input or a VMM error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rypervisor::explain::{Format, Narrator, Observer, Silent};
+use rypervisor::loader::{FlatOptions, DEFAULT_LOAD};
+use rypervisor::machine::{Machine, RunReport};
+use rypervisor::{builder, info, memory, CpuMode, Gpr, Image, MachineConfig, Privilege};
+
+/// The 12 bytes of the LWN article's guest.
+const LWN_PROGRAM: [u8; 12] = [0xba, 0xf8, 0x03, 0x00, 0xd8, 0x04, b'0', 0xee, 0xb0, b'\n', 0xee, 0xf4];
+
+#[derive(Parser)]
+#[command(
+    name = "rypervisor",
+    version,
+    about = "A small virtual machine monitor on Linux KVM that explains what it does",
+    long_about = "A small virtual machine monitor on Linux KVM that explains what it does.\n\n\
+        Start with `rypervisor demo --explain`: it runs the program from the LWN article \
+        \"Using the KVM API\" and narrates every ioctl, register and VM exit.",
+    after_help = "Exit status: the guest's own (exit device at port 0xf4), 0 when it halts, \
+        124 on --timeout, 2 on a triple fault, 3 on other guest faults, 1 on bad input.\n\
+        Logging: RUST_LOG=debug for more detail."
+)]
+struct Cli {
+    /// KVM device node.
+    #[arg(long, global = true, default_value = rypervisor::kvm::DEFAULT_DEVICE, value_name = "PATH")]
+    kvm_device: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what this host's KVM offers: API version, capabilities, CPUID, ring-0 speed.
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the LWN "Using the KVM API" program: 2 + 2 in real mode, printed on the serial port.
+    #[command(long_about = "Run the LWN \"Using the KVM API\" program: 12 bytes of real-mode code \
+        (mov dx,0x3f8; add al,bl; add al,'0'; out dx,al; mov al,'\\n'; out dx,al; hlt) with rax=rbx=2. \
+        It prints 4 on stdout.\n\nWith --explain every step is narrated on stderr: each ioctl with its \
+        file descriptor, argument and result, the memory map, register tables before and after, and each \
+        VM exit decoded with the instruction at RIP.")]
+    Demo {
+        #[command(flatten)]
+        narration: Narration,
+    },
+    /// Run a guest program (flat binary or ELF) with a serial port and an exit device.
+    #[command(long_about = "Run a guest program: a flat binary or an ELF executable (32-bit: protected \
+        mode; 64-bit: long mode), detected by content.\n\n\
+        Devices: an 8250 UART at port 0x3f8 (COM1) on stdout/stdin, and an exit device at port 0xf4: \
+        writing a byte there ends the VM with that byte as exit status. `hlt` ends it with status 0 \
+        (there are no interrupts to wake a halted vCPU).\n\n\
+        Protected and long mode are set up by rypervisor: flat segments, an IDT that turns CPU \
+        exceptions into a report, and in long mode page tables identity-mapping the low 4 GiB. The \
+        stack starts below the top 48 KiB of RAM.")]
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct Narration {
+    /// Narrate each step: ioctls, memory map, registers, VM exits (on stderr).
+    #[arg(long)]
+    explain: bool,
+    /// With --explain: emit the narration as JSON lines (on stderr).
+    #[arg(long)]
+    json: bool,
+    /// Print VM exit counts and time in guest vs VMM at the end (on stderr).
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Guest image: flat binary or ELF.
+    image: PathBuf,
+    /// CPU mode for flat binaries (ELF files say their own): real, protected or long.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<CpuMode>,
+    /// Guest-physical load address of a flat binary.
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value_t = DEFAULT_LOAD)]
+    load: u64,
+    /// Entry point of a flat binary (default: the load address).
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64)]
+    entry: Option<u64>,
+    /// Run at CPL3 (user mode; long mode only; implies --mode long for flat binaries).
+    #[arg(long)]
+    user: bool,
+    /// Guest RAM, e.g. 64K, 2M, 1G.
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
+    mem: u64,
+    /// Stop the guest after SECS seconds (exit status 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+    /// Preset a register, e.g. --reg rax=2 (repeatable).
+    #[arg(long = "reg", value_name = "NAME=VALUE", value_parser = parse_reg)]
+    registers: Vec<(Gpr, u64)>,
+    #[command(flatten)]
+    narration: Narration,
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => t.replace('_', "").parse(),
+    };
+    r.map_err(|_| format!("'{s}' is not a number (decimal or 0x-prefixed hex)"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    memory::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+fn parse_reg(s: &str) -> Result<(Gpr, u64), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("'{s}': use NAME=VALUE, e.g. rax=2"))?;
+    Ok((name.parse()?, parse_u64(value)?))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .without_time()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let status = match dispatch(cli) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("rypervisor: error: {e:#}");
+            1
+        }
+    };
+    let _ = std::io::stdout().flush();
+    ExitCode::from(status)
+}
+
+fn dispatch(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Info { json } => cmd_info(&cli.kvm_device, json),
+        Command::Demo { narration } => {
+            let image = Image::flat(LWN_PROGRAM.to_vec(), 0x1000, None, CpuMode::Real)?;
+            let config = MachineConfig {
+                ram_base: 0x1000,
+                ram_size: 0x1000,
+                registers: vec![(Gpr::Rax, 2), (Gpr::Rbx, 2)],
+                kvm_device: cli.kvm_device,
+                ..MachineConfig::default()
+            };
+            run_guest(&config, &image, &narration, false)
+        }
+        Command::Run(args) => {
+            let mode = match (args.mode, args.user) {
+                (None, true) => Some(CpuMode::Long),
+                (m, _) => m,
+            };
+            let opts = FlatOptions { mode, load: Some(args.load), entry: args.entry };
+            let image = Image::from_file(&args.image, opts)?;
+            let config = MachineConfig {
+                ram_base: 0,
+                ram_size: args.mem,
+                privilege: if args.user { Privilege::User } else { Privilege::Kernel },
+                registers: args.registers,
+                timeout: args.timeout,
+                kvm_device: cli.kvm_device,
+            };
+            run_guest(&config, &image, &args.narration, true)
+        }
+    }
+}
+
+fn run_guest(config: &MachineConfig, image: &Image, narration: &Narration, exit_device: bool) -> Result<u8> {
+    if narration.json && !narration.explain {
+        bail!("--json formats the --explain narration: add --explain");
+    }
+    let mut narrator;
+    let obs: &mut dyn Observer = if narration.explain {
+        let format = if narration.json { Format::Json } else { Format::Text };
+        narrator = Narrator::new(std::io::stderr(), format);
+        &mut narrator
+    } else {
+        &mut Silent
+    };
+    let mut machine: Machine = builder::build(config, image, obs)?;
+    machine.add_serial(Box::new(std::io::stdout()), Some(Box::new(std::io::stdin())))?;
+    if exit_device {
+        machine.add_exit_device()?;
+    }
+    let report = machine.run(obs)?;
+    finish(&report, narration.stats)
+}
+
+fn finish(report: &RunReport, stats: bool) -> Result<u8> {
+    let _ = std::io::stdout().flush();
+    if report.outcome.is_fault() {
+        let text = report.fault_report();
+        let mut lines = text.lines();
+        if let Some(first) = lines.next() {
+            eprintln!("rypervisor: {first}");
+        }
+        for l in lines {
+            eprintln!("{l}");
+        }
+    }
+    if stats {
+        eprintln!("{}", report.stats);
+    }
+    let status = report.outcome.exit_status();
+    Ok(u8::try_from(status).unwrap_or(3))
+}
+
+fn cmd_info(device: &std::path::Path, json: bool) -> Result<u8> {
+    let host = info::probe(device).context("probing KVM")?;
+    if json {
+        println!("{}", serde_json_string(&host)?);
+        return Ok(0);
+    }
+    println!("KVM device          {}", host.device);
+    println!("API version         {}", host.api_version);
+    println!("Capabilities");
+    for c in &host.capabilities {
+        let v = match c.value {
+            0 => "no".to_string(),
+            1 if !c.name.starts_with("KVM_CAP_NR") && !c.name.starts_with("KVM_CAP_MAX") => "yes".to_string(),
+            n => n.to_string(),
+        };
+        println!("  {:<30} {:<6} {}", c.name, v, c.purpose);
+    }
+    let cpu = &host.cpuid;
+    println!(
+        "Supported CPUID     {} entries, vendor {}, max leaf {:#x}, max extended leaf {:#x}",
+        cpu.entries, cpu.vendor, cpu.max_leaf, cpu.max_extended_leaf
+    );
+    println!("  features          {}", cpu.features.join(" "));
+    let r = &host.ring0;
+    println!(
+        "Guest ring 0        {}: a {}-iteration loop took {:.3} ms at CPL0 vs {:.3} ms at CPL3 ({:.0}x)",
+        if r.emulated { "EMULATED" } else { "native" },
+        r.iterations,
+        r.cpl0.as_secs_f64() * 1e3,
+        r.cpl3.as_secs_f64() * 1e3,
+        r.ratio
+    );
+    if let Some(m) = &host.nested_module {
+        println!("  nested KVM module {m} is loaded");
+    }
+    if r.emulated {
+        println!(
+            "  KVM interprets ring-0 and real/protected-mode guest code instruction by instruction here \
+             (~1 µs each); user-mode (CPL3) code runs at native speed. Keep ring-0 guests short."
+        );
+    }
+    Ok(0)
+}
+
+fn serde_json_string(host: &info::HostInfo) -> Result<String> {
+    Ok(rypervisor::explain::to_json(host)?)
+}

@@ -100,6 +100,8 @@ pub enum Event {
         detail: String,
         /// The instruction at RIP when the exit was reported.
         instruction: Option<Decoded>,
+        /// Whether RIP still points at the instruction that exited or already past it.
+        rip_is: &'static str,
         /// What the VMM did about it.
         action: String,
     },
@@ -252,10 +254,10 @@ pub fn render_text(event: &Event) -> String {
             }
             s
         }
-        Event::Exit { number, reason, detail, instruction, action } => {
+        Event::Exit { number, reason, detail, instruction, rip_is, action } => {
             let mut s = format!("  exit #{number}: {reason}: {detail}\n");
             if let Some(i) = instruction {
-                s += &format!("    at {i}\n");
+                s += &format!("    RIP at {rip_is}: {i}\n");
             }
             s += &format!("    → {action}\n");
             s
@@ -364,4 +366,9 @@ mod tests {
         assert_eq!(v["name"], "KVM_CREATE_VM");
         assert_eq!(v["fd"], 3);
     }
+}
+
+/// Serializes any value as one line of JSON (for the CLI's `--json` outputs).
+pub fn to_json<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
+    serde_json::to_string(value)
 }

@@ -343,6 +343,7 @@ impl Machine {
             None => None,
         };
         let timed_out = || watchdog.as_ref().is_some_and(|w| w.fired.load(Ordering::Acquire));
+        let start_state = if obs.enabled() { Some(self.narrate_start(obs)?) } else { None };
         let mut stats = ExitStats::default();
         let mut exits = 0u64;
         let stop = loop {
@@ -378,7 +379,45 @@ impl Machine {
         if let Some(serial) = &self.serial {
             serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
         }
-        self.report(stop, stats)
+        let report = self.report(stop, stats)?;
+        if let Some((regs, sregs)) = start_state {
+            obs.event(Event::Registers {
+                title: "registers: at the first KVM_RUN → at the end".into(),
+                rows: explain::diff(&explain::regs_fields(&regs), &explain::regs_fields(&report.regs)),
+            });
+            let srows = explain::diff(&explain::sregs_fields(&sregs), &explain::sregs_fields(&report.sregs));
+            if srows.iter().any(|r| r.changed) {
+                obs.event(Event::Registers {
+                    title: "special registers: at the first KVM_RUN → at the end".into(),
+                    rows: srows,
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    fn narrate_start(&self, obs: &mut dyn Observer) -> Result<(kvm_regs, kvm_sregs), MachineError> {
+        let devices: Vec<String> = self
+            .bus
+            .ranges()
+            .iter()
+            .map(|r| format!("{} {:#x}..{:#x}: {}", r.space, r.base, r.base + r.len - 1, r.name))
+            .collect();
+        obs.event(Event::Note {
+            text: format!(
+                "Devices on the bus (an access to anything else is counted and ignored): {}.",
+                if devices.is_empty() { "none".to_string() } else { devices.join("; ") }
+            ),
+        });
+        let regs = self.vcpu.fd.get_regs().map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
+        let sregs = self.vcpu.fd.get_sregs().map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+        obs.event(Event::Ioctl {
+            name: "KVM_RUN",
+            fd: self.vcpu.raw_fd(),
+            arg: "0".into(),
+            result: "0 on each VM exit; kvm_run.exit_reason says why (the loop below)".into(),
+        });
+        Ok((regs, sregs))
     }
 
     fn narrate_exit(&mut self, obs: &mut dyn Observer, number: u64, reason: &'static str, detail: String, action: &ExitAction) {
@@ -389,7 +428,13 @@ impl Machine {
             ExitAction::Stop(Stop::Halted) => "the guest halted; with no interrupt to wake it, the VM ends".into(),
             ExitAction::Stop(s) => format!("the VM ends: {s:?}"),
         };
-        obs.event(Event::Exit { number, reason, detail, instruction, action });
+        // On hardware KVM, RIP still points at an `in`/`out` when its exit reaches the VMM (KVM
+        // skips it on the next KVM_RUN); when KVM emulated the instruction, RIP is already past it.
+        let exiting = instruction
+            .as_ref()
+            .is_some_and(|i| reason == "KVM_EXIT_IO" && (i.text.starts_with("in") || i.text.starts_with("out")));
+        let rip_is = if exiting { "the exiting instruction" } else { "the next instruction" };
+        obs.event(Event::Exit { number, reason, detail, instruction, rip_is, action });
     }
 
     /// Reads and disassembles the instruction at `rip` (a CS-relative address).

@@ -266,6 +266,8 @@ pub fn describe_exit(exit: &VcpuExit<'_>) -> String {
         VcpuExit::MmioRead(addr, data) => format!("read {addr:#x}, {} byte(s): {}", data.len(), data_text(data)),
         VcpuExit::FailEntry(reason, cpu) => format!("hardware entry failure reason {reason:#x} on host cpu {cpu}"),
         VcpuExit::Unsupported(r) => format!("exit reason {r}"),
+        VcpuExit::Hlt => "the guest executed hlt".into(),
+        VcpuExit::Shutdown => "triple fault: the guest could not even handle a double fault".into(),
         _ => String::new(),
     }
 }
