@@ -18,7 +18,9 @@ use rypervisor::machine::{Machine, RunReport};
 use rypervisor::{builder, info, memory, CpuMode, Gpr, Image, MachineConfig, Privilege};
 
 /// The 12 bytes of the LWN article's guest.
-const LWN_PROGRAM: [u8; 12] = [0xba, 0xf8, 0x03, 0x00, 0xd8, 0x04, b'0', 0xee, 0xb0, b'\n', 0xee, 0xf4];
+const LWN_PROGRAM: [u8; 12] = [
+    0xba, 0xf8, 0x03, 0x00, 0xd8, 0x04, b'0', 0xee, 0xb0, b'\n', 0xee, 0xf4,
+];
 
 #[derive(Parser)]
 #[command(
@@ -49,24 +51,28 @@ enum Command {
         json: bool,
     },
     /// Run the LWN "Using the KVM API" program: 2 + 2 in real mode, printed on the serial port.
-    #[command(long_about = "Run the LWN \"Using the KVM API\" program: 12 bytes of real-mode code \
+    #[command(
+        long_about = "Run the LWN \"Using the KVM API\" program: 12 bytes of real-mode code \
         (mov dx,0x3f8; add al,bl; add al,'0'; out dx,al; mov al,'\\n'; out dx,al; hlt) with rax=rbx=2. \
         It prints 4 on stdout.\n\nWith --explain every step is narrated on stderr: each ioctl with its \
         file descriptor, argument and result, the memory map, register tables before and after, and each \
-        VM exit decoded with the instruction at RIP.")]
+        VM exit decoded with the instruction at RIP."
+    )]
     Demo {
         #[command(flatten)]
         narration: Narration,
     },
     /// Run a guest program (flat binary or ELF) with a serial port and an exit device.
-    #[command(long_about = "Run a guest program: a flat binary or an ELF executable (32-bit: protected \
+    #[command(
+        long_about = "Run a guest program: a flat binary or an ELF executable (32-bit: protected \
         mode; 64-bit: long mode), detected by content.\n\n\
         Devices: an 8250 UART at port 0x3f8 (COM1) on stdout/stdin, and an exit device at port 0xf4: \
         writing a byte there ends the VM with that byte as exit status. `hlt` ends it with status 0 \
         (there are no interrupts to wake a halted vCPU).\n\n\
         Protected and long mode are set up by rypervisor: flat segments, an IDT that turns CPU \
         exceptions into a report, and in long mode page tables identity-mapping the low 4 GiB. The \
-        stack starts below the top 48 KiB of RAM.")]
+        stack starts below the top 48 KiB of RAM."
+    )]
     Run(RunArgs),
 }
 
@@ -133,7 +139,9 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_reg(s: &str) -> Result<(Gpr, u64), String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("'{s}': use NAME=VALUE, e.g. rax=2"))?;
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': use NAME=VALUE, e.g. rax=2"))?;
     Ok((name.parse()?, parse_u64(value)?))
 }
 
@@ -177,12 +185,20 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 (None, true) => Some(CpuMode::Long),
                 (m, _) => m,
             };
-            let opts = FlatOptions { mode, load: Some(args.load), entry: args.entry };
+            let opts = FlatOptions {
+                mode,
+                load: Some(args.load),
+                entry: args.entry,
+            };
             let image = Image::from_file(&args.image, opts)?;
             let config = MachineConfig {
                 ram_base: 0,
                 ram_size: args.mem,
-                privilege: if args.user { Privilege::User } else { Privilege::Kernel },
+                privilege: if args.user {
+                    Privilege::User
+                } else {
+                    Privilege::Kernel
+                },
                 registers: args.registers,
                 timeout: args.timeout,
                 kvm_device: cli.kvm_device,
@@ -192,20 +208,32 @@ fn dispatch(cli: Cli) -> Result<u8> {
     }
 }
 
-fn run_guest(config: &MachineConfig, image: &Image, narration: &Narration, exit_device: bool) -> Result<u8> {
+fn run_guest(
+    config: &MachineConfig,
+    image: &Image,
+    narration: &Narration,
+    exit_device: bool,
+) -> Result<u8> {
     if narration.json && !narration.explain {
         bail!("--json formats the --explain narration: add --explain");
     }
     let mut narrator;
     let obs: &mut dyn Observer = if narration.explain {
-        let format = if narration.json { Format::Json } else { Format::Text };
+        let format = if narration.json {
+            Format::Json
+        } else {
+            Format::Text
+        };
         narrator = Narrator::new(std::io::stderr(), format);
         &mut narrator
     } else {
         &mut Silent
     };
     let mut machine: Machine = builder::build(config, image, obs)?;
-    machine.add_serial(Box::new(std::io::stdout()), Some(Box::new(std::io::stdin())))?;
+    machine.add_serial(
+        Box::new(std::io::stdout()),
+        Some(Box::new(std::io::stdin())),
+    )?;
     if exit_device {
         machine.add_exit_device()?;
     }
@@ -244,7 +272,9 @@ fn cmd_info(device: &std::path::Path, json: bool) -> Result<u8> {
     for c in &host.capabilities {
         let v = match c.value {
             0 => "no".to_string(),
-            1 if !c.name.starts_with("KVM_CAP_NR") && !c.name.starts_with("KVM_CAP_MAX") => "yes".to_string(),
+            1 if !c.name.starts_with("KVM_CAP_NR") && !c.name.starts_with("KVM_CAP_MAX") => {
+                "yes".to_string()
+            }
             n => n.to_string(),
         };
         println!("  {:<30} {:<6} {}", c.name, v, c.purpose);

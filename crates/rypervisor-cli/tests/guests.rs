@@ -23,7 +23,12 @@ fn real_mode_guest_prints_and_exits_with_its_status() {
         exit(a, 5)
     });
     let r = run_image(&Files::new(), "real.bin", &code, &["--mode", "real"], b"");
-    assert_eq!((r.status, r.stdout.as_str()), (5, "real mode\n"), "{}", r.stderr);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (5, "real mode\n"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -32,8 +37,19 @@ fn protected_mode_guest_prints_and_exits_with_its_status() {
         print(a, b"protected\n")?;
         exit(a, 6)
     });
-    let r = run_image(&Files::new(), "pm.bin", &code, &["--mode", "protected"], b"");
-    assert_eq!((r.status, r.stdout.as_str()), (6, "protected\n"), "{}", r.stderr);
+    let r = run_image(
+        &Files::new(),
+        "pm.bin",
+        &code,
+        &["--mode", "protected"],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (6, "protected\n"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -48,7 +64,12 @@ fn long_mode_kernel_guest_prints_and_exits_with_its_status() {
         exit(a, 7)
     });
     let r = run_image(&Files::new(), "lm.bin", &code, &["--mode", "long"], b"");
-    assert_eq!((r.status, r.stdout.as_str()), (7, "long cpl0\n0"), "{}", r.stderr);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (7, "long cpl0\n0"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -68,7 +89,12 @@ fn long_mode_user_guest_runs_at_cpl3_with_port_io() {
         exit(a, 8)
     });
     let r = run_image(&Files::new(), "user.bin", &code, &["--user"], b"");
-    assert_eq!((r.status, r.stdout.as_str()), (8, "long cpl3\n3"), "{}", r.stderr);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (8, "long cpl3\n3"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -104,8 +130,19 @@ fn echo_guest(bitness: u32) -> Vec<u8> {
 
 #[test]
 fn serial_input_comes_from_stdin() {
-    let r = run_image(&Files::new(), "echo.bin", &echo_guest(64), &["--user"], b"hello, guest!ignored");
-    assert_eq!((r.status, r.stdout.as_str()), (0, "hello, guest"), "{}", r.stderr);
+    let r = run_image(
+        &Files::new(),
+        "echo.bin",
+        &echo_guest(64),
+        &["--user"],
+        b"hello, guest!ignored",
+    );
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (0, "hello, guest"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -122,7 +159,12 @@ fn elf64_runs_in_long_mode() {
     });
     let image = elf(true, object::elf::EM_X86_64, 0x40_0000, &code);
     let r = run_image(&Files::new(), "prog64.elf", &image, &["--mem", "8M"], b"");
-    assert_eq!((r.status, r.stdout.as_str()), (9, "elf64\n"), "{}", r.stderr);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (9, "elf64\n"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -136,7 +178,13 @@ fn elf64_runs_at_cpl3() {
         exit(a, 10)
     });
     let image = elf(true, object::elf::EM_X86_64, 0x20_0000, &code);
-    let r = run_image(&Files::new(), "user.elf", &image, &["--mem", "4M", "--user"], b"");
+    let r = run_image(
+        &Files::new(),
+        "user.elf",
+        &image,
+        &["--mem", "4M", "--user"],
+        b"",
+    );
     assert_eq!((r.status, r.stdout.as_str()), (10, "3"), "{}", r.stderr);
 }
 
@@ -148,16 +196,31 @@ fn elf32_runs_in_protected_mode() {
     });
     let image = elf(false, object::elf::EM_386, 0x10_0000, &code);
     let r = run_image(&Files::new(), "prog32.elf", &image, &[], b"");
-    assert_eq!((r.status, r.stdout.as_str()), (11, "elf32\n"), "{}", r.stderr);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (11, "elf32\n"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn elf_mode_contradicting_mode_flag_is_refused() {
     let code = assemble(32, 0x10_0000, |a| exit(a, 0));
     let image = elf(false, object::elf::EM_386, 0x10_0000, &code);
-    let r = run_image(&Files::new(), "prog32.elf", &image, &["--mode", "long"], b"");
+    let r = run_image(
+        &Files::new(),
+        "prog32.elf",
+        &image,
+        &["--mode", "long"],
+        b"",
+    );
     assert_eq!(r.status, 1);
-    assert!(r.stderr.contains("contradicts the ELF file"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("contradicts the ELF file"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -173,7 +236,11 @@ fn triple_fault_is_reported_with_status_2() {
     let r = run_image(&Files::new(), "tf.bin", &code, &["--mode", "long"], b"");
     assert_eq!(r.status, 2, "{}", r.stderr);
     assert!(r.stderr.contains("triple fault"), "{}", r.stderr);
-    assert!(r.stderr.contains("rip="), "registers in the report: {}", r.stderr);
+    assert!(
+        r.stderr.contains("rip="),
+        "registers in the report: {}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -184,8 +251,17 @@ fn cpl3_invalid_opcode_is_reported_not_a_triple_fault() {
     });
     let r = run_image(&Files::new(), "ud.bin", &code, &["--user"], b"");
     assert_eq!(r.status, 3, "{}", r.stderr);
-    assert!(r.stderr.contains("#UD invalid opcode (vector 6) at rip 0x1001, cpl 3"), "{}", r.stderr);
-    assert!(r.stderr.contains("ud2"), "disassembly in the report: {}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("#UD invalid opcode (vector 6) at rip 0x1001, cpl 3"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("ud2"),
+        "disassembly in the report: {}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -196,7 +272,11 @@ fn cpl3_page_fault_names_the_address() {
     });
     let r = run_image(&Files::new(), "pf.bin", &code, &["--user"], b"");
     assert_eq!(r.status, 3, "{}", r.stderr);
-    assert!(r.stderr.contains("#PF page fault (vector 14)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("#PF page fault (vector 14)"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("address 0x100000000"), "{}", r.stderr);
     assert!(r.stderr.contains("mov eax,[rbx]"), "{}", r.stderr);
 }
@@ -207,9 +287,19 @@ fn protected_mode_general_protection_fault_is_reported() {
         a.mov(eax, 0x1234u32)?;
         a.mov(ds, ax) // selector 0x1234 is past the GDT limit
     });
-    let r = run_image(&Files::new(), "gp.bin", &code, &["--mode", "protected"], b"");
+    let r = run_image(
+        &Files::new(),
+        "gp.bin",
+        &code,
+        &["--mode", "protected"],
+        b"",
+    );
     assert_eq!(r.status, 3, "{}", r.stderr);
-    assert!(r.stderr.contains("#GP general protection (vector 13)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("#GP general protection (vector 13)"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("error code 0x1234"), "{}", r.stderr);
 }
 
@@ -226,11 +316,25 @@ fn mmio_to_nowhere_reads_all_ones_and_is_logged() {
         a.set_label(&mut bad)?;
         exit(a, 1)
     });
-    let r = run_image(&Files::new(), "mmio.bin", &code, &["--mode", "long", "--stats"], b"");
+    let r = run_image(
+        &Files::new(),
+        "mmio.bin",
+        &code,
+        &["--mode", "long", "--stats"],
+        b"",
+    );
     assert_eq!(r.status, 42, "{}", r.stderr);
-    assert!(r.stderr.contains("at MMIO 0xd0000000 hit no device"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("at MMIO 0xd0000000 hit no device"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("mmio read"), "{}", r.stderr);
-    assert!(r.stderr.contains("to no device              2"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("to no device              2"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -247,7 +351,11 @@ fn port_io_to_nowhere_is_counted_not_fatal() {
     });
     let r = run_image(&Files::new(), "pio.bin", &code, &["--user"], b"");
     assert_eq!(r.status, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("at port 0x1234 hit no device"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("at port 0x1234 hit no device"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -278,8 +386,16 @@ fn runaway_real_mode_guest_is_stopped_by_the_timeout() {
 
 #[test]
 fn registers_can_be_preset_to_run_the_lwn_program() {
-    let lwn = [0xba, 0xf8, 0x03, 0x00, 0xd8, 0x04, b'0', 0xee, 0xb0, b'\n', 0xee, 0xf4];
-    let r = run_image(&Files::new(), "lwn.bin", &lwn, &["--reg", "rax=3", "--reg", "rbx=0x4"], b"");
+    let lwn = [
+        0xba, 0xf8, 0x03, 0x00, 0xd8, 0x04, b'0', 0xee, 0xb0, b'\n', 0xee, 0xf4,
+    ];
+    let r = run_image(
+        &Files::new(),
+        "lwn.bin",
+        &lwn,
+        &["--reg", "rax=3", "--reg", "rbx=0x4"],
+        b"",
+    );
     assert_eq!((r.status, r.stdout.as_str()), (0, "7\n"), "{}", r.stderr);
 }
 
@@ -289,9 +405,19 @@ fn stats_count_exits_and_time() {
         print(a, b"abc")?;
         exit(a, 0)
     });
-    let r = run_image(&Files::new(), "stats.bin", &code, &["--user", "--stats"], b"");
+    let r = run_image(
+        &Files::new(),
+        "stats.bin",
+        &code,
+        &["--user", "--stats"],
+        b"",
+    );
     assert_eq!(r.status, 0);
     assert!(r.stderr.contains("exits: 4"), "{}", r.stderr);
-    assert!(r.stderr.contains("io out                    4"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("io out                    4"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("time in guest"), "{}", r.stderr);
 }

@@ -120,7 +120,11 @@ impl std::str::FromStr for Gpr {
             "rbp" => Gpr::Rbp,
             "r8" => Gpr::R8,
             "r9" => Gpr::R9,
-            _ => return Err(format!("unknown register '{s}' (rax rbx rcx rdx rsi rdi rbp r8 r9)")),
+            _ => {
+                return Err(format!(
+                    "unknown register '{s}' (rax rbx rcx rdx rsi rdi rbp r8 r9)"
+                ))
+            }
         })
     }
 }
@@ -229,7 +233,10 @@ impl SystemArea {
     /// The system area for a guest with RAM `[ram_base, ram_end)`, or none for real mode.
     pub fn for_mode(mode: CpuMode, ram_base: u64, ram_end: u64) -> Result<Self, MemoryError> {
         if mode == CpuMode::Real {
-            return Ok(Self { base: 0, present: false });
+            return Ok(Self {
+                base: 0,
+                present: false,
+            });
         }
         let top = ram_end.min(FOUR_GIB);
         let size = ram_end - ram_base;
@@ -243,7 +250,10 @@ impl SystemArea {
                 ),
             });
         }
-        Ok(Self { base: top - SYSTEM_AREA_SIZE, present: true })
+        Ok(Self {
+            base: top - SYSTEM_AREA_SIZE,
+            present: true,
+        })
     }
 
     /// Guest-physical address of the exception stubs.
@@ -284,13 +294,20 @@ fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
 
 /// Encodes a `kvm_segment` as a GDT descriptor (the low 8 bytes for a system segment).
 pub fn descriptor(seg: &kvm_segment) -> u64 {
-    let limit = if seg.g == 1 { seg.limit >> 12 } else { seg.limit } as u64;
+    let limit = if seg.g == 1 {
+        seg.limit >> 12
+    } else {
+        seg.limit
+    } as u64;
     let base = seg.base;
     let access = (u64::from(seg.present) << 7)
         | (u64::from(seg.dpl & 3) << 5)
         | (u64::from(seg.s) << 4)
         | u64::from(seg.type_ & 0xf);
-    let flags = (u64::from(seg.g) << 3) | (u64::from(seg.db) << 2) | (u64::from(seg.l) << 1) | u64::from(seg.avl);
+    let flags = (u64::from(seg.g) << 3)
+        | (u64::from(seg.db) << 2)
+        | (u64::from(seg.l) << 1)
+        | u64::from(seg.avl);
     (limit & 0xffff)
         | ((base & 0xff_ffff) << 16)
         | (access << 40)
@@ -336,8 +353,14 @@ pub fn setup_sregs(
                 write_page_tables(ram, base, user)?;
             }
             let (cs, ds) = match (long, user) {
-                (false, _) => (segment(selector::CODE32, true, false), segment(selector::DATA, false, false)),
-                (true, false) => (segment(selector::CODE64, true, true), segment(selector::DATA, false, true)),
+                (false, _) => (
+                    segment(selector::CODE32, true, false),
+                    segment(selector::DATA, false, false),
+                ),
+                (true, false) => (
+                    segment(selector::CODE64, true, true),
+                    segment(selector::DATA, false, true),
+                ),
                 (true, true) => (
                     segment(selector::USER_CODE64, true, true),
                     segment(selector::USER_DATA, false, true),
@@ -408,7 +431,10 @@ fn write_gdt_idt_tss(ram: &GuestRam, base: u64, long: bool) -> Result<(), Memory
             idt.extend_from_slice(&(handler >> 32).to_le_bytes());
         } else {
             let code = u64::from(selector::CODE32);
-            let gate = (handler & 0xffff) | (code << 16) | (0x8e << 40) | (((handler >> 16) & 0xffff) << 48);
+            let gate = (handler & 0xffff)
+                | (code << 16)
+                | (0x8e << 40)
+                | (((handler >> 16) & 0xffff) << 48);
             idt.extend_from_slice(&gate.to_le_bytes());
         }
     }
@@ -467,7 +493,10 @@ pub fn exception_name(vector: u8) -> &'static str {
         "#VE virtualization",
         "#CP control protection",
     ];
-    NAMES.get(usize::from(vector)).copied().unwrap_or("interrupt")
+    NAMES
+        .get(usize::from(vector))
+        .copied()
+        .unwrap_or("interrupt")
 }
 
 #[cfg(test)]
@@ -477,11 +506,26 @@ mod tests {
     #[test]
     fn descriptors_match_the_well_known_encodings() {
         // The classic flat descriptors every boot loader writes.
-        assert_eq!(descriptor(&segment(selector::CODE32, true, false)), 0x00cf_9b00_0000_ffff);
-        assert_eq!(descriptor(&segment(selector::DATA, false, false)), 0x00cf_9300_0000_ffff);
-        assert_eq!(descriptor(&segment(selector::CODE64, true, true)), 0x00af_9b00_0000_ffff);
-        assert_eq!(descriptor(&segment(selector::USER_DATA, false, true)), 0x00cf_f300_0000_ffff);
-        assert_eq!(descriptor(&segment(selector::USER_CODE64, true, true)), 0x00af_fb00_0000_ffff);
+        assert_eq!(
+            descriptor(&segment(selector::CODE32, true, false)),
+            0x00cf_9b00_0000_ffff
+        );
+        assert_eq!(
+            descriptor(&segment(selector::DATA, false, false)),
+            0x00cf_9300_0000_ffff
+        );
+        assert_eq!(
+            descriptor(&segment(selector::CODE64, true, true)),
+            0x00af_9b00_0000_ffff
+        );
+        assert_eq!(
+            descriptor(&segment(selector::USER_DATA, false, true)),
+            0x00cf_f300_0000_ffff
+        );
+        assert_eq!(
+            descriptor(&segment(selector::USER_CODE64, true, true)),
+            0x00af_fb00_0000_ffff
+        );
     }
 
     #[test]
@@ -493,7 +537,11 @@ mod tests {
         let big = SystemArea::for_mode(CpuMode::Protected, 0, 5 << 30).unwrap();
         assert_eq!(big.base, FOUR_GIB - SYSTEM_AREA_SIZE);
         assert!(SystemArea::for_mode(CpuMode::Long, 0, 0x8000).is_err());
-        assert!(!SystemArea::for_mode(CpuMode::Real, 0, 0x1000).unwrap().present);
+        assert!(
+            !SystemArea::for_mode(CpuMode::Real, 0, 0x1000)
+                .unwrap()
+                .present
+        );
     }
 
     #[test]
@@ -501,7 +549,15 @@ mod tests {
         let ram = GuestRam::new(0, 1 << 20).unwrap();
         let area = SystemArea::for_mode(CpuMode::Long, 0, ram.end()).unwrap();
         let mut sregs = kvm_sregs::default();
-        let sp = setup_sregs(&ram, &area, CpuMode::Long, Privilege::User, 0x1000, &mut sregs).unwrap();
+        let sp = setup_sregs(
+            &ram,
+            &area,
+            CpuMode::Long,
+            Privilege::User,
+            0x1000,
+            &mut sregs,
+        )
+        .unwrap();
         assert_eq!(sp, area.base);
         assert_eq!(sregs.cr3, area.base);
         assert_eq!(sregs.cs.dpl, 3);
@@ -509,8 +565,12 @@ mod tests {
         // Walk the tables for a high address: 0xfee0_0000 must map to itself, user-accessible.
         let va: u64 = 0xfee0_1234;
         let pml4e = ram.read_u64(sregs.cr3).unwrap();
-        let pdpte = ram.read_u64((pml4e & !0xfff) + ((va >> 30) & 511) * 8).unwrap();
-        let pde = ram.read_u64((pdpte & !0xfff) + ((va >> 21) & 511) * 8).unwrap();
+        let pdpte = ram
+            .read_u64((pml4e & !0xfff) + ((va >> 30) & 511) * 8)
+            .unwrap();
+        let pde = ram
+            .read_u64((pdpte & !0xfff) + ((va >> 21) & 511) * 8)
+            .unwrap();
         assert_eq!(pde & pte::HUGE, pte::HUGE);
         assert_eq!(pde & pte::USER, pte::USER);
         assert_eq!((pde & !0x1f_ffff & !(1 << 63)) | (va & 0x1f_ffff), va);
@@ -522,7 +582,14 @@ mod tests {
         let area = SystemArea::for_mode(CpuMode::Protected, 0, ram.end()).unwrap();
         let mut s = kvm_sregs::default();
         assert!(matches!(
-            setup_sregs(&ram, &area, CpuMode::Protected, Privilege::User, 0x1000, &mut s),
+            setup_sregs(
+                &ram,
+                &area,
+                CpuMode::Protected,
+                Privilege::User,
+                0x1000,
+                &mut s
+            ),
             Err(ArchError::UserNeedsLongMode)
         ));
     }

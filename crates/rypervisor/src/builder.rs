@@ -51,7 +51,11 @@ pub enum BuildError {
 
 /// Builds a machine for `image` as `config` says: all the LWN steps up to (not including)
 /// the run loop. Checks the input before touching KVM, so bad input leaves nothing behind.
-pub fn build(config: &MachineConfig, image: &Image, obs: &mut dyn Observer) -> Result<Machine, BuildError> {
+pub fn build(
+    config: &MachineConfig,
+    image: &Image,
+    obs: &mut dyn Observer,
+) -> Result<Machine, BuildError> {
     let area = check(config, image)?;
     let kvm = step1_open_kvm(config, obs)?;
     let vm = step2_create_vm(&kvm, obs)?;
@@ -92,7 +96,10 @@ fn check(config: &MachineConfig, image: &Image) -> Result<SystemArea, BuildError
     if size % crate::memory::PAGE_SIZE != 0 {
         return Err(MemoryError::Unaligned(size).into());
     }
-    let end = config.ram_base.checked_add(size).filter(|&e| e <= FOUR_GIB && size <= MAX_RAM);
+    let end = config
+        .ram_base
+        .checked_add(size)
+        .filter(|&e| e <= FOUR_GIB && size <= MAX_RAM);
     let Some(ram_end) = end else {
         return Err(MemoryError::TooLarge {
             size,
@@ -122,7 +129,10 @@ fn check(config: &MachineConfig, image: &Image) -> Result<SystemArea, BuildError
 }
 
 /// Step 1: open `/dev/kvm`, check the API version and the user-memory capability.
-pub fn step1_open_kvm(config: &MachineConfig, obs: &mut dyn Observer) -> Result<KvmSystem, BuildError> {
+pub fn step1_open_kvm(
+    config: &MachineConfig,
+    obs: &mut dyn Observer,
+) -> Result<KvmSystem, BuildError> {
     let kvm = KvmSystem::open(&config.kvm_device)?;
     if obs.enabled() {
         obs.event(Event::Step {
@@ -210,12 +220,22 @@ pub fn step3_guest_memory(
         for seg in &image.segments {
             if seg.data.len() <= 64 {
                 obs.event(Event::Listing {
-                    title: format!("copied {} bytes of {}-bit code to guest-physical {:#x}:", seg.data.len(), image.mode.bitness(), seg.addr),
+                    title: format!(
+                        "copied {} bytes of {}-bit code to guest-physical {:#x}:",
+                        seg.data.len(),
+                        image.mode.bitness(),
+                        seg.addr
+                    ),
                     instructions: disasm::decode_all(&seg.data, image.mode.bitness(), seg.addr),
                 });
             } else {
                 obs.event(Event::Note {
-                    text: format!("copied {} bytes to guest-physical {:#x} ({} in memory)", seg.data.len(), seg.addr, seg.mem_size),
+                    text: format!(
+                        "copied {} bytes to guest-physical {:#x} ({} in memory)",
+                        seg.data.len(),
+                        seg.addr,
+                        seg.mem_size
+                    ),
                 });
             }
         }
@@ -230,7 +250,9 @@ pub fn step3_guest_memory(
                 result: "0".into(),
             });
         }
-        obs.event(Event::MemoryMap { regions: memory_map(&ram, image, area) });
+        obs.event(Event::MemoryMap {
+            regions: memory_map(&ram, image, area),
+        });
         if image.mode == CpuMode::Real {
             obs.event(Event::Note {
                 text: "Why this address: a real-mode guest runs its first instruction at CS:IP; the VMM \
@@ -265,7 +287,8 @@ fn memory_map(ram: &GuestRam, image: &Image, area: &SystemArea) -> Vec<MapRegion
             guest_start: area.base,
             guest_end: area.base + SYSTEM_AREA_SIZE,
             host_start: host(area.base),
-            what: "  page tables, GDT, exception stubs, IDT, TSS (set up by the VMM); stack below".into(),
+            what: "  page tables, GDT, exception stubs, IDT, TSS (set up by the VMM); stack below"
+                .into(),
         });
     }
     if ram.end() < FOUR_GIB {
@@ -280,11 +303,21 @@ fn memory_map(ram: &GuestRam, image: &Image, area: &SystemArea) -> Vec<MapRegion
 }
 
 /// Step 4: create vCPU 0 and map its `kvm_run` structure.
-pub fn step4_create_vcpu(kvm: &KvmSystem, vm: &Vm, obs: &mut dyn Observer) -> Result<Vcpu, BuildError> {
-    let mut fd = vm.fd.create_vcpu(0).map_err(VcpuError::ioctl("KVM_CREATE_VCPU"))?;
+pub fn step4_create_vcpu(
+    kvm: &KvmSystem,
+    vm: &Vm,
+    obs: &mut dyn Observer,
+) -> Result<Vcpu, BuildError> {
+    let mut fd = vm
+        .fd
+        .create_vcpu(0)
+        .map_err(VcpuError::ioctl("KVM_CREATE_VCPU"))?;
     let vcpu_fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
     if obs.enabled() {
-        let mmap_size = kvm.kvm.get_vcpu_mmap_size().map_err(VcpuError::ioctl("KVM_GET_VCPU_MMAP_SIZE"))?;
+        let mmap_size = kvm
+            .kvm
+            .get_vcpu_mmap_size()
+            .map_err(VcpuError::ioctl("KVM_GET_VCPU_MMAP_SIZE"))?;
         let run_addr = fd.get_kvm_run() as *mut _ as u64;
         obs.event(Event::Step {
             number: 4,
@@ -305,7 +338,10 @@ pub fn step4_create_vcpu(kvm: &KvmSystem, vm: &Vm, obs: &mut dyn Observer) -> Re
             name: "KVM_GET_VCPU_MMAP_SIZE",
             fd: kvm.fd(),
             arg: "0".into(),
-            result: format!("{mmap_size} bytes (struct kvm_run is {} bytes)", std::mem::size_of::<kvm_bindings::kvm_run>()),
+            result: format!(
+                "{mmap_size} bytes (struct kvm_run is {} bytes)",
+                std::mem::size_of::<kvm_bindings::kvm_run>()
+            ),
         });
         obs.event(Event::Syscall {
             name: "mmap",
@@ -326,10 +362,15 @@ pub fn step5_special_registers(
     privilege: Privilege,
     obs: &mut dyn Observer,
 ) -> Result<u64, BuildError> {
-    let before: kvm_sregs = vcpu.fd.get_sregs().map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+    let before: kvm_sregs = vcpu
+        .fd
+        .get_sregs()
+        .map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
     let mut sregs = before;
     let stack = arch::setup_sregs(ram, area, image.mode, privilege, image.entry, &mut sregs)?;
-    vcpu.fd.set_sregs(&sregs).map_err(VcpuError::ioctl("KVM_SET_SREGS"))?;
+    vcpu.fd
+        .set_sregs(&sregs)
+        .map_err(VcpuError::ioctl("KVM_SET_SREGS"))?;
     if obs.enabled() {
         let why = match image.mode {
             CpuMode::Real => "A new vCPU is in the state of a PC at reset: real mode, CS selector 0xf000 with base \
@@ -352,7 +393,11 @@ pub fn step5_special_registers(
                 }
             ),
         };
-        obs.event(Event::Step { number: 5, title: "Set up the special registers".into(), why });
+        obs.event(Event::Step {
+            number: 5,
+            title: "Set up the special registers".into(),
+            why,
+        });
         obs.event(Event::Ioctl {
             name: "KVM_GET_SREGS",
             fd: vcpu.raw_fd(),
@@ -366,8 +411,13 @@ pub fn step5_special_registers(
             result: "0".into(),
         });
         obs.event(Event::Registers {
-            title: "special registers: reset state (KVM_GET_SREGS) → what the VMM set (KVM_SET_SREGS)".into(),
-            rows: explain::diff(&explain::sregs_fields(&before), &explain::sregs_fields(&sregs)),
+            title:
+                "special registers: reset state (KVM_GET_SREGS) → what the VMM set (KVM_SET_SREGS)"
+                    .into(),
+            rows: explain::diff(
+                &explain::sregs_fields(&before),
+                &explain::sregs_fields(&sregs),
+            ),
         });
     }
     Ok(stack)
@@ -381,7 +431,10 @@ pub fn step6_registers(
     stack: u64,
     obs: &mut dyn Observer,
 ) -> Result<(), BuildError> {
-    let mut regs = kvm_regs { rflags: 0x2, ..Default::default() };
+    let mut regs = kvm_regs {
+        rflags: 0x2,
+        ..Default::default()
+    };
     regs.rip = match image.mode {
         // Real mode: IP is relative to the CS base chosen in step 5.
         CpuMode::Real if image.entry > 0xffff => image.entry & 0xffff,
@@ -392,7 +445,10 @@ pub fn step6_registers(
         r.set(&mut regs, *v);
     }
     if obs.enabled() {
-        let before = vcpu.fd.get_regs().map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
+        let before = vcpu
+            .fd
+            .get_regs()
+            .map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
         obs.event(Event::Step {
             number: 6,
             title: "Set up the general registers".into(),
@@ -401,15 +457,29 @@ pub fn step6_registers(
                   (the LWN program adds rax and rbx). KVM_GET_REGS is called here only to show the reset state."
                 .into(),
         });
-        obs.event(Event::Ioctl { name: "KVM_GET_REGS", fd: vcpu.raw_fd(), arg: "&regs".into(), result: "0".into() });
-        vcpu.fd.set_regs(&regs).map_err(VcpuError::ioctl("KVM_SET_REGS"))?;
-        obs.event(Event::Ioctl { name: "KVM_SET_REGS", fd: vcpu.raw_fd(), arg: "&regs".into(), result: "0".into() });
+        obs.event(Event::Ioctl {
+            name: "KVM_GET_REGS",
+            fd: vcpu.raw_fd(),
+            arg: "&regs".into(),
+            result: "0".into(),
+        });
+        vcpu.fd
+            .set_regs(&regs)
+            .map_err(VcpuError::ioctl("KVM_SET_REGS"))?;
+        obs.event(Event::Ioctl {
+            name: "KVM_SET_REGS",
+            fd: vcpu.raw_fd(),
+            arg: "&regs".into(),
+            result: "0".into(),
+        });
         obs.event(Event::Registers {
             title: "registers: reset state → what the VMM set".into(),
             rows: explain::diff(&explain::regs_fields(&before), &explain::regs_fields(&regs)),
         });
     } else {
-        vcpu.fd.set_regs(&regs).map_err(VcpuError::ioctl("KVM_SET_REGS"))?;
+        vcpu.fd
+            .set_regs(&regs)
+            .map_err(VcpuError::ioctl("KVM_SET_REGS"))?;
     }
     Ok(())
 }

@@ -133,11 +133,18 @@ impl Bus {
         let end = match base.checked_add(len) {
             Some(end) if len > 0 && (space == AddressSpace::Mmio || end <= 0x1_0000) => end,
             _ => {
-                return Err(BusError::InvalidRange { space, base, len, name: name.to_owned() });
+                return Err(BusError::InvalidRange {
+                    space,
+                    base,
+                    len,
+                    name: name.to_owned(),
+                });
             }
         };
         // The only candidates for overlap: the last range starting below `end`.
-        if let Some(((_, other_base), other)) = self.ranges.range((space, 0)..(space, end)).next_back() {
+        if let Some(((_, other_base), other)) =
+            self.ranges.range((space, 0)..(space, end)).next_back()
+        {
             if other_base + other.len > base {
                 return Err(BusError::Overlap {
                     space,
@@ -150,7 +157,14 @@ impl Bus {
                 });
             }
         }
-        self.ranges.insert((space, base), Entry { len, name: name.to_owned(), device });
+        self.ranges.insert(
+            (space, base),
+            Entry {
+                len,
+                name: name.to_owned(),
+                device,
+            },
+        );
         Ok(())
     }
 
@@ -195,8 +209,16 @@ impl Bus {
             tracing::warn!(
                 "guest {what} of {} byte(s) at {space} {addr:#x} hit no device{}{}",
                 data.len(),
-                if what == "read" { "; it reads as all ones" } else { "; ignored" },
-                if n == LOGGED_MISSES { " (further accesses to nowhere are counted, not logged)" } else { "" },
+                if what == "read" {
+                    "; it reads as all ones"
+                } else {
+                    "; ignored"
+                },
+                if n == LOGGED_MISSES {
+                    " (further accesses to nowhere are counted, not logged)"
+                } else {
+                    ""
+                },
             );
         }
     }
@@ -210,7 +232,12 @@ impl Bus {
     pub fn ranges(&self) -> Vec<RangeInfo> {
         self.ranges
             .iter()
-            .map(|((space, base), e)| RangeInfo { space: *space, base: *base, len: e.len, name: e.name.clone() })
+            .map(|((space, base), e)| RangeInfo {
+                space: *space,
+                base: *base,
+                len: e.len,
+                name: e.name.clone(),
+            })
             .collect()
     }
 }
@@ -246,7 +273,8 @@ mod tests {
     fn devices_see_offsets_not_addresses() {
         let mut bus = Bus::new();
         let d = dev();
-        bus.insert(AddressSpace::Pio, 0x3f8, 8, "uart", d.clone()).unwrap();
+        bus.insert(AddressSpace::Pio, 0x3f8, 8, "uart", d.clone())
+            .unwrap();
         assert!(bus.write(AddressSpace::Pio, 0x3fb, &[1]));
         let mut b = [0u8; 1];
         assert!(bus.read(AddressSpace::Pio, 0x3fd, &mut b));
@@ -257,8 +285,10 @@ mod tests {
     #[test]
     fn address_spaces_are_separate() {
         let mut bus = Bus::new();
-        bus.insert(AddressSpace::Pio, 0x3f8, 8, "uart", dev()).unwrap();
-        bus.insert(AddressSpace::Mmio, 0x3f8, 8, "mmio", dev()).unwrap();
+        bus.insert(AddressSpace::Pio, 0x3f8, 8, "uart", dev())
+            .unwrap();
+        bus.insert(AddressSpace::Mmio, 0x3f8, 8, "mmio", dev())
+            .unwrap();
         let mut b = [0u8; 4];
         assert!(!bus.read(AddressSpace::Mmio, 0x400, &mut b));
         assert_eq!(b, [0xff; 4]);
@@ -268,22 +298,42 @@ mod tests {
     #[test]
     fn overlaps_are_refused_on_either_side() {
         let mut bus = Bus::new();
-        bus.insert(AddressSpace::Mmio, 0x1000, 0x100, "a", dev()).unwrap();
-        for (base, len) in [(0x1000, 1), (0xfff, 2), (0x10ff, 1), (0x800, 0x1000), (0x1080, 0x10)] {
-            let err = bus.insert(AddressSpace::Mmio, base, len, "b", dev()).unwrap_err();
-            assert!(matches!(err, BusError::Overlap { .. }), "{base:#x}+{len:#x}");
+        bus.insert(AddressSpace::Mmio, 0x1000, 0x100, "a", dev())
+            .unwrap();
+        for (base, len) in [
+            (0x1000, 1),
+            (0xfff, 2),
+            (0x10ff, 1),
+            (0x800, 0x1000),
+            (0x1080, 0x10),
+        ] {
+            let err = bus
+                .insert(AddressSpace::Mmio, base, len, "b", dev())
+                .unwrap_err();
+            assert!(
+                matches!(err, BusError::Overlap { .. }),
+                "{base:#x}+{len:#x}"
+            );
         }
-        bus.insert(AddressSpace::Mmio, 0x1100, 1, "after", dev()).unwrap();
-        bus.insert(AddressSpace::Mmio, 0xfff, 1, "before", dev()).unwrap();
+        bus.insert(AddressSpace::Mmio, 0x1100, 1, "after", dev())
+            .unwrap();
+        bus.insert(AddressSpace::Mmio, 0xfff, 1, "before", dev())
+            .unwrap();
         assert_eq!(bus.ranges().len(), 3);
     }
 
     #[test]
     fn invalid_ranges_are_refused() {
         let mut bus = Bus::new();
-        assert!(bus.insert(AddressSpace::Pio, 0x10, 0, "empty", dev()).is_err());
-        assert!(bus.insert(AddressSpace::Pio, 0xffff, 2, "past 64K", dev()).is_err());
-        assert!(bus.insert(AddressSpace::Mmio, u64::MAX, 2, "wraps", dev()).is_err());
+        assert!(bus
+            .insert(AddressSpace::Pio, 0x10, 0, "empty", dev())
+            .is_err());
+        assert!(bus
+            .insert(AddressSpace::Pio, 0xffff, 2, "past 64K", dev())
+            .is_err());
+        assert!(bus
+            .insert(AddressSpace::Mmio, u64::MAX, 2, "wraps", dev())
+            .is_err());
     }
 
     #[test]

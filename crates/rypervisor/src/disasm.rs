@@ -21,7 +21,11 @@ impl std::fmt::Display for Decoded {
 
 /// Bytes as `ba f8 03`.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Decodes the first instruction in `bytes` as `bitness`-bit code at `ip`.
@@ -30,13 +34,21 @@ pub fn decode(bytes: &[u8], bitness: u32, ip: u64) -> Decoded {
     let mut insn = Instruction::default();
     decoder.decode_out(&mut insn);
     if insn.is_invalid() {
-        return Decoded { ip, bytes: bytes.iter().take(1).copied().collect(), text: "(bad)".into() };
+        return Decoded {
+            ip,
+            bytes: bytes.iter().take(1).copied().collect(),
+            text: "(bad)".into(),
+        };
     }
     let mut text = String::new();
     let mut fmt = NasmFormatter::new();
     fmt.options_mut().set_space_after_operand_separator(false);
     fmt.format(&insn, &mut text);
-    Decoded { ip, bytes: bytes[..insn.len()].to_vec(), text }
+    Decoded {
+        ip,
+        bytes: bytes[..insn.len()].to_vec(),
+        text,
+    }
 }
 
 /// Decodes every instruction in `bytes` (for listings of small programs).
@@ -57,9 +69,25 @@ mod tests {
 
     #[test]
     fn the_lwn_program_disassembles() {
-        let code = [0xba, 0xf8, 0x03, 0x00, 0xd8, 0x04, b'0', 0xee, 0xb0, b'\n', 0xee, 0xf4];
-        let text: Vec<String> = decode_all(&code, 16, 0x1000).into_iter().map(|d| d.text).collect();
-        assert_eq!(text, ["mov dx,3F8h", "add al,bl", "add al,30h", "out dx,al", "mov al,0Ah", "out dx,al", "hlt"]);
+        let code = [
+            0xba, 0xf8, 0x03, 0x00, 0xd8, 0x04, b'0', 0xee, 0xb0, b'\n', 0xee, 0xf4,
+        ];
+        let text: Vec<String> = decode_all(&code, 16, 0x1000)
+            .into_iter()
+            .map(|d| d.text)
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "mov dx,3F8h",
+                "add al,bl",
+                "add al,30h",
+                "out dx,al",
+                "mov al,0Ah",
+                "out dx,al",
+                "hlt"
+            ]
+        );
     }
 
     #[test]

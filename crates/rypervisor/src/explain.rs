@@ -223,12 +223,23 @@ pub fn render_text(event: &Event) -> String {
         Event::Step { number, title, why } => {
             format!("\nStep {number}: {title}\n{}", wrap(why, "  │ ", 88))
         }
-        Event::Ioctl { name, fd, arg, result } => format!("  ioctl({fd}, {name}, {arg}) = {result}\n"),
+        Event::Ioctl {
+            name,
+            fd,
+            arg,
+            result,
+        } => format!("  ioctl({fd}, {name}, {arg}) = {result}\n"),
         Event::Syscall { name, args, result } => format!("  {name}({args}) = {result}\n"),
         Event::MemoryMap { regions } => {
-            let mut s = String::from("  guest physical                        host virtual         contents\n");
+            let mut s = String::from(
+                "  guest physical                        host virtual         contents\n",
+            );
             for r in regions {
-                let host = if r.host_start == 0 { "-".to_string() } else { format!("{:#014x}", r.host_start) };
+                let host = if r.host_start == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:#014x}", r.host_start)
+                };
                 s += &format!(
                     "  {:#018x}..{:#018x}  {:<20} {}\n",
                     r.guest_start, r.guest_end, host, r.what
@@ -237,24 +248,48 @@ pub fn render_text(event: &Event) -> String {
             s
         }
         Event::Registers { title, rows } => {
-            let w = rows.iter().map(|r| r.before.len()).max().unwrap_or(0).max(6);
-            let mut s = format!("  {title}\n  {:<9} {:<w$}    {}\n", "register", "before", "after");
+            let w = rows
+                .iter()
+                .map(|r| r.before.len())
+                .max()
+                .unwrap_or(0)
+                .max(6);
+            let mut s = format!(
+                "  {title}\n  {:<9} {:<w$}    {}\n",
+                "register", "before", "after"
+            );
             for r in rows {
                 let mark = if r.changed { "*" } else { " " };
                 let after = if r.changed { r.after.as_str() } else { "" };
-                s += &format!("  {mark}{:<8} {:<w$} {} {}\n", r.name, r.before, if r.changed { "→" } else { " " }, after);
+                s += &format!(
+                    "  {mark}{:<8} {:<w$} {} {}\n",
+                    r.name,
+                    r.before,
+                    if r.changed { "→" } else { " " },
+                    after
+                );
             }
             s += "  (* changed)\n";
             s
         }
-        Event::Listing { title, instructions } => {
+        Event::Listing {
+            title,
+            instructions,
+        } => {
             let mut s = format!("  {title}\n");
             for i in instructions {
                 s += &format!("    {i}\n");
             }
             s
         }
-        Event::Exit { number, reason, detail, instruction, rip_is, action } => {
+        Event::Exit {
+            number,
+            reason,
+            detail,
+            instruction,
+            rip_is,
+            action,
+        } => {
             let mut s = format!("  exit #{number}: {reason}: {detail}\n");
             if let Some(i) = instruction {
                 s += &format!("    RIP at {rip_is}: {i}\n");
@@ -315,8 +350,14 @@ pub fn sregs_fields(s: &kvm_sregs) -> Vec<(&'static str, String)> {
         ("ss", seg(&s.ss)),
         ("tr", seg(&s.tr)),
         ("ldt", seg(&s.ldt)),
-        ("gdt", format!("base={:08x} limit={:04x}", s.gdt.base, s.gdt.limit)),
-        ("idt", format!("base={:08x} limit={:04x}", s.idt.base, s.idt.limit)),
+        (
+            "gdt",
+            format!("base={:08x} limit={:04x}", s.gdt.base, s.gdt.limit),
+        ),
+        (
+            "idt",
+            format!("base={:08x} limit={:04x}", s.idt.base, s.idt.limit),
+        ),
         ("cr0", hex64(s.cr0)),
         ("cr2", hex64(s.cr2)),
         ("cr3", hex64(s.cr3)),
@@ -332,8 +373,18 @@ pub fn diff(before: &[(&'static str, String)], after: &[(&'static str, String)])
     before
         .iter()
         .zip(after)
-        .map(|((name, b), (_, a))| RegRow { name, before: b.clone(), after: a.clone(), changed: a != b })
+        .map(|((name, b), (_, a))| RegRow {
+            name,
+            before: b.clone(),
+            after: a.clone(),
+            changed: a != b,
+        })
         .collect()
+}
+
+/// Serializes any value as one line of JSON (for the CLI's `--json` outputs).
+pub fn to_json<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
+    serde_json::to_string(value)
 }
 
 #[cfg(test)]
@@ -343,11 +394,18 @@ mod tests {
     #[test]
     fn changed_registers_are_marked() {
         let before = kvm_regs::default();
-        let after = kvm_regs { rip: 0x1000, rflags: 2, ..Default::default() };
+        let after = kvm_regs {
+            rip: 0x1000,
+            rflags: 2,
+            ..Default::default()
+        };
         let rows = diff(&regs_fields(&before), &regs_fields(&after));
         let changed: Vec<_> = rows.iter().filter(|r| r.changed).map(|r| r.name).collect();
         assert_eq!(changed, ["rip", "rflags"]);
-        let text = render_text(&Event::Registers { title: "regs".into(), rows });
+        let text = render_text(&Event::Registers {
+            title: "regs".into(),
+            rows,
+        });
         assert!(text.contains("*rip"), "{text}");
         assert!(text.contains(" rax"), "{text}");
     }
@@ -366,9 +424,4 @@ mod tests {
         assert_eq!(v["name"], "KVM_CREATE_VM");
         assert_eq!(v["fd"], 3);
     }
-}
-
-/// Serializes any value as one line of JSON (for the CLI's `--json` outputs).
-pub fn to_json<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
-    serde_json::to_string(value)
 }

@@ -100,23 +100,67 @@ pub struct HostInfo {
 pub fn probe(device: &Path) -> Result<HostInfo, InfoError> {
     let kvm = KvmSystem::open(device)?;
     let caps: [(Cap, &str, &str); 13] = [
-        (Cap::Irqchip, "KVM_CAP_IRQCHIP", "in-kernel PIC/IOAPIC/LAPIC"),
+        (
+            Cap::Irqchip,
+            "KVM_CAP_IRQCHIP",
+            "in-kernel PIC/IOAPIC/LAPIC",
+        ),
         (Cap::Pit2, "KVM_CAP_PIT2", "in-kernel i8254 timer"),
-        (Cap::Irqfd, "KVM_CAP_IRQFD", "inject interrupts through an eventfd"),
-        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD", "device doorbells without a VM exit to the VMM"),
-        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT", "kick a vCPU out of KVM_RUN race-free"),
-        (Cap::SyncRegs, "KVM_CAP_SYNC_REGS", "registers in kvm_run, no GET/SET_REGS ioctl"),
-        (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR", "Intel real-mode support area"),
-        (Cap::SetIdentityMapAddr, "KVM_CAP_SET_IDENTITY_MAP_ADDR", "Intel identity page table address"),
-        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID", "KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2"),
-        (Cap::TscDeadlineTimer, "KVM_CAP_TSC_DEADLINE_TIMER", "LAPIC TSC-deadline timer"),
+        (
+            Cap::Irqfd,
+            "KVM_CAP_IRQFD",
+            "inject interrupts through an eventfd",
+        ),
+        (
+            Cap::Ioeventfd,
+            "KVM_CAP_IOEVENTFD",
+            "device doorbells without a VM exit to the VMM",
+        ),
+        (
+            Cap::ImmediateExit,
+            "KVM_CAP_IMMEDIATE_EXIT",
+            "kick a vCPU out of KVM_RUN race-free",
+        ),
+        (
+            Cap::SyncRegs,
+            "KVM_CAP_SYNC_REGS",
+            "registers in kvm_run, no GET/SET_REGS ioctl",
+        ),
+        (
+            Cap::SetTssAddr,
+            "KVM_CAP_SET_TSS_ADDR",
+            "Intel real-mode support area",
+        ),
+        (
+            Cap::SetIdentityMapAddr,
+            "KVM_CAP_SET_IDENTITY_MAP_ADDR",
+            "Intel identity page table address",
+        ),
+        (
+            Cap::ExtCpuid,
+            "KVM_CAP_EXT_CPUID",
+            "KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2",
+        ),
+        (
+            Cap::TscDeadlineTimer,
+            "KVM_CAP_TSC_DEADLINE_TIMER",
+            "LAPIC TSC-deadline timer",
+        ),
         (Cap::NrVcpus, "KVM_CAP_NR_VCPUS", "recommended vCPUs per VM"),
         (Cap::MaxVcpus, "KVM_CAP_MAX_VCPUS", "maximum vCPUs per VM"),
-        (Cap::NrMemslots, "KVM_CAP_NR_MEMSLOTS", "memory slots per VM"),
+        (
+            Cap::NrMemslots,
+            "KVM_CAP_NR_MEMSLOTS",
+            "memory slots per VM",
+        ),
     ];
     let capabilities = caps
         .into_iter()
-        .map(|(cap, name, purpose)| Capability { name, purpose, value: kvm.kvm.check_extension_int(cap) })
+        .map(|(cap, name, purpose)| Capability {
+            name,
+            purpose,
+            value: kvm.kvm.check_extension_int(cap),
+        })
         .collect();
     let cpuid = cpuid_summary(&kvm)?;
     let nested_module = ["kvm_pvm"]
@@ -135,7 +179,10 @@ pub fn probe(device: &Path) -> Result<HostInfo, InfoError> {
 }
 
 fn cpuid_summary(kvm: &KvmSystem) -> Result<CpuidSummary, InfoError> {
-    let cpuid = kvm.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(InfoError::Cpuid)?;
+    let cpuid = kvm
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(InfoError::Cpuid)?;
     let entries = cpuid.as_slice();
     let leaf = |f: u32, i: u32| entries.iter().find(|e| e.function == f && e.index == i);
     let mut vendor = String::new();
@@ -180,7 +227,13 @@ fn cpuid_summary(kvm: &KvmSystem) -> Result<CpuidSummary, InfoError> {
         })
         .map(|(n, ..)| *n)
         .collect();
-    Ok(CpuidSummary { entries: entries.len(), vendor, max_leaf, max_extended_leaf, features })
+    Ok(CpuidSummary {
+        entries: entries.len(),
+        vendor,
+        max_leaf,
+        max_extended_leaf,
+        features,
+    })
 }
 
 /// Iterations of the probe loop: about 1 ms of emulated ring 0 per 1000 on nested hosts,
@@ -198,8 +251,13 @@ pub fn probe_loop_code(iterations: u32) -> Vec<u8> {
 /// Times the same loop at CPL0 and CPL3.
 pub fn ring0_probe(device: &Path) -> Result<Ring0Probe, InfoError> {
     let time = |privilege| -> Result<Duration, InfoError> {
-        let image = Image::flat(probe_loop_code(PROBE_ITERATIONS), 0x1000, None, CpuMode::Long)
-            .map_err(|e| InfoError::Probe(e.to_string()))?;
+        let image = Image::flat(
+            probe_loop_code(PROBE_ITERATIONS),
+            0x1000,
+            None,
+            CpuMode::Long,
+        )
+        .map_err(|e| InfoError::Probe(e.to_string()))?;
         let config = MachineConfig {
             privilege,
             ram_size: 1 << 20,
@@ -220,7 +278,13 @@ pub fn ring0_probe(device: &Path) -> Result<Ring0Probe, InfoError> {
     let cpl3 = time(Privilege::User)?;
     let cpl0 = time(Privilege::Kernel)?;
     let ratio = cpl0.as_secs_f64() / cpl3.as_secs_f64().max(1e-9);
-    Ok(Ring0Probe { iterations: PROBE_ITERATIONS, cpl0, cpl3, ratio, emulated: ratio > EMULATED_RATIO })
+    Ok(Ring0Probe {
+        iterations: PROBE_ITERATIONS,
+        cpl0,
+        cpl3,
+        ratio,
+        emulated: ratio > EMULATED_RATIO,
+    })
 }
 
 #[cfg(test)]
@@ -229,8 +293,19 @@ mod tests {
 
     #[test]
     fn probe_code_is_the_loop_we_say() {
-        let text: Vec<String> =
-            crate::disasm::decode_all(&probe_loop_code(5), 64, 0).into_iter().map(|d| d.text).collect();
-        assert_eq!(text, ["mov ecx,5", "dec ecx", "jne short 5", "mov al,0", "out 0F4h,al"]);
+        let text: Vec<String> = crate::disasm::decode_all(&probe_loop_code(5), 64, 0)
+            .into_iter()
+            .map(|d| d.text)
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "mov ecx,5",
+                "dec ecx",
+                "jne short 5",
+                "mov al,0",
+                "out 0F4h,al"
+            ]
+        );
     }
 }

@@ -63,8 +63,8 @@ impl KvmSystem {
     /// Opens `path` (usually `/dev/kvm`) read-write, close-on-exec, and checks the API version
     /// and the `KVM_CAP_USER_MEMORY` capability, as LWN step 1 does.
     pub fn open(path: &Path) -> Result<Self, KvmError> {
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| KvmError::Open {
+        let c_path =
+            CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| KvmError::Open {
                 path: path.to_owned(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
@@ -117,7 +117,9 @@ mod tests {
     #[test]
     fn open_errors_say_what_to_do() {
         let p = Path::new("/dev/kvm");
-        assert!(open_error(p, libc::ENOENT).to_string().contains("kvm_intel"));
+        assert!(open_error(p, libc::ENOENT)
+            .to_string()
+            .contains("kvm_intel"));
         assert!(open_error(p, libc::EACCES).to_string().contains("group"));
         assert!(matches!(open_error(p, libc::EIO), KvmError::Open { .. }));
     }

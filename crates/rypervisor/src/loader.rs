@@ -126,13 +126,22 @@ pub struct FlatOptions {
 
 impl Image {
     /// A flat binary `code` loaded at `load`, starting at `entry` (default `load`).
-    pub fn flat(code: Vec<u8>, load: u64, entry: Option<u64>, mode: CpuMode) -> Result<Self, LoaderError> {
+    pub fn flat(
+        code: Vec<u8>,
+        load: u64,
+        entry: Option<u64>,
+        mode: CpuMode,
+    ) -> Result<Self, LoaderError> {
         if code.is_empty() {
             return Err(LoaderError::Empty("flat binary".into()));
         }
         let mem_size = code.len() as u64;
         Ok(Self {
-            segments: vec![Segment { addr: load, data: code, mem_size }],
+            segments: vec![Segment {
+                addr: load,
+                data: code,
+                mem_size,
+            }],
             entry: entry.unwrap_or(load),
             mode,
             format: ImageFormat::Flat,
@@ -157,12 +166,17 @@ impl Image {
             let image = Self::elf(&bytes)?;
             if let Some(given) = opts.mode {
                 if given != image.mode {
-                    return Err(LoaderError::ModeMismatch { given, elf: image.mode });
+                    return Err(LoaderError::ModeMismatch {
+                        given,
+                        elf: image.mode,
+                    });
                 }
             }
             return Ok(image);
         }
-        if bytes.get(0x202..0x206) == Some(b"HdrS") && bytes.get(0x1fe..0x200) == Some(&[0x55, 0xaa]) {
+        if bytes.get(0x202..0x206) == Some(b"HdrS")
+            && bytes.get(0x1fe..0x200) == Some(&[0x55, 0xaa])
+        {
             return Err(LoaderError::LinuxKernel);
         }
         Self::flat(
@@ -176,10 +190,16 @@ impl Image {
     /// Parses an ELF executable (32-bit i386 or 64-bit x86-64).
     pub fn elf(bytes: &[u8]) -> Result<Self, LoaderError> {
         match bytes.get(4 /* EI_CLASS */) {
-            Some(&elf::ELFCLASS32) => parse_elf::<elf::FileHeader32<Endianness>>(bytes, elf::EM_386, CpuMode::Protected),
-            Some(&elf::ELFCLASS64) => parse_elf::<elf::FileHeader64<Endianness>>(bytes, elf::EM_X86_64, CpuMode::Long),
+            Some(&elf::ELFCLASS32) => {
+                parse_elf::<elf::FileHeader32<Endianness>>(bytes, elf::EM_386, CpuMode::Protected)
+            }
+            Some(&elf::ELFCLASS64) => {
+                parse_elf::<elf::FileHeader64<Endianness>>(bytes, elf::EM_X86_64, CpuMode::Long)
+            }
             Some(c) => Err(LoaderError::CorruptElf(format!("unknown ELF class {c}"))),
-            None => Err(LoaderError::CorruptElf("file ends inside the ELF header".into())),
+            None => Err(LoaderError::CorruptElf(
+                "file ends inside the ELF header".into(),
+            )),
         }
     }
 
@@ -191,7 +211,7 @@ impl Image {
     /// Checks that every segment and the entry point fit in `[ram_start, ram_end)`.
     pub fn check_fits(&self, ram_start: u64, ram_end: u64, hint: &str) -> Result<(), LoaderError> {
         for s in &self.segments {
-            let end = s.addr.checked_add(s.mem_size).unwrap_or(u64::MAX);
+            let end = s.addr.saturating_add(s.mem_size);
             if s.addr < ram_start || end > ram_end {
                 return Err(LoaderError::OutsideMemory {
                     start: s.addr,
@@ -203,7 +223,11 @@ impl Image {
             }
         }
         if self.entry < ram_start || self.entry >= ram_end {
-            return Err(LoaderError::EntryOutside { entry: self.entry, ram_start, ram_end });
+            return Err(LoaderError::EntryOutside {
+                entry: self.entry,
+                ram_start,
+                ram_end,
+            });
         }
         Ok(())
     }
@@ -222,12 +246,18 @@ fn machine_name(m: u16) -> String {
     }
 }
 
-fn parse_elf<H: FileHeader<Endian = Endianness>>(bytes: &[u8], machine: u16, mode: CpuMode) -> Result<Image, LoaderError> {
+fn parse_elf<H: FileHeader<Endian = Endianness>>(
+    bytes: &[u8],
+    machine: u16,
+    mode: CpuMode,
+) -> Result<Image, LoaderError> {
     let corrupt = |e: object::read::Error| LoaderError::CorruptElf(e.to_string());
     let header = H::parse(bytes).map_err(corrupt)?;
     let endian = header.endian().map_err(corrupt)?;
     if endian != Endianness::Little {
-        return Err(LoaderError::UnsupportedElf("big-endian file; x86 is little-endian".into()));
+        return Err(LoaderError::UnsupportedElf(
+            "big-endian file; x86 is little-endian".into(),
+        ));
     }
     let m = header.e_machine(endian);
     if m != machine {
@@ -245,14 +275,18 @@ fn parse_elf<H: FileHeader<Endian = Endianness>>(bytes: &[u8], machine: u16, mod
                 "a relocatable object (.o), not an executable: link it first".into(),
             ))
         }
-        t => return Err(LoaderError::UnsupportedElf(format!("ELF type {t} is not an executable"))),
+        t => {
+            return Err(LoaderError::UnsupportedElf(format!(
+                "ELF type {t} is not an executable"
+            )))
+        }
     }
     let phdrs = header.program_headers(endian, bytes).map_err(corrupt)?;
     let mut segments = Vec::new();
     for ph in phdrs.iter().filter(|ph| ph.p_type(endian) == elf::PT_LOAD) {
-        let data = ph
-            .data(endian, bytes)
-            .map_err(|()| LoaderError::CorruptElf("a PT_LOAD segment lies past the end of the file".into()))?;
+        let data = ph.data(endian, bytes).map_err(|()| {
+            LoaderError::CorruptElf("a PT_LOAD segment lies past the end of the file".into())
+        })?;
         let mem_size: u64 = ph.p_memsz(endian).into();
         let addr: u64 = ph.p_paddr(endian).into();
         if (data.len() as u64) > mem_size {
@@ -264,16 +298,26 @@ fn parse_elf<H: FileHeader<Endian = Endianness>>(bytes: &[u8], machine: u16, mod
         if mem_size == 0 {
             continue;
         }
-        segments.push(Segment { addr, data: data.to_vec(), mem_size });
+        segments.push(Segment {
+            addr,
+            data: data.to_vec(),
+            mem_size,
+        });
     }
     if segments.is_empty() {
-        return Err(LoaderError::UnsupportedElf("no loadable (PT_LOAD) segments".into()));
+        return Err(LoaderError::UnsupportedElf(
+            "no loadable (PT_LOAD) segments".into(),
+        ));
     }
     Ok(Image {
         segments,
         entry: header.e_entry(endian).into(),
         mode,
-        format: if mode == CpuMode::Long { ImageFormat::Elf64 } else { ImageFormat::Elf32 },
+        format: if mode == CpuMode::Long {
+            ImageFormat::Elf64
+        } else {
+            ImageFormat::Elf32
+        },
     })
 }
 
@@ -304,7 +348,10 @@ mod tests {
         img.check_fits(0, 0x2000, "").unwrap();
         assert!(img.check_fits(0, 0x1080, "").is_err());
         let img = Image::flat(vec![0; 0x100], 0x1000, Some(0x5000), CpuMode::Real).unwrap();
-        assert!(matches!(img.check_fits(0, 0x2000, ""), Err(LoaderError::EntryOutside { .. })));
+        assert!(matches!(
+            img.check_fits(0, 0x2000, ""),
+            Err(LoaderError::EntryOutside { .. })
+        ));
     }
 
     #[test]
@@ -313,6 +360,9 @@ mod tests {
         b[0x1fe] = 0x55;
         b[0x1ff] = 0xaa;
         b[0x202..0x206].copy_from_slice(b"HdrS");
-        assert!(matches!(Image::from_bytes(b, FlatOptions::default()), Err(LoaderError::LinuxKernel)));
+        assert!(matches!(
+            Image::from_bytes(b, FlatOptions::default()),
+            Err(LoaderError::LinuxKernel)
+        ));
     }
 }

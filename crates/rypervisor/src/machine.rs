@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_regs, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES};
+use kvm_bindings::{
+    kvm_regs, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::{self, CpuMode, Gpr, Privilege, SystemArea};
@@ -21,7 +24,9 @@ use crate::disasm::{self, Decoded};
 use crate::explain::{self, Event, Observer};
 use crate::kvm::{KvmSystem, DEFAULT_DEVICE};
 use crate::memory::GuestRam;
-use crate::vcpu::{describe_exit, exit_name, handle_exit, ExitAction, ExitKind, ExitStats, Stop, Vcpu, VcpuError};
+use crate::vcpu::{
+    describe_exit, exit_name, handle_exit, ExitAction, ExitKind, ExitStats, Stop, Vcpu, VcpuError,
+};
 use crate::vm::Vm;
 
 /// Errors while running a machine (guest faults are not errors: they are [`Outcome`]s).
@@ -79,6 +84,10 @@ pub struct ExceptionInfo {
     pub rip: u64,
     /// Code segment selector at the fault (its low bits are the privilege level).
     pub cs: u64,
+    /// RFLAGS at the fault.
+    pub rflags: u64,
+    /// Stack pointer at the fault.
+    pub rsp: u64,
     /// CR2 (the faulting address) for page faults.
     pub cr2: Option<u64>,
 }
@@ -194,7 +203,7 @@ impl RunReport {
                 if let Some(cr2) = e.cr2 {
                     let _ = write!(s, ", address {cr2:#x}");
                 }
-                writeln!(s)
+                writeln!(s, "\n  (rip, rsp and rflags below are from the exception frame)")
             }
             Outcome::FailEntry { reason, cpu } => writeln!(
                 s,
@@ -293,9 +302,19 @@ impl Machine {
     }
 
     /// Adds a 16550 UART at COM1 (port 0x3f8) writing to `out` and reading from `input`.
-    pub fn add_serial(&mut self, out: Box<dyn Write + Send>, input: Option<Box<dyn Read + Send>>) -> Result<(), MachineError> {
+    pub fn add_serial(
+        &mut self,
+        out: Box<dyn Write + Send>,
+        input: Option<Box<dyn Read + Send>>,
+    ) -> Result<(), MachineError> {
         let serial = Arc::new(Mutex::new(SerialDevice::new(NoInterrupt, out, input)));
-        self.add_device(AddressSpace::Pio, u64::from(COM1), REGISTERS, "serial (8250 UART)", serial.clone())?;
+        self.add_device(
+            AddressSpace::Pio,
+            u64::from(COM1),
+            REGISTERS,
+            "serial (8250 UART)",
+            serial.clone(),
+        )?;
         self.serial = Some(serial);
         Ok(())
     }
@@ -303,7 +322,13 @@ impl Machine {
     /// Adds the exit device at port 0xf4: a byte written there ends the VM with that status.
     pub fn add_exit_device(&mut self) -> Result<(), MachineError> {
         let dev = Arc::new(Mutex::new(ExitDevice::new(self.stop.clone())));
-        self.add_device(AddressSpace::Pio, u64::from(EXIT_PORT), 1, "exit device", dev)
+        self.add_device(
+            AddressSpace::Pio,
+            u64::from(EXIT_PORT),
+            1,
+            "exit device",
+            dev,
+        )
     }
 
     /// The handle devices use to end the VM.
@@ -342,8 +367,16 @@ impl Machine {
             Some(t) => Some(Watchdog::start(t)?),
             None => None,
         };
-        let timed_out = || watchdog.as_ref().is_some_and(|w| w.fired.load(Ordering::Acquire));
-        let start_state = if obs.enabled() { Some(self.narrate_start(obs)?) } else { None };
+        let timed_out = || {
+            watchdog
+                .as_ref()
+                .is_some_and(|w| w.fired.load(Ordering::Acquire))
+        };
+        let start_state = if obs.enabled() {
+            Some(self.narrate_start(obs)?)
+        } else {
+            None
+        };
         let mut stats = ExitStats::default();
         let mut exits = 0u64;
         let stop = loop {
@@ -368,7 +401,13 @@ impl Machine {
                     stats.record(ExitKind::Interrupted);
                     ExitAction::Continue
                 }
-                Err(e) => return Err(VcpuError::Ioctl { name: "KVM_RUN", source: e }.into()),
+                Err(e) => {
+                    return Err(VcpuError::Ioctl {
+                        name: "KVM_RUN",
+                        source: e,
+                    }
+                    .into())
+                }
             };
             stats.vmm_time += exited.elapsed();
             if let ExitAction::Stop(s) = action {
@@ -383,9 +422,15 @@ impl Machine {
         if let Some((regs, sregs)) = start_state {
             obs.event(Event::Registers {
                 title: "registers: at the first KVM_RUN → at the end".into(),
-                rows: explain::diff(&explain::regs_fields(&regs), &explain::regs_fields(&report.regs)),
+                rows: explain::diff(
+                    &explain::regs_fields(&regs),
+                    &explain::regs_fields(&report.regs),
+                ),
             });
-            let srows = explain::diff(&explain::sregs_fields(&sregs), &explain::sregs_fields(&report.sregs));
+            let srows = explain::diff(
+                &explain::sregs_fields(&sregs),
+                &explain::sregs_fields(&report.sregs),
+            );
             if srows.iter().any(|r| r.changed) {
                 obs.event(Event::Registers {
                     title: "special registers: at the first KVM_RUN → at the end".into(),
@@ -401,16 +446,36 @@ impl Machine {
             .bus
             .ranges()
             .iter()
-            .map(|r| format!("{} {:#x}..{:#x}: {}", r.space, r.base, r.base + r.len - 1, r.name))
+            .map(|r| {
+                format!(
+                    "{} {:#x}..{:#x}: {}",
+                    r.space,
+                    r.base,
+                    r.base + r.len - 1,
+                    r.name
+                )
+            })
             .collect();
         obs.event(Event::Note {
             text: format!(
                 "Devices on the bus (an access to anything else is counted and ignored): {}.",
-                if devices.is_empty() { "none".to_string() } else { devices.join("; ") }
+                if devices.is_empty() {
+                    "none".to_string()
+                } else {
+                    devices.join("; ")
+                }
             ),
         });
-        let regs = self.vcpu.fd.get_regs().map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
-        let sregs = self.vcpu.fd.get_sregs().map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+        let regs = self
+            .vcpu
+            .fd
+            .get_regs()
+            .map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
+        let sregs = self
+            .vcpu
+            .fd
+            .get_sregs()
+            .map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
         obs.event(Event::Ioctl {
             name: "KVM_RUN",
             fd: self.vcpu.raw_fd(),
@@ -420,21 +485,49 @@ impl Machine {
         Ok((regs, sregs))
     }
 
-    fn narrate_exit(&mut self, obs: &mut dyn Observer, number: u64, reason: &'static str, detail: String, action: &ExitAction) {
-        let instruction = self.vcpu.fd.get_regs().ok().zip(self.vcpu.fd.get_sregs().ok()).and_then(|(r, s)| self.decode_at(r.rip, &s));
+    fn narrate_exit(
+        &mut self,
+        obs: &mut dyn Observer,
+        number: u64,
+        reason: &'static str,
+        detail: String,
+        action: &ExitAction,
+    ) {
+        let instruction = self
+            .vcpu
+            .fd
+            .get_regs()
+            .ok()
+            .zip(self.vcpu.fd.get_sregs().ok())
+            .and_then(|(r, s)| self.decode_at(r.rip, &s));
         let action = match action {
             ExitAction::Continue => "handled; KVM_RUN again".to_string(),
-            ExitAction::Stop(Stop::Requested(v)) => format!("exit device: the VM ends with status {v}"),
-            ExitAction::Stop(Stop::Halted) => "the guest halted; with no interrupt to wake it, the VM ends".into(),
+            ExitAction::Stop(Stop::Requested(v)) => {
+                format!("exit device: the VM ends with status {v}")
+            }
+            ExitAction::Stop(Stop::Halted) => {
+                "the guest halted; with no interrupt to wake it, the VM ends".into()
+            }
             ExitAction::Stop(s) => format!("the VM ends: {s:?}"),
         };
         // On hardware KVM, RIP still points at an `in`/`out` when its exit reaches the VMM (KVM
         // skips it on the next KVM_RUN); when KVM emulated the instruction, RIP is already past it.
-        let exiting = instruction
-            .as_ref()
-            .is_some_and(|i| reason == "KVM_EXIT_IO" && (i.text.starts_with("in") || i.text.starts_with("out")));
-        let rip_is = if exiting { "the exiting instruction" } else { "the next instruction" };
-        obs.event(Event::Exit { number, reason, detail, instruction, rip_is, action });
+        let exiting = instruction.as_ref().is_some_and(|i| {
+            reason == "KVM_EXIT_IO" && (i.text.starts_with("in") || i.text.starts_with("out"))
+        });
+        let rip_is = if exiting {
+            "the exiting instruction"
+        } else {
+            "the next instruction"
+        };
+        obs.event(Event::Exit {
+            number,
+            reason,
+            detail,
+            instruction,
+            rip_is,
+            action,
+        });
     }
 
     /// Reads and disassembles the instruction at `rip` (a CS-relative address).
@@ -465,8 +558,16 @@ impl Machine {
     }
 
     fn report(&mut self, stop: Option<Stop>, stats: ExitStats) -> Result<RunReport, MachineError> {
-        let regs = self.vcpu.fd.get_regs().map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
-        let sregs = self.vcpu.fd.get_sregs().map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+        let regs = self
+            .vcpu
+            .fd
+            .get_regs()
+            .map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
+        let sregs = self
+            .vcpu
+            .fd
+            .get_sregs()
+            .map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
         let outcome = match stop {
             None => Outcome::TimedOut,
             Some(Stop::Requested(v)) => Outcome::Exited(v),
@@ -479,18 +580,34 @@ impl Machine {
             Some(Stop::InternalError) => Outcome::InternalError(self.internal_error()),
             Some(Stop::Unexpected(name)) => Outcome::UnexpectedExit(name),
         };
-        let rip = match &outcome {
-            Outcome::Exception(e) => e.rip,
-            _ => regs.rip,
-        };
+        let mut regs = regs;
+        if let Outcome::Exception(e) = &outcome {
+            // Report the registers as they were at the fault, not in the VMM's stub.
+            regs.rip = e.rip;
+            regs.rsp = e.rsp;
+            regs.rflags = e.rflags;
+        }
+        let rip = regs.rip;
         let instruction = match &outcome {
             Outcome::InternalError(e) if !e.insn_bytes.is_empty() => {
-                let bitness = if sregs.cs.l == 1 { 64 } else if sregs.cs.db == 1 { 32 } else { 16 };
+                let bitness = if sregs.cs.l == 1 {
+                    64
+                } else if sregs.cs.db == 1 {
+                    32
+                } else {
+                    16
+                };
                 Some(disasm::decode(&e.insn_bytes, bitness, rip))
             }
             _ => self.decode_at(rip, &sregs),
         };
-        Ok(RunReport { outcome, stats, regs, sregs, instruction })
+        Ok(RunReport {
+            outcome,
+            stats,
+            regs,
+            sregs,
+            instruction,
+        })
     }
 
     /// Reads the exception frame the CPU pushed before jumping to the stub.
@@ -505,12 +622,26 @@ impl Machine {
                 v
             }
         };
-        let (error_code, first) = if arch::has_error_code(vector) { (Some(word(0)), 1) } else { (None, 0) };
+        let (error_code, first) = if arch::has_error_code(vector) {
+            (Some(word(0)), 1)
+        } else {
+            (None, 0)
+        };
+        let cs = word(first + 1) & 0xffff;
+        // 64-bit frames always hold RSP; 32-bit ones only on a privilege change (never here:
+        // protected-mode guests run at CPL0), so the old stack is just above the frame.
+        let rsp = if width == 8 {
+            word(first + 3)
+        } else {
+            regs.rsp + (first + 3) * width
+        };
         ExceptionInfo {
             vector,
             error_code,
             rip: word(first),
-            cs: word(first + 1) & 0xffff,
+            cs,
+            rflags: word(first + 2),
+            rsp,
             cr2: (vector == 14).then_some(sregs.cr2),
         }
     }
@@ -533,7 +664,11 @@ impl Machine {
             let size = usize::from(raw[0]).min(15);
             insn_bytes = raw[1..1 + size].to_vec();
         }
-        InternalErrorInfo { suberror: internal.suberror, data, insn_bytes }
+        InternalErrorInfo {
+            suberror: internal.suberror,
+            data,
+            insn_bytes,
+        }
     }
 }
 
@@ -567,7 +702,9 @@ impl Watchdog {
     fn start(timeout: Duration) -> Result<Self, MachineError> {
         static REGISTER: Once = Once::new();
         let mut registered = Ok(());
-        REGISTER.call_once(|| registered = register_signal_handler(Self::kick_signal(), noop_signal_handler));
+        REGISTER.call_once(|| {
+            registered = register_signal_handler(Self::kick_signal(), noop_signal_handler)
+        });
         registered.map_err(|e| MachineError::Watchdog(e.to_string()))?;
         // SAFETY: pthread_self has no preconditions.
         let target = ThisThread(unsafe { libc::pthread_self() });
@@ -582,12 +719,17 @@ impl Watchdog {
                 }
                 flag.store(true, Ordering::Release);
                 // Kick until the run loop drops the sender.
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(5)) {
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(5))
+                {
                     let _ = target.kill(Self::kick_signal());
                 }
             })
             .map_err(|e| MachineError::Watchdog(e.to_string()))?;
-        Ok(Self { fired, done: Some(done), thread: Some(thread) })
+        Ok(Self {
+            fired,
+            done: Some(done),
+            thread: Some(thread),
+        })
     }
 }
 

@@ -3,9 +3,7 @@
 //! All guest memory access goes through `vm-memory`'s [`GuestMemoryMmap`], which checks
 //! every guest address and length against the mapped regions.
 
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Guest page size used for layout checks.
 pub const PAGE_SIZE: u64 = 4096;
@@ -97,7 +95,12 @@ pub fn human_size(bytes: u64) -> String {
 /// The physical memory installed on this host, in bytes (0 if unknown).
 pub fn host_memory() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions; it only reads system information.
-    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages <= 0 || page <= 0 {
         0
     } else {
@@ -178,14 +181,20 @@ impl GuestRam {
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.mem
             .write_slice(data, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange { addr, len: data.len() })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: data.len(),
+            })
     }
 
     /// Reads `buf.len()` bytes from guest memory at `addr`.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.mem
             .read_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len(),
+            })
     }
 
     /// Reads a little-endian u64 at `addr`.
@@ -216,7 +225,15 @@ mod tests {
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
         assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
         assert_eq!(parse_size("0").unwrap(), 0);
-        for bad in ["", "M", "2X", "-1", "1.5M", "99999999999999999999G", "18446744073709551615K"] {
+        for bad in [
+            "",
+            "M",
+            "2X",
+            "-1",
+            "1.5M",
+            "99999999999999999999G",
+            "18446744073709551615K",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad} should not parse");
         }
     }
@@ -232,8 +249,14 @@ mod tests {
     #[test]
     fn ram_rejects_bad_sizes() {
         assert!(matches!(GuestRam::new(0, 0), Err(MemoryError::Zero)));
-        assert!(matches!(GuestRam::new(0, 1000), Err(MemoryError::Unaligned(_))));
-        assert!(matches!(GuestRam::new(0, 1 << 50), Err(MemoryError::TooLarge { .. })));
+        assert!(matches!(
+            GuestRam::new(0, 1000),
+            Err(MemoryError::Unaligned(_))
+        ));
+        assert!(matches!(
+            GuestRam::new(0, 1 << 50),
+            Err(MemoryError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -163,13 +163,21 @@ impl fmt::Display for ExitStats {
         for kind in ExitKind::ALL {
             let n = self.count(kind);
             if n > 0 {
-                writeln!(f, "  {:<16} {:>10}   ({})", kind.label(), n, kind.kvm_name())?;
+                writeln!(
+                    f,
+                    "  {:<16} {:>10}   ({})",
+                    kind.label(),
+                    n,
+                    kind.kvm_name()
+                )?;
             }
         }
         if self.unhandled > 0 {
             writeln!(f, "  to no device     {:>10}", self.unhandled)?;
         }
-        let total = (self.guest_time + self.vmm_time).as_secs_f64().max(f64::MIN_POSITIVE);
+        let total = (self.guest_time + self.vmm_time)
+            .as_secs_f64()
+            .max(f64::MIN_POSITIVE);
         writeln!(
             f,
             "time in guest (KVM_RUN): {:>10.3} ms ({:.1}%)",
@@ -257,14 +265,32 @@ fn data_text(data: &[u8]) -> String {
 pub fn describe_exit(exit: &VcpuExit<'_>) -> String {
     match exit {
         VcpuExit::IoOut(port, data) => {
-            format!("out port {port:#x}, {} byte(s): {}", data.len(), data_text(data))
+            format!(
+                "out port {port:#x}, {} byte(s): {}",
+                data.len(),
+                data_text(data)
+            )
         }
-        VcpuExit::IoIn(port, data) => format!("in port {port:#x}, {} byte(s): {}", data.len(), data_text(data)),
+        VcpuExit::IoIn(port, data) => format!(
+            "in port {port:#x}, {} byte(s): {}",
+            data.len(),
+            data_text(data)
+        ),
         VcpuExit::MmioWrite(addr, data) => {
-            format!("write {addr:#x}, {} byte(s): {}", data.len(), data_text(data))
+            format!(
+                "write {addr:#x}, {} byte(s): {}",
+                data.len(),
+                data_text(data)
+            )
         }
-        VcpuExit::MmioRead(addr, data) => format!("read {addr:#x}, {} byte(s): {}", data.len(), data_text(data)),
-        VcpuExit::FailEntry(reason, cpu) => format!("hardware entry failure reason {reason:#x} on host cpu {cpu}"),
+        VcpuExit::MmioRead(addr, data) => format!(
+            "read {addr:#x}, {} byte(s): {}",
+            data.len(),
+            data_text(data)
+        ),
+        VcpuExit::FailEntry(reason, cpu) => {
+            format!("hardware entry failure reason {reason:#x} on host cpu {cpu}")
+        }
         VcpuExit::Unsupported(r) => format!("exit reason {r}"),
         VcpuExit::Hlt => "the guest executed hlt".into(),
         VcpuExit::Shutdown => "triple fault: the guest could not even handle a double fault".into(),
@@ -276,20 +302,29 @@ pub fn describe_exit(exit: &VcpuExit<'_>) -> String {
 ///
 /// After an access the [`StopSignal`] is consulted, so a device can end the VM (the exit
 /// device does).
-pub fn handle_exit(exit: &mut VcpuExit<'_>, bus: &Bus, stop: &StopSignal, stats: &mut ExitStats) -> ExitAction {
+pub fn handle_exit(
+    exit: &mut VcpuExit<'_>,
+    bus: &Bus,
+    stop: &StopSignal,
+    stats: &mut ExitStats,
+) -> ExitAction {
     match exit {
-        VcpuExit::IoOut(port, data) => {
-            stats.record_access(ExitKind::IoOut, bus.write(AddressSpace::Pio, u64::from(*port), data))
-        }
-        VcpuExit::IoIn(port, data) => {
-            stats.record_access(ExitKind::IoIn, bus.read(AddressSpace::Pio, u64::from(*port), data))
-        }
-        VcpuExit::MmioWrite(addr, data) => {
-            stats.record_access(ExitKind::MmioWrite, bus.write(AddressSpace::Mmio, *addr, data))
-        }
-        VcpuExit::MmioRead(addr, data) => {
-            stats.record_access(ExitKind::MmioRead, bus.read(AddressSpace::Mmio, *addr, data))
-        }
+        VcpuExit::IoOut(port, data) => stats.record_access(
+            ExitKind::IoOut,
+            bus.write(AddressSpace::Pio, u64::from(*port), data),
+        ),
+        VcpuExit::IoIn(port, data) => stats.record_access(
+            ExitKind::IoIn,
+            bus.read(AddressSpace::Pio, u64::from(*port), data),
+        ),
+        VcpuExit::MmioWrite(addr, data) => stats.record_access(
+            ExitKind::MmioWrite,
+            bus.write(AddressSpace::Mmio, *addr, data),
+        ),
+        VcpuExit::MmioRead(addr, data) => stats.record_access(
+            ExitKind::MmioRead,
+            bus.read(AddressSpace::Mmio, *addr, data),
+        ),
         VcpuExit::Hlt => {
             stats.record(ExitKind::Hlt);
             return ExitAction::Stop(Stop::Halted);
@@ -300,7 +335,10 @@ pub fn handle_exit(exit: &mut VcpuExit<'_>, bus: &Bus, stop: &StopSignal, stats:
         }
         VcpuExit::FailEntry(reason, cpu) => {
             stats.record(ExitKind::FailEntry);
-            return ExitAction::Stop(Stop::FailEntry { reason: *reason, cpu: *cpu });
+            return ExitAction::Stop(Stop::FailEntry {
+                reason: *reason,
+                cpu: *cpu,
+            });
         }
         VcpuExit::InternalError => {
             stats.record(ExitKind::InternalError);
@@ -331,11 +369,21 @@ mod tests {
         let stop = StopSignal::new();
         let out = SharedBuffer::default();
         let mut bus = Bus::new();
-        let serial: Arc<Mutex<dyn BusDevice>> =
-            Arc::new(Mutex::new(SerialDevice::new(NoInterrupt, Box::new(out.clone()), None)));
-        bus.insert(AddressSpace::Pio, 0x3f8, 8, "serial", serial).unwrap();
-        bus.insert(AddressSpace::Pio, 0xf4, 1, "exit", Arc::new(Mutex::new(ExitDevice::new(stop.clone()))))
+        let serial: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(SerialDevice::new(
+            NoInterrupt,
+            Box::new(out.clone()),
+            None,
+        )));
+        bus.insert(AddressSpace::Pio, 0x3f8, 8, "serial", serial)
             .unwrap();
+        bus.insert(
+            AddressSpace::Pio,
+            0xf4,
+            1,
+            "exit",
+            Arc::new(Mutex::new(ExitDevice::new(stop.clone()))),
+        )
+        .unwrap();
         (bus, stop, out)
     }
 
@@ -349,7 +397,12 @@ mod tests {
         }
         assert_eq!(out.contents(), b"ok");
         let mut lsr = [0u8];
-        handle_exit(&mut VcpuExit::IoIn(0x3fd, &mut lsr), &bus, &stop, &mut stats);
+        handle_exit(
+            &mut VcpuExit::IoIn(0x3fd, &mut lsr),
+            &bus,
+            &stop,
+            &mut stats,
+        );
         assert_eq!(lsr[0] & 0x20, 0x20, "transmitter empty");
         assert_eq!(stats.count(ExitKind::IoOut), 2);
         assert_eq!(stats.count(ExitKind::IoIn), 1);
@@ -369,10 +422,20 @@ mod tests {
         let (bus, stop, _) = machine_bus();
         let mut stats = ExitStats::default();
         let mut data = [0u8; 4];
-        let a = handle_exit(&mut VcpuExit::MmioRead(0xd000_0000, &mut data), &bus, &stop, &mut stats);
+        let a = handle_exit(
+            &mut VcpuExit::MmioRead(0xd000_0000, &mut data),
+            &bus,
+            &stop,
+            &mut stats,
+        );
         assert_eq!(a, ExitAction::Continue);
         assert_eq!(data, [0xff; 4]);
-        let a = handle_exit(&mut VcpuExit::MmioWrite(0xd000_0000, &[1, 2]), &bus, &stop, &mut stats);
+        let a = handle_exit(
+            &mut VcpuExit::MmioWrite(0xd000_0000, &[1, 2]),
+            &bus,
+            &stop,
+            &mut stats,
+        );
         assert_eq!(a, ExitAction::Continue);
         assert_eq!(stats.unhandled, 2);
     }
@@ -384,20 +447,38 @@ mod tests {
         let cases: Vec<(VcpuExit<'_>, Stop)> = vec![
             (VcpuExit::Hlt, Stop::Halted),
             (VcpuExit::Shutdown, Stop::TripleFault),
-            (VcpuExit::FailEntry(0x21, 1), Stop::FailEntry { reason: 0x21, cpu: 1 }),
+            (
+                VcpuExit::FailEntry(0x21, 1),
+                Stop::FailEntry {
+                    reason: 0x21,
+                    cpu: 1,
+                },
+            ),
             (VcpuExit::InternalError, Stop::InternalError),
             (VcpuExit::Unknown, Stop::Unexpected("KVM_EXIT_UNKNOWN")),
-            (VcpuExit::Unsupported(1234), Stop::Unexpected("unsupported exit")),
+            (
+                VcpuExit::Unsupported(1234),
+                Stop::Unexpected("unsupported exit"),
+            ),
         ];
         for (mut exit, want) in cases {
-            assert_eq!(handle_exit(&mut exit, &bus, &stop, &mut stats), ExitAction::Stop(want));
+            assert_eq!(
+                handle_exit(&mut exit, &bus, &stop, &mut stats),
+                ExitAction::Stop(want)
+            );
         }
         assert_eq!(stats.total(), 6);
     }
 
     #[test]
     fn exits_are_described_for_learners() {
-        assert_eq!(describe_exit(&VcpuExit::IoOut(0x3f8, b"4")), "out port 0x3f8, 1 byte(s): 0x34 '4'");
-        assert_eq!(describe_exit(&VcpuExit::IoOut(0x3f8, b"\n")), "out port 0x3f8, 1 byte(s): 0x0a '\\n'");
+        assert_eq!(
+            describe_exit(&VcpuExit::IoOut(0x3f8, b"4")),
+            "out port 0x3f8, 1 byte(s): 0x34 '4'"
+        );
+        assert_eq!(
+            describe_exit(&VcpuExit::IoOut(0x3f8, b"\n")),
+            "out port 0x3f8, 1 byte(s): 0x0a '\\n'"
+        );
     }
 }

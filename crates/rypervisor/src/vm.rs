@@ -34,7 +34,9 @@ pub struct Vm {
 impl Vm {
     /// `KVM_CREATE_VM` with the default machine type.
     pub fn create(kvm: &KvmSystem) -> Result<Self, VmError> {
-        Ok(Self { fd: kvm.kvm.create_vm().map_err(VmError::Create)? })
+        Ok(Self {
+            fd: kvm.kvm.create_vm().map_err(VmError::Create)?,
+        })
     }
 
     /// The raw file descriptor number (for narration).
@@ -44,7 +46,11 @@ impl Vm {
 
     /// Maps every region of `ram` into the guest, one memory slot each, starting at `first_slot`.
     /// Returns the region descriptions handed to KVM.
-    pub fn register_ram(&self, ram: &GuestRam, first_slot: u32) -> Result<Vec<kvm_userspace_memory_region>, VmError> {
+    pub fn register_ram(
+        &self,
+        ram: &GuestRam,
+        first_slot: u32,
+    ) -> Result<Vec<kvm_userspace_memory_region>, VmError> {
         let mut done = Vec::new();
         for (slot, (guest, host, size)) in (first_slot..).zip(ram.regions()) {
             let region = kvm_userspace_memory_region {

@@ -21,7 +21,11 @@ pub struct Run {
 
 /// Fails loudly if /dev/kvm cannot be used: these tests exercise a real KVM.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!("these tests need a usable /dev/kvm (load kvm_intel/kvm_amd and check permissions): {e}");
     }
 }
@@ -43,7 +47,10 @@ pub fn rypervisor(args: &[&str], stdin: &[u8]) -> Run {
     let out = child.wait_with_output().expect("wait for rypervisor");
     writer.join().unwrap();
     Run {
-        status: out.status.code().unwrap_or_else(|| panic!("rypervisor died by a signal: {:?}", out.status)),
+        status: out
+            .status
+            .code()
+            .unwrap_or_else(|| panic!("rypervisor died by a signal: {:?}", out.status)),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -56,7 +63,9 @@ pub struct Files {
 
 impl Files {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -71,7 +80,11 @@ pub fn path_str(p: &Path) -> &str {
 }
 
 /// Assembles a guest: `body` emits instructions; `ip` is the load address.
-pub fn assemble(bitness: u32, ip: u64, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+pub fn assemble(
+    bitness: u32,
+    ip: u64,
+    body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Vec<u8> {
     let mut a = CodeAssembler::new(bitness).unwrap();
     body(&mut a).unwrap();
     a.assemble(ip).unwrap()

@@ -29,9 +29,12 @@ impl StopSignal {
 
     /// Asks the VMM to end the VM with `status`. Later requests are ignored.
     pub fn request(&self, status: u8) {
-        let _ = self
-            .state
-            .compare_exchange(0, 0x100 | u32::from(status), Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.state.compare_exchange(
+            0,
+            0x100 | u32::from(status),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The requested status, if any.
@@ -57,7 +60,10 @@ impl SharedBuffer {
 
 impl Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

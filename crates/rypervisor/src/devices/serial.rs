@@ -66,20 +66,26 @@ impl<T: Trigger> SerialDevice<T> {
                 unreachable!()
             };
             let (tx, rx) = mpsc::channel();
-            let spawned = thread::Builder::new().name("serial-input".into()).spawn(move || {
-                let mut buf = [0u8; 256];
-                loop {
-                    match source.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if tx.send(buf[..n].to_vec()).is_err() {
-                                break;
+            let spawned = thread::Builder::new()
+                .name("serial-input".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 256];
+                    loop {
+                        match source.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if tx.send(buf[..n].to_vec()).is_err() {
+                                    break;
+                                }
                             }
                         }
                     }
-                }
-            });
-            self.input = if spawned.is_ok() { Input::Running(rx) } else { Input::Closed };
+                });
+            self.input = if spawned.is_ok() {
+                Input::Running(rx)
+            } else {
+                Input::Closed
+            };
         }
         if let Input::Running(rx) = &self.input {
             loop {
@@ -108,7 +114,9 @@ impl<T: Trigger> SerialDevice<T> {
 
 impl<T: Trigger + Send> BusDevice for SerialDevice<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if (offset == LSR || offset == RBR) && !matches!(self.input, Input::Closed) || !self.pending.is_empty() {
+        if (offset == LSR || offset == RBR) && !matches!(self.input, Input::Closed)
+            || !self.pending.is_empty()
+        {
             self.pump_input();
         }
         // The UART's registers are one byte wide; wider reads see the register in the low byte.
