@@ -588,7 +588,9 @@ impl Machine {
             regs.rflags = e.rflags;
         }
         let rip = regs.rip;
+        // Disassembly is for fault reports; a clean exit skips the formatter's setup cost.
         let instruction = match &outcome {
+            o if !o.is_fault() => None,
             Outcome::InternalError(e) if !e.insn_bytes.is_empty() => {
                 let bitness = if sregs.cs.l == 1 {
                     64
