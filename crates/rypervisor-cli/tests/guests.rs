@@ -421,3 +421,31 @@ fn stats_count_exits_and_time() {
     );
     assert!(r.stderr.contains("time in guest"), "{}", r.stderr);
 }
+
+#[test]
+fn emulation_failures_are_reported_with_the_instruction() {
+    // `popcnt` at CPL0: hardware runs it (and the guest halts: status 0); KVM's instruction
+    // emulator, which runs all ring-0 code on nested hosts such as kvm_pvm, cannot.
+    let code = assemble(64, 0x1000, |a| {
+        a.popcnt(rax, rbx)?;
+        a.hlt()
+    });
+    let r = run_image(&Files::new(), "popcnt.bin", &code, &["--mode", "long"], b"");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(r.status, 3, "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("KVM_EXIT_INTERNAL_ERROR suberror 1: emulation failure"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("instruction: 0x1000: f3 48 0f b8 c3"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("popcnt rax,rbx"), "{}", r.stderr);
+    } else {
+        assert_eq!(r.status, 0, "{}", r.stderr);
+    }
+}
