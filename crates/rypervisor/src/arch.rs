@@ -462,6 +462,17 @@ fn write_page_tables(ram: &GuestRam, base: u64, user: bool) -> Result<(), Memory
     ram.write(base + PD, &pds)
 }
 
+/// The width of the code the vCPU is executing (16, 32 or 64), from its CS descriptor.
+pub fn code_bitness(sregs: &kvm_sregs) -> u32 {
+    if sregs.cs.l == 1 {
+        64
+    } else if sregs.cs.db == 1 {
+        32
+    } else {
+        16
+    }
+}
+
 /// Vectors that push an error code.
 pub fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)

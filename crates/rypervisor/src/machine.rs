@@ -466,16 +466,7 @@ impl Machine {
                 }
             ),
         });
-        let regs = self
-            .vcpu
-            .fd
-            .get_regs()
-            .map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
-        let sregs = self
-            .vcpu
-            .fd
-            .get_sregs()
-            .map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+        let (regs, sregs) = self.vcpu.state()?;
         obs.event(Event::Ioctl {
             name: "KVM_RUN",
             fd: self.vcpu.raw_fd(),
@@ -495,10 +486,8 @@ impl Machine {
     ) {
         let instruction = self
             .vcpu
-            .fd
-            .get_regs()
+            .state()
             .ok()
-            .zip(self.vcpu.fd.get_sregs().ok())
             .and_then(|(r, s)| self.decode_at(r.rip, &s));
         let action = match action {
             ExitAction::Continue => "handled; KVM_RUN again".to_string(),
@@ -547,27 +536,12 @@ impl Machine {
             return None;
         }
         self.ram.read(phys, &mut buf[..n]).ok()?;
-        let bitness = if sregs.cs.l == 1 {
-            64
-        } else if sregs.cs.db == 1 {
-            32
-        } else {
-            16
-        };
+        let bitness = arch::code_bitness(sregs);
         Some(disasm::decode(&buf[..n], bitness, rip))
     }
 
     fn report(&mut self, stop: Option<Stop>, stats: ExitStats) -> Result<RunReport, MachineError> {
-        let regs = self
-            .vcpu
-            .fd
-            .get_regs()
-            .map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
-        let sregs = self
-            .vcpu
-            .fd
-            .get_sregs()
-            .map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+        let (regs, sregs) = self.vcpu.state()?;
         let outcome = match stop {
             None => Outcome::TimedOut,
             Some(Stop::Requested(v)) => Outcome::Exited(v),
@@ -592,13 +566,7 @@ impl Machine {
         let instruction = match &outcome {
             o if !o.is_fault() => None,
             Outcome::InternalError(e) if !e.insn_bytes.is_empty() => {
-                let bitness = if sregs.cs.l == 1 {
-                    64
-                } else if sregs.cs.db == 1 {
-                    32
-                } else {
-                    16
-                };
+                let bitness = arch::code_bitness(&sregs);
                 Some(disasm::decode(&e.insn_bytes, bitness, rip))
             }
             _ => self.decode_at(rip, &sregs),

@@ -49,6 +49,19 @@ impl Vcpu {
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
+
+    /// `KVM_GET_REGS` and `KVM_GET_SREGS`.
+    pub fn state(&self) -> Result<(kvm_bindings::kvm_regs, kvm_bindings::kvm_sregs), VcpuError> {
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+        Ok((regs, sregs))
+    }
 }
 
 /// Kinds of VM exit, for counting.
