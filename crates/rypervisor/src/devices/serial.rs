@@ -61,32 +61,10 @@ impl<T: Trigger> SerialDevice<T> {
 
     /// Moves available input into the UART's receive FIFO, without blocking.
     fn pump_input(&mut self) {
-        if let Input::Idle(_) = self.input {
-            let Input::Idle(mut source) = std::mem::replace(&mut self.input, Input::Closed) else {
-                unreachable!()
-            };
-            let (tx, rx) = mpsc::channel();
-            let spawned = thread::Builder::new()
-                .name("serial-input".into())
-                .spawn(move || {
-                    let mut buf = [0u8; 256];
-                    loop {
-                        match source.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if tx.send(buf[..n].to_vec()).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                });
-            self.input = if spawned.is_ok() {
-                Input::Running(rx)
-            } else {
-                Input::Closed
-            };
-        }
+        self.input = match std::mem::replace(&mut self.input, Input::Closed) {
+            Input::Idle(source) => start_reader(source),
+            other => other,
+        };
         if let Input::Running(rx) = &self.input {
             loop {
                 match rx.try_recv() {
@@ -112,11 +90,35 @@ impl<T: Trigger> SerialDevice<T> {
     }
 }
 
+/// Reads `source` on a helper thread, so a guest polling the UART never blocks the vCPU.
+fn start_reader(mut source: Box<dyn Read + Send>) -> Input {
+    let (tx, rx) = mpsc::channel();
+    let spawned = thread::Builder::new()
+        .name("serial-input".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            loop {
+                match source.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    if spawned.is_ok() {
+        Input::Running(rx)
+    } else {
+        Input::Closed
+    }
+}
+
 impl<T: Trigger + Send> BusDevice for SerialDevice<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if (offset == LSR || offset == RBR) && !matches!(self.input, Input::Closed)
-            || !self.pending.is_empty()
-        {
+        let input_possible = !matches!(self.input, Input::Closed) || !self.pending.is_empty();
+        if (offset == LSR || offset == RBR) && input_possible {
             self.pump_input();
         }
         // The UART's registers are one byte wide; wider reads see the register in the low byte.
