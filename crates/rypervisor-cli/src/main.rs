@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rypervisor::explain::{Format, Narrator, Observer, Silent};
-use rypervisor::loader::{FlatOptions, DEFAULT_LOAD};
+use rypervisor::loader::FlatOptions;
 use rypervisor::machine::{Machine, RunReport};
 use rypervisor::{builder, info, memory, CpuMode, Gpr, Image, MachineConfig, Privilege};
 
@@ -97,7 +97,7 @@ struct RunArgs {
     #[arg(long, value_name = "MODE")]
     mode: Option<CpuMode>,
     /// Guest-physical load address of a flat binary.
-    #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value_t = DEFAULT_LOAD)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value = "0x1000")]
     load: u64,
     /// Entry point of a flat binary (default: the load address).
     #[arg(long, value_name = "ADDR", value_parser = parse_u64)]
