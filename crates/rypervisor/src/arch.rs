@@ -199,7 +199,7 @@ pub mod efer {
 }
 
 /// Page-table entry bits.
-mod pte {
+pub(crate) mod pte {
     pub const PRESENT: u64 = 1 << 0;
     pub const WRITABLE: u64 = 1 << 1;
     pub const USER: u64 = 1 << 2;
@@ -274,7 +274,7 @@ impl SystemArea {
 }
 
 /// A flat code or data segment as KVM wants it in `kvm_sregs`.
-fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
+pub(crate) fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,

@@ -43,8 +43,11 @@ pub mod kvm;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod sandbox;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
+pub mod watchdog;
 
 pub use arch::{CpuMode, Gpr, Privilege};
 pub use loader::Image;

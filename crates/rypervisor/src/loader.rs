@@ -233,7 +233,7 @@ impl Image {
     }
 }
 
-fn machine_name(m: u16) -> String {
+pub(crate) fn machine_name(m: u16) -> String {
     match m {
         elf::EM_386 => "i386".into(),
         elf::EM_X86_64 => "x86-64".into(),

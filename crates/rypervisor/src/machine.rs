@@ -3,17 +3,13 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Once};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_regs, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::{self, CpuMode, Gpr, Privilege, SystemArea};
 use crate::bus::{AddressSpace, Bus, BusError, SharedDevice};
@@ -28,6 +24,7 @@ use crate::vcpu::{
     describe_exit, exit_name, handle_exit, ExitAction, ExitKind, ExitStats, Stop, Vcpu, VcpuError,
 };
 use crate::vm::Vm;
+use crate::watchdog::Watchdog;
 
 /// Errors while running a machine (guest faults are not errors: they are [`Outcome`]s).
 #[derive(Debug, thiserror::Error)]
@@ -363,15 +360,12 @@ impl Machine {
 
     /// Runs the vCPU until the guest stops (LWN step 7: the `KVM_RUN` loop).
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunReport, MachineError> {
-        let watchdog = match self.timeout {
-            Some(t) => Some(Watchdog::start(t)?),
+        let dog = match self.timeout {
+            Some(_) => Some(Watchdog::new().map_err(|e| MachineError::Watchdog(e.to_string()))?),
             None => None,
         };
-        let timed_out = || {
-            watchdog
-                .as_ref()
-                .is_some_and(|w| w.fired.load(Ordering::Acquire))
-        };
+        let watchdog = dog.as_ref().zip(self.timeout).map(|(d, t)| d.arm(t));
+        let timed_out = || watchdog.as_ref().is_some_and(|w| w.fired());
         let start_state = if obs.enabled() {
             Some(self.narrate_start(obs)?)
         } else {
@@ -617,97 +611,32 @@ impl Machine {
     }
 
     fn internal_error(&mut self) -> InternalErrorInfo {
-        let run = self.vcpu.fd.get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which the kernel fills the
-        // `internal` member of the exit union; the struct is plain integers.
-        let internal = unsafe { run.__bindgen_anon_1.internal };
-        let ndata = (internal.ndata as usize).min(internal.data.len());
-        let data = internal.data[..ndata].to_vec();
-        // For emulation failures with KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
-        // the words after `flags` hold `insn_size` (1 byte) then up to 15 instruction bytes.
-        let mut insn_bytes = Vec::new();
-        if internal.suberror == KVM_INTERNAL_ERROR_EMULATION
-            && ndata >= 3
-            && data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0
-        {
-            let raw: Vec<u8> = data[1..3].iter().flat_map(|w| w.to_le_bytes()).collect();
-            let size = usize::from(raw[0]).min(15);
-            insn_bytes = raw[1..1 + size].to_vec();
-        }
-        InternalErrorInfo {
-            suberror: internal.suberror,
-            data,
-            insn_bytes,
-        }
+        read_internal_error(&mut self.vcpu.fd)
     }
 }
 
-/// The calling thread, as a target for `pthread_kill`.
-struct ThisThread(libc::pthread_t);
-
-// SAFETY: the handle is the thread that calls `Machine::run`, which joins the watchdog (the
-// only user of this handle) before returning, so the thread outlives every use.
-unsafe impl Killable for ThisThread {
-    fn pthread_handle(&self) -> libc::pthread_t {
-        self.0
+/// Reads the details of the `KVM_EXIT_INTERNAL_ERROR` the vCPU just returned.
+pub fn read_internal_error(vcpu: &mut kvm_ioctls::VcpuFd) -> InternalErrorInfo {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which the kernel fills the
+    // `internal` member of the exit union; the struct is plain integers.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let ndata = (internal.ndata as usize).min(internal.data.len());
+    let data = internal.data[..ndata].to_vec();
+    // For emulation failures with KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+    // the words after `flags` hold `insn_size` (1 byte) then up to 15 instruction bytes.
+    let mut insn_bytes = Vec::new();
+    if internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+        && ndata >= 3
+        && data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0
+    {
+        let raw: Vec<u8> = data[1..3].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let size = usize::from(raw[0]).min(15);
+        insn_bytes = raw[1..1 + size].to_vec();
     }
-}
-
-extern "C" fn noop_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Stops a runaway guest: after the timeout it kicks the vCPU thread out of `KVM_RUN` with a
-/// signal, repeating until the run loop has seen it (a signal that lands while the thread is
-/// in the VMM rather than in the guest is otherwise lost).
-struct Watchdog {
-    fired: Arc<AtomicBool>,
-    done: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn kick_signal() -> libc::c_int {
-        SIGRTMIN()
-    }
-
-    fn start(timeout: Duration) -> Result<Self, MachineError> {
-        static REGISTER: Once = Once::new();
-        let mut registered = Ok(());
-        REGISTER.call_once(|| {
-            registered = register_signal_handler(Self::kick_signal(), noop_signal_handler)
-        });
-        registered.map_err(|e| MachineError::Watchdog(e.to_string()))?;
-        // SAFETY: pthread_self has no preconditions.
-        let target = ThisThread(unsafe { libc::pthread_self() });
-        let fired = Arc::new(AtomicBool::new(false));
-        let (done, rx) = mpsc::channel::<()>();
-        let flag = fired.clone();
-        let thread = std::thread::Builder::new()
-            .name("watchdog".into())
-            .spawn(move || {
-                if rx.recv_timeout(timeout) != Err(RecvTimeoutError::Timeout) {
-                    return; // the run ended first
-                }
-                flag.store(true, Ordering::Release);
-                // Kick until the run loop drops the sender.
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(5))
-                {
-                    let _ = target.kill(Self::kick_signal());
-                }
-            })
-            .map_err(|e| MachineError::Watchdog(e.to_string()))?;
-        Ok(Self {
-            fired,
-            done: Some(done),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.done.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    InternalErrorInfo {
+        suberror: internal.suberror,
+        data,
+        insn_bytes,
     }
 }

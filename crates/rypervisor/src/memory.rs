@@ -204,6 +204,45 @@ impl GuestRam {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// Gives `[addr, addr+len)` back to the host (`madvise(MADV_DONTNEED)`): the pages read as
+    /// zero afterwards and stop counting towards the VMM's resident memory. Both ends must be
+    /// page aligned and inside guest RAM.
+    pub fn discard(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        let out_of_range = || MemoryError::OutOfRange {
+            addr,
+            len: len as usize,
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || !self.contains(addr, len) {
+            return Err(out_of_range());
+        }
+        let host = self.host_address() + (addr - self.base);
+        // SAFETY: `[host, host+len)` lies inside the single anonymous mapping owned by
+        // `self.mem` (checked just above with `contains`), both ends are page aligned, and
+        // MADV_DONTNEED on private anonymous memory only replaces its contents with zero pages;
+        // no Rust reference into guest memory exists (vm-memory hands out volatile slices only).
+        let rc =
+            unsafe { libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            return Err(out_of_range());
+        }
+        Ok(())
+    }
+
+    /// Writes `len` zero bytes at `addr`.
+    pub fn zero(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        const CHUNK: [u8; 4096] = [0; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK.len() as u64);
+            self.write(addr + done, &CHUNK[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Iterates the (guest address, host address, size) of each region, for KVM registration.
     pub fn regions(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         self.mem

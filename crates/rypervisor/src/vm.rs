@@ -22,6 +22,9 @@ pub enum VmError {
         /// The ioctl error.
         source: kvm_ioctls::Error,
     },
+    /// KVM_GET_DIRTY_LOG failed.
+    #[error("KVM_GET_DIRTY_LOG failed: {0}")]
+    DirtyLog(#[source] kvm_ioctls::Error),
 }
 
 /// A KVM virtual machine.
@@ -51,11 +54,26 @@ impl Vm {
         ram: &GuestRam,
         first_slot: u32,
     ) -> Result<Vec<kvm_userspace_memory_region>, VmError> {
+        self.register_ram_with(ram, first_slot, false)
+    }
+
+    /// Like [`Vm::register_ram`]; with `log_dirty` KVM records every page the guest writes
+    /// (`KVM_MEM_LOG_DIRTY_PAGES`), read back with [`Vm::take_dirty_log`].
+    pub fn register_ram_with(
+        &self,
+        ram: &GuestRam,
+        first_slot: u32,
+        log_dirty: bool,
+    ) -> Result<Vec<kvm_userspace_memory_region>, VmError> {
         let mut done = Vec::new();
         for (slot, (guest, host, size)) in (first_slot..).zip(ram.regions()) {
             let region = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags: if log_dirty {
+                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: guest,
                 memory_size: size,
                 userspace_addr: host,
@@ -68,5 +86,13 @@ impl Vm {
             done.push(region);
         }
         Ok(done)
+    }
+
+    /// `KVM_GET_DIRTY_LOG`: one bit per 4 KiB page of `slot` written by the guest since the
+    /// last call (the call clears the log).
+    pub fn take_dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>, VmError> {
+        self.fd
+            .get_dirty_log(slot, size as usize)
+            .map_err(VmError::DirtyLog)
     }
 }
