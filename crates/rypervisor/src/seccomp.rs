@@ -79,6 +79,16 @@ pub fn sandbox_filter(files: bool) -> Result<BpfProgram, SeccompError> {
         )?])?])
     };
     rules.insert(libc::SYS_mmap, no_exec()?);
+    // Debug builds of std check a descriptor with fcntl(F_GETFD) before closing it.
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![rule(vec![cond(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?],
+    );
     rules.insert(libc::SYS_mprotect, no_exec()?);
     for nr in [
         libc::SYS_read,  // stdin for the program

@@ -373,8 +373,10 @@ impl SandboxBuilder {
             // XCR0: x87, SSE, AVX and AVX-512 state as far as KVM supports them (AVX needs it;
             // never AMX, which needs host permission).
             let supported = leaf(0xd, 0).map_or(3, |e| u64::from(e.eax));
-            let mut xcrs = kvm_xcrs::default();
-            xcrs.nr_xcrs = 1;
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
             xcrs.xcrs[0].xcr = 0;
             xcrs.xcrs[0].value = supported & 0xe7;
             vcpu.set_xcrs(&xcrs).map_err(ioctl("KVM_SET_XCRS"))?;
@@ -778,7 +780,7 @@ impl Sandbox {
         let guest = self
             .vm
             .get_dirty_log(0, self.mem.size() as usize)
-            .map_err(|e| VmError::DirtyLog(e))?;
+            .map_err(VmError::DirtyLog)?;
         for (d, g) in dirty.iter_mut().zip(guest) {
             *d |= g;
         }
@@ -805,16 +807,27 @@ impl Sandbox {
                 pages += 1;
             }
         }
-        self.vcpu.clear_sync_dirty_reg(SyncReg::Register);
-        self.vcpu
-            .set_regs(&snap.regs)
-            .map_err(ioctl("KVM_SET_REGS"))?;
-        if self.sregs_touched {
+        if self.sync_regs {
+            // Through kvm_run's synced copy, which must not keep the last exit's registers:
+            // the next system call reads its arguments from there.
+            let sync = self.vcpu.sync_regs_mut();
+            sync.regs = snap.regs;
+            sync.sregs = snap.sregs;
+            self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+            if self.sregs_touched {
+                self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+            }
+        } else {
             self.vcpu
-                .set_sregs(&snap.sregs)
-                .map_err(ioctl("KVM_SET_SREGS"))?;
-            self.sregs_touched = false;
+                .set_regs(&snap.regs)
+                .map_err(ioctl("KVM_SET_REGS"))?;
+            if self.sregs_touched {
+                self.vcpu
+                    .set_sregs(&snap.sregs)
+                    .map_err(ioctl("KVM_SET_SREGS"))?;
+            }
         }
+        self.sregs_touched = false;
         // SAFETY: the buffer came from KVM_GET_XSAVE on this vCPU, so it has the layout and
         // size (the 4 KiB legacy area; the sandbox never enables dynamic XSTATE features such
         // as AMX, which would need KVM_GET_XSAVE2) that KVM_SET_XSAVE reads.
