@@ -23,11 +23,9 @@ fn exec(flags: &[&str], name: &str, libc: Libc, args: &[&str], stdin: &[u8]) -> 
     rypervisor(&all, stdin)
 }
 
-const BOTH: [Libc; 2] = [Libc::Glibc, Libc::Musl];
-
 #[test]
 fn hello_world_with_both_c_libraries() {
-    for libc in BOTH {
+    for libc in support::libcs() {
         let r = exec(&[], "hello", libc, &[], b"");
         assert_eq!(r.status, 0, "{libc:?}: {}", r.stderr);
         assert_eq!(r.stdout, "hello from the sandbox\n", "{libc:?}");
@@ -37,7 +35,7 @@ fn hello_world_with_both_c_libraries() {
 
 #[test]
 fn the_program_sees_a_linux_process_start() {
-    for libc in BOTH {
+    for libc in support::libcs() {
         let r = exec(
             &["--env", "GREETING=hi there", "--env", "N=2"],
             "args",
@@ -77,7 +75,7 @@ fn the_program_sees_a_linux_process_start() {
 
 #[test]
 fn large_allocations_work_and_the_memory_limit_is_enomem_inside() {
-    for libc in BOTH {
+    for libc in support::libcs() {
         let r = exec(&["--mem", "64M"], "alloc", libc, &["over", "80"], b"");
         assert_eq!(r.status, 0, "{libc:?}: {}{}", r.stdout, r.stderr);
         assert!(
@@ -118,7 +116,7 @@ fn computation_matches_the_native_run() {
 
 #[test]
 fn stdin_passes_through() {
-    for libc in BOTH {
+    for libc in support::libcs() {
         let r = exec(&[], "echo", libc, &[], b"hello\nsandbox");
         assert_eq!(r.status, 0, "{libc:?}: {}", r.stderr);
         assert_eq!(r.stdout, "HELLO\nSANDBOX", "{libc:?}");
@@ -215,7 +213,7 @@ fn sockets_processes_and_programs_are_denied() {
 
 #[test]
 fn crashes_are_reported_like_signals() {
-    for libc in BOTH {
+    for libc in support::libcs() {
         let r = exec(&[], "crash", libc, &["null"], b"");
         assert_eq!(r.status, 139, "{libc:?}: {}", r.stderr);
         assert_eq!(r.stdout, "about to null\n");

@@ -13,7 +13,7 @@ fn builder(name: &str, libc: Libc) -> SandboxBuilder {
 
 #[test]
 fn a_program_runs_to_its_exit_status() {
-    for libc in [Libc::Glibc, Libc::Musl] {
+    for libc in support::libcs() {
         let mut sandbox = builder("hello", libc).build().unwrap();
         let mut host = BufferHost::default();
         let exit = sandbox.run(&mut host).unwrap();
@@ -32,7 +32,7 @@ fn expected(reply: &str, input: &str) -> String {
 
 #[test]
 fn a_warm_sandbox_serves_1000_requests_without_leaking_state() {
-    for libc in [Libc::Glibc, Libc::Musl] {
+    for libc in support::libcs() {
         let mut warm = builder("warm", libc)
             .mem(32 << 20)
             .build()

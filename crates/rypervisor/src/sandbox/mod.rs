@@ -410,7 +410,11 @@ impl SandboxBuilder {
             sync_regs,
             fs_base: 0,
             pending: None,
-            watchdog: std::sync::Arc::new(Watchdog::new()?),
+            // Only a sandbox with a time limit needs the watchdog thread.
+            watchdog: match self.timeout {
+                Some(_) => Some(std::sync::Arc::new(Watchdog::new()?)),
+                None => None,
+            },
             timeout: self.timeout,
             trace: self.trace,
             stats: RunStats::default(),
@@ -434,7 +438,7 @@ pub struct Sandbox {
     fs_base: u64,
     /// A system call the program made that is not served yet (a warm sandbox pauses there).
     pending: Option<SyscallArgs>,
-    watchdog: std::sync::Arc<Watchdog>,
+    watchdog: Option<std::sync::Arc<Watchdog>>,
     timeout: Option<Duration>,
     trace: bool,
     stats: RunStats,
@@ -563,8 +567,9 @@ impl Sandbox {
         self.stats.syscalls += 1;
         let mut set_fs = None;
         let remaining = self
-            .timeout
-            .map(|_| self.watchdog.remaining().unwrap_or_default());
+            .watchdog
+            .as_ref()
+            .map(|w| w.remaining().unwrap_or_default());
         let next = {
             let mut cx = Context {
                 mem: &mut self.mem,
@@ -621,7 +626,7 @@ impl Sandbox {
     ) -> Result<Stop, SandboxError> {
         self.stats = RunStats::default();
         let dog = self.watchdog.clone();
-        let armed = self.timeout.map(|t| dog.arm(t));
+        let armed = dog.as_ref().zip(self.timeout).map(|(d, t)| d.arm(t));
         let timed_out =
             |a: &Option<crate::watchdog::Armed<'_>>| a.as_ref().is_some_and(|a| a.fired());
         if let Some(call) = self.pending.take() {

@@ -39,6 +39,21 @@ pub fn require_kvm() {
     );
 }
 
+/// The C libraries to test with: glibc always; musl when `musl-gcc` is installed (`.ci/run`
+/// installs it). Without it the musl variants are skipped with a note on stderr.
+pub fn libcs() -> Vec<Libc> {
+    let musl = Command::new("musl-gcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if musl {
+        vec![Libc::Glibc, Libc::Musl]
+    } else {
+        eprintln!("note: musl-gcc not found, musl variants skipped (apt-get install musl-tools)");
+        vec![Libc::Glibc]
+    }
+}
+
 fn out_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().expect("temporary directory"))
