@@ -93,6 +93,53 @@ enum Command {
         after_help = "Example: rypervisor exec --mem 32M --timeout 5 -- ./hello world"
     )]
     Exec(ExecArgs),
+    /// Boot a Linux kernel (bzImage or vmlinux) with an initrd, a serial console and N vCPUs.
+    #[command(
+        long_about = "Boot a Linux kernel in a micro-VM: bzImage (64-bit boot protocol) or ELF \
+        vmlinux (PVH entry when it has the Xen PVH note, else its 64-bit entry), detected by \
+        content. The guest gets --mem of RAM (e820), an in-kernel irqchip and PIT, an MP table \
+        for --cpus vCPUs (each on its own thread), an 8250 UART on stdin/stdout (IRQ 4), an \
+        i8042 for reset, a CMOS clock, and a boot-marker port (write 123 to port 0x3f0).\n\n\
+        The console is raw while the guest runs; type Ctrl-A x to quit (Ctrl-A Ctrl-A sends \
+        Ctrl-A). The guest's poweroff, halt or reboot ends rypervisor with status 0; a kernel \
+        panic (with the default panic=1) with status 1; --timeout with 124; a VM that cannot \
+        continue (e.g. an instruction the host's KVM cannot emulate) with 3 and a report.\n\n\
+        Default command line: console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux \
+        i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1; --cmdline appends to it. \
+        A small kernel and initramfs for trying this: guest/build-kernel.sh and \
+        guest/build-initramfs.sh.",
+        after_help = "Example: rypervisor boot --kernel vmlinux --initrd initramfs.cpio --cpus 2 --mem 256M"
+    )]
+    Boot(BootArgs),
+}
+
+#[derive(Args)]
+struct BootArgs {
+    /// Kernel image: bzImage or ELF vmlinux.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk (e.g. a cpio initramfs).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Appended to the default kernel command line.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Guest RAM.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// CPU template: host (everything KVM supports) or nested-safe (hides what a nested KVM's
+    /// emulator cannot run). Default: nested-safe where KVM emulates guest ring 0, else host.
+    #[arg(long, value_name = "NAME")]
+    cpu_template: Option<rypervisor::cpu_template::CpuTemplate>,
+    /// Stop the guest after SECS seconds (exit status 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+    /// Print boot times (kernel entry, boot marker, end) and exit counts (on stderr).
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(Args)]
@@ -202,6 +249,7 @@ fn parse_reg(s: &str) -> Result<(Gpr, u64), String> {
 }
 
 fn main() -> ExitCode {
+    PROCESS_START.get_or_init(std::time::Instant::now);
     let cli = Cli::parse();
     let logger = tracing_subscriber::fmt()
         .without_time()
@@ -264,8 +312,120 @@ fn dispatch(cli: Cli) -> Result<u8> {
             run_guest(&config, &image, &args.narration, true)
         }
         Command::Exec(args) => cmd_exec(args, &cli.kvm_device),
+        Command::Boot(args) => cmd_boot(args, &cli.kvm_device),
     }
 }
+
+fn cmd_boot(args: BootArgs, device: &std::path::Path) -> Result<u8> {
+    use rypervisor::boot::{self, BootConfig, Ending};
+    use rypervisor::cpu_template::CpuTemplate;
+    let origin = *PROCESS_START.get().unwrap_or(&std::time::Instant::now());
+    let mut config = BootConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        mem: args.mem,
+        cpus: args.cpus,
+        template: CpuTemplate::Host,
+        timeout: args.timeout,
+        kvm_device: device.to_path_buf(),
+        origin,
+    };
+    config.check()?;
+    config.template = match args.cpu_template {
+        Some(t) => t,
+        None => {
+            let probe = info::ring0_probe(device).context("probing whether KVM emulates ring 0")?;
+            if probe.emulated {
+                eprintln!(
+                    "rypervisor: KVM emulates guest ring 0 on this host ({:.0}x slower than user mode): \
+                     using --cpu-template nested-safe",
+                    probe.ratio
+                );
+                CpuTemplate::NestedSafe
+            } else {
+                CpuTemplate::Host
+            }
+        }
+    };
+    let vm = boot::prepare(config, Box::new(std::io::stdout()))?;
+    let raw = terminal::RawMode::enable_if_tty();
+    boot::console_input(Box::new(std::io::stdin()), vm.serial(), vm.stop_handle())
+        .context("starting the console input thread")?;
+    let report = vm.run();
+    drop(raw);
+    let report = report?;
+    let _ = std::io::stdout().flush();
+    match &report.ending {
+        Ending::PoweredOff | Ending::Reset => {}
+        Ending::UserQuit => eprintln!("rypervisor: stopped (Ctrl-A x)"),
+        Ending::Panic => eprintln!("rypervisor: the guest kernel panicked (see the console above)"),
+        Ending::TimedOut => {
+            eprintln!("rypervisor: guest stopped: time limit expired");
+            for place in &report.last_places {
+                eprintln!("  {place}");
+            }
+        }
+        Ending::Crashed(why) => eprintln!("rypervisor: the VM cannot continue: {why}"),
+    }
+    if args.stats {
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
+        };
+        eprintln!(
+            "boot statistics ({}, cpu template {})",
+            report.format, report.template
+        );
+        eprintln!("  kernel entry      {}", ms(report.kernel_entry));
+        eprintln!("  boot marker       {}", ms(report.marker));
+        eprintln!("  end               {}", ms(Some(report.ended)));
+        eprintln!("  emulation steps   {}", report.workarounds);
+        for (i, e) in report.exits.iter().enumerate() {
+            eprintln!("vCPU {i} {e}");
+        }
+    }
+    Ok(report.ending.status() as u8)
+}
+
+/// The console's terminal mode while a guest runs.
+mod terminal {
+    /// Puts the terminal on stdin in raw mode and restores it when dropped.
+    pub struct RawMode(Option<libc::termios>);
+
+    impl RawMode {
+        /// Raw mode if stdin is a terminal; otherwise nothing.
+        pub fn enable_if_tty() -> Self {
+            // SAFETY: isatty and tcgetattr/tcsetattr only read or write the termios struct
+            // passed, a live local; fd 0 is the process's stdin.
+            unsafe {
+                if libc::isatty(0) != 1 {
+                    return Self(None);
+                }
+                let mut saved: libc::termios = std::mem::zeroed();
+                if libc::tcgetattr(0, &mut saved) != 0 {
+                    return Self(None);
+                }
+                let mut raw = saved;
+                libc::cfmakeraw(&mut raw);
+                raw.c_oflag |= libc::OPOST | libc::ONLCR; // keep "\n" → "\r\n" for our own messages
+                libc::tcsetattr(0, libc::TCSANOW, &raw);
+                Self(Some(saved))
+            }
+        }
+    }
+
+    impl Drop for RawMode {
+        fn drop(&mut self) {
+            if let Some(saved) = self.0 {
+                // SAFETY: restores the settings read in enable_if_tty on the same fd.
+                unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+            }
+        }
+    }
+}
+
+/// When the process started (for boot times).
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
     use rypervisor::sandbox::{self, Policy, SandboxBuilder, StdHost};

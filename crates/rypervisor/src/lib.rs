@@ -33,8 +33,10 @@
 //! ```
 
 pub mod arch;
+pub mod boot;
 pub mod builder;
 pub mod bus;
+pub mod cpu_template;
 pub mod devices;
 pub mod disasm;
 pub mod explain;

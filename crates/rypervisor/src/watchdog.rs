@@ -59,6 +59,15 @@ pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
+/// Installs the kick signal's do-nothing handler (once per process), for any code that
+/// kicks vCPU threads out of `KVM_RUN` itself.
+pub fn install_kick_handler() -> Result<(), WatchdogError> {
+    static REGISTER: Once = Once::new();
+    let mut registered = Ok(());
+    REGISTER.call_once(|| registered = register_signal_handler(kick_signal(), noop_signal_handler));
+    registered.map_err(|e| WatchdogError::Signal(e.to_string()))
+}
+
 /// A long-lived watchdog thread.
 pub struct Watchdog {
     shared: Arc<(Mutex<State>, Condvar)>,

@@ -3,6 +3,9 @@
 //! (an output stream, an interrupt trigger, a [`StopSignal`]).
 
 pub mod exit;
+pub mod i8042;
+pub mod misc;
+pub mod rtc;
 pub mod serial;
 
 use std::io::Write;

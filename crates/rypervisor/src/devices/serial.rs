@@ -31,6 +31,18 @@ impl Trigger for NoInterrupt {
     }
 }
 
+/// An interrupt trigger backed by an eventfd, for an irqfd (`KVM_IRQFD`): writing the eventfd
+/// raises the guest interrupt line it is registered for.
+#[derive(Debug)]
+pub struct EventFdTrigger(pub vmm_sys_util::eventfd::EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.write(1)
+    }
+}
+
 enum Input {
     /// Not read yet: the source is untouched until the guest reads the UART.
     Idle(Box<dyn Read + Send>),
@@ -82,6 +94,13 @@ impl<T: Trigger> SerialDevice<T> {
                 self.pending.drain(..n);
             }
         }
+    }
+
+    /// Queues host input pushed by the VMM (an interrupt-driven console): as much as the
+    /// receive FIFO takes now (raising the interrupt), the rest when the guest drains it.
+    pub fn push_input(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        self.pump_input();
     }
 
     /// Flushes the output stream.

@@ -1,0 +1,309 @@
+//! `rypervisor boot` against real /dev/kvm: the repository's guest kernel recipe
+//! (guest/build-kernel.sh, cached after the first build) with its initramfs, 1 and 2 vCPUs;
+//! Debian's stock cloud kernel as a bzImage; a panicking guest; and bad input.
+//!
+//! Boots are serialised (one guest at a time): on a nested host guest ring 0 is emulated and
+//! CPU-bound, so parallel boots would only slow each other down.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{require_kvm, rypervisor, Run};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn script(name: &str, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("guest").join(name))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run guest/{name}: {e}"));
+    assert!(out.status.success(), "guest/{name} failed ({})", out.status);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The recipe kernel's directory (vmlinux, bzImage), built once per machine.
+fn guest_kernel() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| PathBuf::from(script("build-kernel.sh", &[])))
+}
+
+fn initramfs() -> &'static Path {
+    static FILE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &FILE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("initramfs.cpio");
+            script("build-initramfs.sh", &[path.to_str().unwrap()]);
+            (dir, path)
+        })
+        .1
+}
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn boot(args: &[&str]) -> Run {
+    require_kvm();
+    let mut all = vec!["boot"];
+    all.extend_from_slice(args);
+    rypervisor(&all, b"")
+}
+
+fn boot_recipe(cpus: &str, extra: &[&str]) -> Run {
+    let vmlinux = guest_kernel().join("vmlinux");
+    let initrd = initramfs();
+    let _one = one_at_a_time();
+    let mut args = vec![
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cpus",
+        cpus,
+        "--mem",
+        "128M",
+        "--timeout",
+        "240",
+        "--stats",
+    ];
+    args.extend_from_slice(extra);
+    boot(&args)
+}
+
+#[test]
+fn the_recipe_kernel_boots_to_init_with_one_cpu() {
+    let r = boot_recipe("1", &[]);
+    assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("rypervisor-init: hello from /init"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("rypervisor-init: cpus=1\n")
+            || r.stdout.contains("rypervisor-init: cpus=1\r\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("reboot: System halted") || r.stdout.contains("reboot: Power down"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("ELF vmlinux (PVH entry)"), "{}", r.stderr);
+    let marker = r
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("boot marker"))
+        .unwrap_or("");
+    assert!(
+        marker.ends_with(" s") && !marker.contains('-'),
+        "the marker was seen: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_recipe_kernel_brings_up_two_cpus() {
+    let r = boot_recipe("2", &[]);
+    assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("smp: Brought up 1 node, 2 CPUs"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("rypervisor-init: cpus=2"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("vCPU 1 exits"),
+        "both vCPUs ran on their threads: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_guest_panic_ends_with_status_1() {
+    let r = boot_recipe("1", &["--cmdline", "rypervisor.panic"]);
+    assert!(
+        r.stdout.contains("Kernel panic - not syncing"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.status, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("the guest kernel panicked"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn debian_s_stock_kernel_boots_as_a_bzimage() {
+    require_kvm();
+    let bzimage = script("fetch-stock-kernel.sh", &[]);
+    let _one = one_at_a_time();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args([
+            "boot",
+            "--kernel",
+            &bzimage,
+            "--mem",
+            "256M",
+            "--timeout",
+            "300",
+            "--cmdline",
+            "quiet=0 loglevel=7",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let started = Instant::now();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let done = line.contains("Memory: ");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    // Ctrl-A x: the console escape ends the VM.
+    let _ = stdin.write_all(&[0x01, b'x']);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let console = lines.join("\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        console.contains("Linux version 6.1"),
+        "banner missing after {:?}:\n{console}\n{stderr}",
+        started.elapsed()
+    );
+    let expected_cmdline = format!(
+        "Command line: console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux \
+         i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1{} quiet=0 loglevel=7",
+        if stderr.contains("nested-safe") {
+            " noxsave clearcpuid=308,151,137 nofsgsbase"
+        } else {
+            ""
+        }
+    );
+    assert!(
+        console.contains(&expected_cmdline),
+        "{expected_cmdline:?} not in\n{console}"
+    );
+    for e820 in [
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+        "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
+        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+    ] {
+        assert!(console.contains(e820), "{e820} not in\n{console}");
+    }
+    // "Memory: 2xxxxxK/261756K available": the total is the e820 RAM in KiB.
+    let memory = lines
+        .iter()
+        .find(|l| l.contains("Memory: "))
+        .expect("a Memory: line");
+    let total: u64 = memory
+        .split('/')
+        .nth(1)
+        .and_then(|s| s.split('K').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {memory}"));
+    let e820_kib = ((256u64 << 20) - 0x60400) / 1024;
+    assert!(
+        total <= e820_kib && total > e820_kib - 1024,
+        "{memory}: expected about {e820_kib}K"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped (Ctrl-A x)"), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a kernel\n").unwrap();
+    let mut fake_bz = vec![0u8; 0x1000];
+    fake_bz[0x1f1] = 4; // setup_sects
+    fake_bz[0x1fe] = 0x55;
+    fake_bz[0x1ff] = 0xaa;
+    fake_bz[0x202..0x206].copy_from_slice(b"HdrS");
+    fake_bz[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+    fake_bz[0x211] = 1; // loadflags: LOADED_HIGH
+    let truncated = dir.path().join("bzImage");
+    std::fs::write(&truncated, &fake_bz).unwrap();
+    let big = dir.path().join("big.cpio");
+    std::fs::write(&big, vec![0u8; 20 << 20]).unwrap();
+    let long = "x".repeat(3000);
+    let t = text.to_str().unwrap();
+    let b = truncated.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--kernel", t], "is not a Linux kernel"),
+        (vec!["--kernel", b], "cannot load kernel"),
+        (
+            vec!["--kernel", "/no/such/kernel"],
+            "cannot read kernel /no/such/kernel",
+        ),
+        (
+            vec!["--kernel", t, "--cpus", "0"],
+            "--cpus must be between 1",
+        ),
+        (
+            vec![
+                "--kernel",
+                t,
+                "--mem",
+                "16M",
+                "--initrd",
+                big.to_str().unwrap(),
+            ],
+            "does not fit in guest memory",
+        ),
+        (vec!["--kernel", t, "--cmdline", &long], "command line is"),
+        (
+            vec!["--kernel", t, "--cpu-template", "fast"],
+            "unknown CPU template",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut all = args.clone();
+        all.extend_from_slice(&["--cpu-template", "host"]);
+        if args.contains(&"--cpu-template") {
+            all.truncate(args.len());
+        }
+        let r = boot(&all);
+        assert_eq!(
+            r.status,
+            if message.contains("template") { 2 } else { 1 },
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(message),
+            "{args:?}: expected {message:?} in {}",
+            r.stderr
+        );
+    }
+    let _ = Duration::ZERO;
+}
