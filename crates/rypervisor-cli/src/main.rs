@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `info` (what this host's KVM offers), `demo` (the LWN "Using the KVM API"
 //! program, optionally narrated), `run` (a flat binary or ELF guest in real, protected
-//! or long mode) and `exec` (a static Linux program in a sandbox micro-VM). Exit status: the
+//! or long mode), `exec` (a static Linux program in a sandbox micro-VM) and `boot` (a Linux
+//! kernel with an initrd and a serial console). Exit status: the
 //! guest's own status, 124 on timeout, 2 on a triple fault, 3 on other guest faults, 1 on bad
 //! input or a VMM error; `exec` reports program crashes the way a shell does (139, 132, 136).
 
@@ -31,8 +32,11 @@ const LWN_PROGRAM: [u8; 12] = [
     long_about = "A small virtual machine monitor on Linux KVM that explains what it does.\n\n\
         Start with `rypervisor demo --explain`: it runs the program from the LWN article \
         \"Using the KVM API\" and narrates every ioctl, register and VM exit.",
-    after_help = "Exit status: the guest's own (exit device at port 0xf4), 0 when it halts, \
-        124 on --timeout, 2 on a triple fault, 3 on other guest faults, 1 on bad input.\n\
+    after_help = "Exit status — run/demo: the guest's own (exit device at port 0xf4), 0 when it halts, \
+        124 on --timeout, 2 on a triple fault, 3 on other guest faults; exec: the program's own, \
+        139/132/136 when it crashes, 159 when --strict ends it, 124 on --timeout; boot: 0 when \
+        the guest powers off or reboots, 1 after a kernel panic, 124 on --timeout, 3 when the VM \
+        cannot continue. Bad input: 1.\n\
         Logging: RUST_LOG=debug for more detail."
 )]
 struct Cli {
@@ -252,6 +256,7 @@ fn main() -> ExitCode {
     PROCESS_START.get_or_init(std::time::Instant::now);
     let cli = Cli::parse();
     let logger = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .with_writer(std::io::stderr);

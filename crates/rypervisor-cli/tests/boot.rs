@@ -67,12 +67,16 @@ fn boot(args: &[&str]) -> Run {
 }
 
 fn boot_recipe(cpus: &str, extra: &[&str]) -> Run {
-    let vmlinux = guest_kernel().join("vmlinux");
+    boot_with(&guest_kernel().join("vmlinux"), cpus, extra)
+}
+
+/// Boots `kernel` with the recipe initramfs, 128M, `cpus` vCPUs and --stats.
+fn boot_with(kernel: &Path, cpus: &str, extra: &[&str]) -> Run {
     let initrd = initramfs();
     let _one = one_at_a_time();
     let mut args = vec![
         "--kernel",
-        vmlinux.to_str().unwrap(),
+        kernel.to_str().unwrap(),
         "--initrd",
         initrd.to_str().unwrap(),
         "--cpus",
@@ -89,7 +93,7 @@ fn boot_recipe(cpus: &str, extra: &[&str]) -> Run {
 
 #[test]
 fn the_recipe_kernel_boots_to_init_with_one_cpu() {
-    let r = boot_recipe("1", &[]);
+    let r = boot_recipe("1", &["--cmdline", "loglevel=7 rypervisor.test=1"]);
     assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     assert!(
         r.stdout.contains("rypervisor-init: hello from /init"),
@@ -138,6 +142,35 @@ fn the_recipe_kernel_brings_up_two_cpus() {
 }
 
 #[test]
+fn a_vmlinux_without_the_pvh_note_boots_at_its_64_bit_entry() {
+    // A copy of the recipe's vmlinux whose Xen PVH entry note (name "Xen", type 18,
+    // XEN_ELFNOTE_PHYS32_ENTRY) is renamed, so the loader finds no PVH entry.
+    let mut elf = std::fs::read(guest_kernel().join("vmlinux")).unwrap();
+    // Note header: namesz (4), descsz (any), type (18), then the name.
+    let tail = [18u8, 0, 0, 0, b'X', b'e', b'n', 0];
+    let at = elf
+        .windows(16)
+        .position(|w| w[..4] == [4, 0, 0, 0] && w[8..] == tail)
+        .expect("the PVH note");
+    elf[at + 8] = 0x7f;
+    let dir = tempfile::tempdir().unwrap();
+    let vmlinux = dir.path().join("vmlinux-no-pvh");
+    std::fs::write(&vmlinux, elf).unwrap();
+    let r = boot_with(&vmlinux, "1", &[]);
+    assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("ELF vmlinux (64-bit entry)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("rypervisor-init: hello from /init"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
 fn a_guest_panic_ends_with_status_1() {
     let r = boot_recipe("1", &["--cmdline", "rypervisor.panic"]);
     assert!(
@@ -153,54 +186,15 @@ fn a_guest_panic_ends_with_status_1() {
     );
 }
 
-#[test]
-fn debian_s_stock_kernel_boots_as_a_bzimage() {
-    require_kvm();
-    let bzimage = script("fetch-stock-kernel.sh", &[]);
-    let _one = one_at_a_time();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
-        .args([
-            "boot",
-            "--kernel",
-            &bzimage,
-            "--mem",
-            "256M",
-            "--timeout",
-            "300",
-            "--cmdline",
-            "quiet=0 loglevel=7",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = Vec::new();
-    let started = Instant::now();
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        let done = line.contains("Memory: ");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    // Ctrl-A x: the console escape ends the VM.
-    let _ = stdin.write_all(&[0x01, b'x']);
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let console = lines.join("\n");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+/// What a boot log must show for `--mem 128M` and our command line.
+fn assert_boot_parameters(console: &str, stderr: &str, extra_cmdline: &str) {
     assert!(
         console.contains("Linux version 6.1"),
-        "banner missing after {:?}:\n{console}\n{stderr}",
-        started.elapsed()
+        "banner missing:\n{console}\n{stderr}"
     );
     let expected_cmdline = format!(
         "Command line: console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux \
-         i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1{} quiet=0 loglevel=7",
+         i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1{}{extra_cmdline}",
         if stderr.contains("nested-safe") {
             " noxsave clearcpuid=308,151,137 nofsgsbase"
         } else {
@@ -213,14 +207,15 @@ fn debian_s_stock_kernel_boots_as_a_bzimage() {
     );
     for e820 in [
         "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
-        "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
-        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+        "BIOS-e820: [mem 0x000000000009fc00-",
+        "BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable",
     ] {
         assert!(console.contains(e820), "{e820} not in\n{console}");
     }
-    // "Memory: 2xxxxxK/261756K available": the total is the e820 RAM in KiB.
-    let memory = lines
-        .iter()
+    // "Memory: 114276K/130680K available": the total is the e820 RAM in KiB (less the
+    // first page, which Linux keeps for itself).
+    let memory = console
+        .lines()
         .find(|l| l.contains("Memory: "))
         .expect("a Memory: line");
     let total: u64 = memory
@@ -229,13 +224,102 @@ fn debian_s_stock_kernel_boots_as_a_bzimage() {
         .and_then(|s| s.split('K').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("cannot parse {memory}"));
-    let e820_kib = ((256u64 << 20) - 0x60400) / 1024;
+    let e820_kib = ((128u64 << 20) - 0x60400) / 1024;
     assert!(
         total <= e820_kib && total > e820_kib - 1024,
         "{memory}: expected about {e820_kib}K"
     );
+}
+
+#[test]
+fn the_recipe_bzimage_boots_with_our_parameters() {
+    let r = boot_with(
+        &guest_kernel().join("bzImage"),
+        "1",
+        &["--cmdline", "loglevel=7"],
+    );
+    assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("bzImage (64-bit boot protocol)"),
+        "{}",
+        r.stderr
+    );
+    assert_boot_parameters(&r.stdout, &r.stderr, " loglevel=7");
+    assert!(
+        r.stdout.contains("rypervisor-init: hello from /init"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// Boots with `args`, reads the console until a line contains `pattern`, then types
+/// `keys` (Ctrl-A x...) and waits. Returns the console lines read and the process output.
+fn boot_until_then_type(
+    args: &[&str],
+    pattern: &str,
+    keys: &[u8],
+) -> (Vec<String>, std::process::Output) {
+    require_kvm();
+    let _one = one_at_a_time();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .arg("boot")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let done = line.contains(pattern);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = stdin.write_all(keys);
+    drop(stdin);
+    (lines, child.wait_with_output().unwrap())
+}
+
+#[test]
+#[ignore = "Debian's XZ-compressed bzImage spends many minutes in its decompressor where KVM emulates \
+            guest ring 0 (nested hosts); seconds on hardware KVM: run with --ignored there"]
+fn debian_s_stock_kernel_boots_as_a_bzimage() {
+    let bzimage = script("fetch-stock-kernel.sh", &[]);
+    let args = ["--kernel", &bzimage, "--mem", "128M", "--timeout", "1800"];
+    let (lines, out) = boot_until_then_type(&args, "Memory: ", &[0x01, b'x']);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_boot_parameters(&lines.join("\n"), &stderr, "");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped (Ctrl-A x)"), "{stderr}");
+}
+
+#[test]
+fn ctrl_a_x_quits() {
+    let vmlinux = guest_kernel().join("vmlinux");
+    let started = Instant::now();
+    // Ctrl-A Ctrl-A goes to the guest as one Ctrl-A; then Ctrl-A x quits.
+    let args = [
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--mem",
+        "64M",
+        "--timeout",
+        "120",
+    ];
+    let (lines, out) = boot_until_then_type(&args, "Linux version", &[0x01, 0x01, 0x01, b'x']);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!lines.is_empty());
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped (Ctrl-A x)"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "quit promptly, not at the timeout"
+    );
 }
 
 #[test]
@@ -305,5 +389,4 @@ fn bad_input_is_refused_with_a_clear_error() {
             r.stderr
         );
     }
-    let _ = Duration::ZERO;
 }

@@ -574,7 +574,8 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
         1,
         Arc::new(Mutex::new(marker.clone())),
     )?;
-    add(&mut bus, "post", 0x80, 1, Arc::new(Mutex::new(Sink)))?;
+    // POST code and DMA page registers (Linux touches 0x80 for I/O delays, 0x87 early on).
+    add(&mut bus, "post", 0x80, 0x10, Arc::new(Mutex::new(Sink)))?;
     add(&mut bus, "pci-config", 0xcf8, 8, Arc::new(Mutex::new(Sink)))?;
 
     let report = BootReport {
@@ -947,7 +948,8 @@ fn vcpu_run(
         first = false;
         let entered = Instant::now();
         let result = vcpu.run();
-        stats.guest_time += entered.elapsed();
+        let exited = Instant::now();
+        stats.guest_time += exited - entered;
         let mut exit = match result {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
@@ -967,7 +969,9 @@ fn vcpu_run(
             }
             return stats;
         }
-        match handle_exit(&mut exit, &shared.bus, &shared.stop, &mut stats) {
+        let action = handle_exit(&mut exit, &shared.bus, &shared.stop, &mut stats);
+        stats.vmm_time += exited.elapsed();
+        match action {
             ExitAction::Continue => {}
             ExitAction::Stop(Stop::Requested(_)) => {
                 end(ThreadEnd::Stopped);
@@ -978,15 +982,13 @@ fn vcpu_run(
                 end(ThreadEnd::Reset);
                 return stats;
             }
-            ExitAction::Stop(Stop::InternalError) => {
-                match internal_error(index, vcpu, shared) {
-                    Ok(()) => {}
-                    Err(report) => {
-                        end(ThreadEnd::Crashed(report));
-                        return stats;
-                    }
+            ExitAction::Stop(Stop::InternalError) => match internal_error(index, vcpu, shared) {
+                Ok(()) => {}
+                Err(report) => {
+                    end(ThreadEnd::Crashed(report));
+                    return stats;
                 }
-            }
+            },
             ExitAction::Stop(other) => {
                 end(ThreadEnd::Crashed(format!("vCPU {index}: {other:?}")));
                 return stats;
