@@ -34,6 +34,27 @@ fn hello_world_with_both_c_libraries() {
 }
 
 #[test]
+fn a_static_pie_runs_too() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let pie = dir.path().join("args-pie");
+    let built = Command::new("gcc")
+        .args(["-static-pie", "-O2", "-o"])
+        .arg(&pie)
+        .arg(support::sources().join("args.c"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "gcc -static-pie failed");
+    let r = rypervisor(&["exec", "--", pie.to_str().unwrap(), "x"], b"");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("argv[1]=x\n") && r.stdout.contains("tls=42"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
 fn the_program_sees_a_linux_process_start() {
     for libc in support::libcs() {
         let r = exec(
