@@ -13,7 +13,9 @@ tarball=/usr/src/linux-source-6.1.tar.xz
 
 need=()
 [ -f "$tarball" ] || need+=(linux-source-6.1)
-for tool in bc flex bison make gcc cpio; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for tool in bc flex bison make gcc cpio patch xz:xz-utils perl:perl-base; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
 [ -f /usr/include/libelf.h ] || need+=(libelf-dev)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
