@@ -323,6 +323,42 @@ fn ctrl_a_x_quits() {
 }
 
 #[test]
+fn the_terminal_is_raw_during_the_boot_and_restored_after() {
+    // `script` gives rypervisor a pseudo-terminal as stdin; Ctrl-A x ends the VM once the
+    // guest prints; `stty -a` afterwards shows the terminal's mode.
+    let vmlinux = guest_kernel().join("vmlinux");
+    require_kvm();
+    let _one = one_at_a_time();
+    let inner = format!(
+        "{} boot --kernel {} --mem 64M --timeout 60 --cpu-template nested-safe > /dev/null; \
+         echo status=$?; stty -a",
+        env!("CARGO_BIN_EXE_rypervisor"),
+        vmlinux.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    stdin.write_all(&[0x01, b'x']).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("stopped (Ctrl-A x)"), "{text}");
+    assert!(text.contains("status=0"), "{text}");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(
+        words.contains(&"icanon") && words.contains(&"echo"),
+        "terminal not restored: {text}"
+    );
+}
+
+#[test]
 fn bad_input_is_refused_with_a_clear_error() {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();

@@ -414,26 +414,7 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
     let mem = ram.guest_memory();
 
     // The kernel.
-    let load_err = |format: &'static str| {
-        let path = config.kernel.clone();
-        move |e: linux_loader::loader::Error| BootError::Load {
-            path,
-            format,
-            why: e.to_string(),
-        }
-    };
-    let high = Some(GuestAddress(layout::HIGH_MEM));
-    let (format, loaded) = if kind == "bzImage" {
-        let r = BzImage::load(mem, None, &mut kernel_file, high).map_err(load_err("bzImage"))?;
-        (KernelFormat::BzImage, r)
-    } else {
-        let r = Elf::load(mem, None, &mut kernel_file, high).map_err(load_err("ELF"))?;
-        let f = match r.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(_) => KernelFormat::VmlinuxPvh,
-            _ => KernelFormat::Vmlinux64,
-        };
-        (f, r)
-    };
+    let (format, loaded) = load_kernel(mem, &config.kernel, &mut kernel_file, kind)?;
     let kernel_end = loaded.kernel_load.0 + loaded.kernel_end;
 
     // The command line, within the kernel's own limit.
@@ -603,6 +584,36 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
         _kvm: kvm,
         _ram: ram,
     })
+}
+
+/// Loads the kernel in `file` (detected as `kind` by [`detect`]) into `mem` with linux-loader:
+/// a bzImage's protected-mode part at 1 MiB, or an ELF's segments at their addresses (at or
+/// above 1 MiB). Returns the format and linux-loader's result (entry, setup header, PVH).
+pub fn load_kernel(
+    mem: &vm_memory::GuestMemoryMmap,
+    path: &Path,
+    file: &mut File,
+    kind: &str,
+) -> Result<(KernelFormat, linux_loader::loader::KernelLoaderResult), BootError> {
+    let load_err = |format: &'static str| {
+        move |e: linux_loader::loader::Error| BootError::Load {
+            path: path.to_path_buf(),
+            format,
+            why: e.to_string(),
+        }
+    };
+    let high = Some(GuestAddress(layout::HIGH_MEM));
+    if kind == "bzImage" {
+        let r = BzImage::load(mem, None, file, high).map_err(load_err("bzImage"))?;
+        Ok((KernelFormat::BzImage, r))
+    } else {
+        let r = Elf::load(mem, None, file, high).map_err(load_err("ELF"))?;
+        let f = match r.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(_) => KernelFormat::VmlinuxPvh,
+            _ => KernelFormat::Vmlinux64,
+        };
+        Ok((f, r))
+    }
 }
 
 /// GDT, empty IDT and identity page tables (the page tables only matter for the 64-bit
