@@ -257,6 +257,9 @@ fn crashes_are_reported_like_signals() {
         "{}",
         r.stderr
     );
+    let r = exec(&[], "crash", Libc::Glibc, &["int3"], b"");
+    assert_eq!(r.status, 133, "{}", r.stderr);
+    assert!(r.stderr.contains("SIGTRAP: #BP breakpoint"), "{}", r.stderr);
     let r = exec(&[], "crash", Libc::Glibc, &["div"], b"");
     assert_eq!(r.status, 136, "{}", r.stderr);
     assert!(

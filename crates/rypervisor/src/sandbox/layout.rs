@@ -186,9 +186,12 @@ pub fn write_tables(ram: &GuestRam, mem_size: u64) -> Result<(), MemoryError> {
     let mut idt = Vec::with_capacity(256 * 16);
     for v in 0..256u64 {
         let handler = STUBS + v;
+        // Present interrupt gates at DPL0, so `int n` from CPL3 is a #GP; #BP and #OF at
+        // DPL3 as Linux has them, so `int3`/`into` are delivered as themselves (SIGTRAP).
+        let access: u64 = if v == 3 || v == 4 { 0xee } else { 0x8e };
         let low = (handler & 0xffff)
             | (u64::from(selector::CODE64) << 16)
-            | (0x8e << 40) // present, DPL0 (so `int n` from CPL3 is a #GP), interrupt gate
+            | (access << 40)
             | (((handler >> 16) & 0xffff) << 48);
         idt.extend_from_slice(&low.to_le_bytes());
         idt.extend_from_slice(&(handler >> 32).to_le_bytes());

@@ -1,4 +1,5 @@
-/* Faults on purpose: "null" (SIGSEGV), "ud2" (SIGILL), "div" (SIGFPE), "spin" (never ends). */
+/* Faults on purpose: "null" (SIGSEGV), "ud2" (SIGILL), "div" (SIGFPE), "int3" (SIGTRAP),
+ * "spin" (never ends). */
 #include <stdio.h>
 #include <string.h>
 
@@ -8,6 +9,7 @@ int main(int argc, char **argv) {
   fflush(stdout);
   if (!strcmp(what, "null")) { volatile int *p = 0; return *p; }
   if (!strcmp(what, "ud2")) __asm__ volatile("ud2");
+  if (!strcmp(what, "int3")) __asm__ volatile("int3");
   if (!strcmp(what, "div")) { volatile int zero = 0; return 10 / zero; }
   if (!strcmp(what, "spin")) for (volatile unsigned long i = 0;; i++) {}
   return 0;
