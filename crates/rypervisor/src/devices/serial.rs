@@ -58,6 +58,8 @@ pub struct SerialDevice<T: Trigger = NoInterrupt> {
     input: Input,
     /// Bytes received from the input but not yet taken by the FIFO.
     pending: Vec<u8>,
+    /// Whether a failed output write was already reported (reported once, not per byte).
+    output_failed: bool,
 }
 
 impl<T: Trigger> SerialDevice<T> {
@@ -68,6 +70,7 @@ impl<T: Trigger> SerialDevice<T> {
             uart: Serial::new(irq, out),
             input: input.map_or(Input::Closed, Input::Idle),
             pending: Vec::new(),
+            output_failed: false,
         }
     }
 
@@ -150,7 +153,10 @@ impl<T: Trigger + Send> BusDevice for SerialDevice<T> {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(&b) = data.first() {
             if let Err(e) = self.uart.write(offset as u8, b) {
-                tracing::warn!("serial output failed: {e:?}");
+                if !self.output_failed {
+                    self.output_failed = true;
+                    tracing::warn!("serial output failed (further failures not reported): {e:?}");
+                }
             }
         }
     }
