@@ -257,6 +257,15 @@ fn crashes_are_reported_like_signals() {
         "{}",
         r.stderr
     );
+    // A jump to the last bytes of the address space: the report must not overflow reading them.
+    let r = exec(&[], "crash", Libc::Glibc, &["wild"], b"");
+    assert_eq!(r.status, 139, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("#PF page fault at rip 0xfffffffffffffff8"),
+        "{}",
+        r.stderr
+    );
     let r = exec(&[], "crash", Libc::Glibc, &["int3"], b"");
     assert_eq!(r.status, 133, "{}", r.stderr);
     assert!(r.stderr.contains("SIGTRAP: #BP breakpoint"), "{}", r.stderr);

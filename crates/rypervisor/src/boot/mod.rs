@@ -1018,7 +1018,7 @@ fn internal_error(index: usize, vcpu: &mut VcpuFd, shared: &Shared) -> Result<()
     if info.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
         if let Some(w) = cpu_template::emulation_workaround(shared.template, &info.insn_bytes) {
             let mut r = regs;
-            r.rip += w.length();
+            r.rip = r.rip.wrapping_add(w.length());
             vcpu.set_regs(&r)
                 .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
             if w == Workaround::StepOverInt3 {

@@ -706,16 +706,19 @@ impl Sandbox {
             (None, 0)
         };
         let rip = word(first);
-        let mut bytes = [0u8; 15];
-        let readable = (0..15)
-            .take_while(|i| {
-                ram.read(rip + i, &mut bytes[*i as usize..*i as usize + 1])
-                    .is_ok()
-            })
-            .count();
-        let instruction = if readable > 0 && layout::is_user(rip, 1, self.mem.size()) {
-            let d = disasm::decode(&bytes[..readable], 64, rip);
-            format!("{} [{}]", d.text, disasm::hex(&d.bytes))
+        // The faulting instruction, if it lies in program memory (the program may have jumped
+        // anywhere, up to the top of the address space).
+        let size = self.mem.size();
+        let instruction = if layout::is_user(rip, 1, size) {
+            let mut bytes = [0u8; 15];
+            let len = (size - rip).min(15) as usize;
+            match ram.read(rip, &mut bytes[..len]) {
+                Ok(()) => {
+                    let d = disasm::decode(&bytes[..len], 64, rip);
+                    format!("{} [{}]", d.text, disasm::hex(&d.bytes))
+                }
+                Err(_) => String::new(),
+            }
         } else {
             String::new()
         };

@@ -597,11 +597,18 @@ impl Process {
         if count > IOV_MAX {
             return Err(Errno::EINVAL);
         }
+        // The whole array in one read: one bounds check for the guest's pointer.
+        let mut raw = vec![0u8; count as usize * 16];
+        cx.mem.read(iov, &mut raw)?;
         let mut out = Vec::with_capacity(count as usize);
         let mut total = 0u64;
-        for i in 0..count {
-            let base = cx.mem.read_u64(iov + i * 16)?;
-            let len = cx.mem.read_u64(iov + i * 16 + 8)?;
+        for entry in raw.chunks_exact(16) {
+            let word = |at: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&entry[at..at + 8]);
+                u64::from_le_bytes(b)
+            };
+            let (base, len) = (word(0), word(8));
             total = total.checked_add(len).ok_or(Errno::EINVAL)?;
             if total > isize::MAX as u64 {
                 return Err(Errno::EINVAL);
@@ -969,7 +976,7 @@ impl Process {
             return Next::Return(old as i64);
         }
         // Grow in place when the pages above are free.
-        let grown_end = old + new_len;
+        let grown_end = old.checked_add(new_len).unwrap_or(u64::MAX);
         if grown_end <= self.stack_bottom && !self.mappings.overlaps(old_end, grown_end) {
             self.mappings.insert(old, grown_end);
             return Next::Return(old as i64);
@@ -1066,10 +1073,7 @@ impl Process {
     }
 
     fn write_timespec(cx: &mut Context<'_>, addr: u64, (s, n): (i64, i64)) -> Result<(), Errno> {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&s.to_le_bytes());
-        b[8..].copy_from_slice(&n.to_le_bytes());
-        cx.mem.write(addr, &b)
+        cx.mem.write_pair(addr, s as u64, n as u64)
     }
 
     fn clock_gettime(&mut self, clock: i32, ts: u64, cx: &mut Context<'_>) -> Next {
@@ -1102,8 +1106,8 @@ impl Process {
     }
 
     fn read_timespec(cx: &Context<'_>, addr: u64) -> Result<Duration, Errno> {
-        let s = cx.mem.read_u64(addr)? as i64;
-        let n = cx.mem.read_u64(addr + 8)? as i64;
+        let (s, n) = cx.mem.read_pair(addr)?;
+        let (s, n) = (s as i64, n as i64);
         if s < 0 || !(0..1_000_000_000).contains(&n) {
             return Err(Errno::EINVAL);
         }
@@ -1151,8 +1155,7 @@ impl Process {
             _ => return Next::Return(errno(Errno::EINVAL)),
         };
         if old != 0 {
-            tri!(cx.mem.write_u64(old, cur));
-            tri!(cx.mem.write_u64(old + 8, max));
+            tri!(cx.mem.write_pair(old, cur, max));
         }
         Next::Return(0) // new limits are accepted and ignored: the sandbox's own limits rule
     }
@@ -1547,6 +1550,12 @@ mod tests {
             -14,
             "not a mapping"
         );
+        let huge = u64::MAX - 0xfff;
+        assert_eq!(
+            r.ret(nr::MREMAP, &[c as u64, 0x1000, huge, 1]),
+            -12,
+            "no overflow, ENOMEM"
+        );
     }
 
     #[test]
@@ -1661,10 +1670,11 @@ mod tests {
             }
             let mut args = [0u64; 6];
             for a in &mut args {
-                *a = match next() % 4 {
+                *a = match next() % 5 {
                     0 => next(),
                     1 => next() % 64,
                     2 => USER_BASE + next() % (14 << 20),
+                    3 => u64::MAX - next() % 64, // pointer arithmetic must not overflow
                     _ => next() % (USER_BASE + 0x1000),
                 };
             }

@@ -102,6 +102,25 @@ impl UserMemory {
         self.write(addr, &value.to_le_bytes())
     }
 
+    /// Reads two consecutive little-endian u64s (a timespec, an iovec, an rlimit...) with one
+    /// bounds check, so no address arithmetic on the guest's pointer can overflow.
+    pub fn read_pair(&self, addr: u64) -> Result<(u64, u64), Errno> {
+        let mut b = [0u8; 16];
+        self.read(addr, &mut b)?;
+        let (mut lo, mut hi) = ([0u8; 8], [0u8; 8]);
+        lo.copy_from_slice(&b[..8]);
+        hi.copy_from_slice(&b[8..]);
+        Ok((u64::from_le_bytes(lo), u64::from_le_bytes(hi)))
+    }
+
+    /// Writes two consecutive little-endian u64s.
+    pub fn write_pair(&mut self, addr: u64, first: u64, second: u64) -> Result<(), Errno> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&first.to_le_bytes());
+        b[8..].copy_from_slice(&second.to_le_bytes());
+        self.write(addr, &b)
+    }
+
     /// Reads a NUL-terminated string of at most `max` bytes (without the NUL).
     pub fn read_cstr(&self, addr: u64, max: usize) -> Result<Vec<u8>, Errno> {
         let mut out = Vec::new();
