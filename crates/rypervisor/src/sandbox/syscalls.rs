@@ -976,7 +976,7 @@ impl Process {
             return Next::Return(old as i64);
         }
         // Grow in place when the pages above are free.
-        let grown_end = old.checked_add(new_len).unwrap_or(u64::MAX);
+        let grown_end = old.saturating_add(new_len);
         if grown_end <= self.stack_bottom && !self.mappings.overlaps(old_end, grown_end) {
             self.mappings.insert(old, grown_end);
             return Next::Return(old as i64);
