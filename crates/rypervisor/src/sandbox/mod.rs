@@ -237,7 +237,7 @@ struct Snapshot {
     xsave: Box<kvm_xsave>,
     fs_base: u64,
     process: Process,
-    pending: Option<SyscallArgs>,
+    paused: bool,
 }
 
 /// Configuration of a sandbox, built up with chained calls.
@@ -409,7 +409,7 @@ impl SandboxBuilder {
             process,
             sync_regs,
             fs_base: 0,
-            pending: None,
+            paused: false,
             // Only a sandbox with a time limit needs the watchdog thread.
             watchdog: match self.timeout {
                 Some(_) => Some(std::sync::Arc::new(Watchdog::new()?)),
@@ -436,8 +436,9 @@ pub struct Sandbox {
     process: Process,
     sync_regs: bool,
     fs_base: u64,
-    /// A system call the program made that is not served yet (a warm sandbox pauses there).
-    pending: Option<SyscallArgs>,
+    /// The program made a system call that is not served yet (a warm sandbox pauses at its
+    /// first read of stdin); the registers hold it.
+    paused: bool,
     watchdog: Option<std::sync::Arc<Watchdog>>,
     timeout: Option<Duration>,
     trace: bool,
@@ -462,6 +463,14 @@ enum Stop {
     Ended(Exit),
     /// Paused before serving a read of stdin.
     AtStdinRead,
+}
+
+/// The system call in the registers of a syscall exit (Linux's x86-64 convention).
+fn syscall_args(regs: &kvm_regs) -> SyscallArgs {
+    SyscallArgs {
+        nr: regs.rax,
+        args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+    }
 }
 
 fn is_stdin_read(call: &SyscallArgs) -> bool {
@@ -493,7 +502,8 @@ impl Sandbox {
     pub fn run(&mut self, host: &mut dyn Host) -> Result<Exit, SandboxError> {
         match self.run_loop(host, false)? {
             Stop::Ended(exit) => Ok(exit),
-            Stop::AtStdinRead => unreachable_pause(),
+            // run_loop pauses only when asked to.
+            Stop::AtStdinRead => Ok(Exit::Crashed("internal: paused without a request".into())),
         }
     }
 
@@ -517,20 +527,19 @@ impl Sandbox {
         })
     }
 
-    fn regs(&mut self) -> Result<kvm_regs, SandboxError> {
-        if self.sync_regs {
-            Ok(self.vcpu.sync_regs().regs)
+    /// The registers at the last exit and whether CS is at CPL0: one copy out of `kvm_run`'s
+    /// synced registers (or two ioctls on hosts without `KVM_CAP_SYNC_REGS`).
+    fn state(&mut self) -> Result<(kvm_regs, bool), SandboxError> {
+        let (regs, sregs) = if self.sync_regs {
+            let sync = self.vcpu.sync_regs();
+            (sync.regs, sync.sregs)
         } else {
-            self.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))
-        }
-    }
-
-    fn sregs(&mut self) -> Result<kvm_sregs, SandboxError> {
-        if self.sync_regs {
-            Ok(self.vcpu.sync_regs().sregs)
-        } else {
-            self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))
-        }
+            (
+                self.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?,
+                self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?,
+            )
+        };
+        Ok((regs, layout::is_kernel_cs(&sregs)))
     }
 
     fn put_regs(&mut self, regs: &kvm_regs) -> Result<(), SandboxError> {
@@ -561,9 +570,10 @@ impl Sandbox {
     /// Serves `call` and completes it: Ok(None) to continue the program.
     fn serve(
         &mut self,
-        call: SyscallArgs,
+        (regs, kernel): (kvm_regs, bool),
         host: &mut dyn Host,
     ) -> Result<Option<Exit>, SandboxError> {
+        let call = syscall_args(&regs);
         self.stats.syscalls += 1;
         let mut set_fs = None;
         let remaining = self
@@ -591,7 +601,7 @@ impl Sandbox {
         }
         match next {
             Next::Return(value) => {
-                self.complete(value)?;
+                self.complete(value, regs, kernel)?;
                 Ok(None)
             }
             Next::Exit(status) => Ok(Some(Exit::Exited(status))),
@@ -601,10 +611,13 @@ impl Sandbox {
     }
 
     /// Puts a system call's result in RAX and returns to the program (see [`layout`]).
-    fn complete(&mut self, value: i64) -> Result<(), SandboxError> {
-        let mut regs = self.regs()?;
+    fn complete(
+        &mut self,
+        value: i64,
+        mut regs: kvm_regs,
+        kernel: bool,
+    ) -> Result<(), SandboxError> {
         regs.rax = value as u64;
-        let kernel = layout::is_kernel_cs(&self.sregs()?);
         if !kernel {
             // `syscall` stayed at CPL3 (nested host): do sysret's work here. RFLAGS gets
             // R11 with the bits sysret itself would clear.
@@ -629,8 +642,10 @@ impl Sandbox {
         let armed = dog.as_ref().zip(self.timeout).map(|(d, t)| d.arm(t));
         let timed_out =
             |a: &Option<crate::watchdog::Armed<'_>>| a.as_ref().is_some_and(|a| a.fired());
-        if let Some(call) = self.pending.take() {
-            if let Some(exit) = self.serve(call, host)? {
+        if std::mem::take(&mut self.paused) {
+            // The registers still hold the paused call (a reset put them back).
+            let state = self.state()?;
+            if let Some(exit) = self.serve(state, host)? {
                 return Ok(Stop::Ended(exit));
             }
         }
@@ -669,17 +684,14 @@ impl Sandbox {
                 self.stats.vmm_time += exited.elapsed();
                 return Ok(Stop::Ended(exit));
             }
-            let regs = self.regs()?;
-            let call = SyscallArgs {
-                nr: regs.rax,
-                args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
-            };
+            let state = self.state()?;
+            let call = syscall_args(&state.0);
             if pause_at_stdin && is_stdin_read(&call) {
-                self.pending = Some(call);
+                self.paused = true;
                 self.stats.vmm_time += exited.elapsed();
                 return Ok(Stop::AtStdinRead);
             }
-            let ended = self.serve(call, host)?;
+            let ended = self.serve(state, host)?;
             self.stats.vmm_time += exited.elapsed();
             if let Some(exit) = ended {
                 return Ok(Stop::Ended(exit));
@@ -760,7 +772,7 @@ impl Sandbox {
             return Err(SandboxError::FilesOpen(self.process.open_files()));
         }
         // Flush pending synced registers so the ioctls below see them.
-        let regs = self.regs()?;
+        let (regs, _) = self.state()?;
         self.vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
         self.vcpu.clear_sync_dirty_reg(SyncReg::Register);
         let sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
@@ -776,7 +788,7 @@ impl Sandbox {
             xsave,
             fs_base: self.fs_base,
             process: self.process.clone(),
-            pending: self.pending,
+            paused: self.paused,
         });
         self.sregs_touched = false;
         Ok(())
@@ -840,12 +852,12 @@ impl Sandbox {
         // size (the 4 KiB legacy area; the sandbox never enables dynamic XSTATE features such
         // as AMX, which would need KVM_GET_XSAVE2) that KVM_SET_XSAVE reads.
         unsafe { self.vcpu.set_xsave(&snap.xsave) }.map_err(ioctl("KVM_SET_XSAVE"))?;
-        let (fs, process, pending) = (snap.fs_base, snap.process.clone(), snap.pending);
+        let (fs, process, paused) = (snap.fs_base, snap.process.clone(), snap.paused);
         if self.fs_base != fs {
             self.set_fs_base(fs)?;
         }
         self.process = process;
-        self.pending = pending;
+        self.paused = paused;
         Ok(ResetStats {
             pages,
             time: started.elapsed(),
@@ -856,11 +868,6 @@ impl Sandbox {
     pub fn policy(&self) -> &Policy {
         self.process.policy()
     }
-}
-
-fn unreachable_pause() -> Result<Exit, SandboxError> {
-    // run_loop only pauses when asked to.
-    Ok(Exit::Crashed("internal: paused without a request".into()))
 }
 
 /// The reply to one request.
