@@ -292,6 +292,20 @@ pub(crate) fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
     }
 }
 
+/// Loads `code` into CS and `data` into every data segment register (DS, ES, FS, GS, SS).
+pub fn load_segments(sregs: &mut kvm_sregs, code: kvm_segment, data: kvm_segment) {
+    sregs.cs = code;
+    for s in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *s = data;
+    }
+}
+
 /// Encodes a `kvm_segment` as a GDT descriptor (the low 8 bytes for a system segment).
 pub fn descriptor(seg: &kvm_segment) -> u64 {
     let limit = if seg.g == 1 {
@@ -366,12 +380,7 @@ pub fn setup_sregs(
                     segment(selector::USER_DATA, false, true),
                 ),
             };
-            sregs.cs = cs;
-            sregs.ds = ds;
-            sregs.es = ds;
-            sregs.fs = ds;
-            sregs.gs = ds;
-            sregs.ss = ds;
+            load_segments(sregs, cs, ds);
             sregs.gdt.base = base + GDT;
             sregs.gdt.limit = selector::GDT_BYTES - 1;
             sregs.idt.base = base + IDT;
@@ -401,8 +410,9 @@ fn tss_segment(area_base: u64) -> kvm_segment {
     }
 }
 
-fn write_gdt_idt_tss(ram: &GuestRam, base: u64, long: bool) -> Result<(), MemoryError> {
-    let tss = tss_segment(base);
+/// The GDT every protected/long-mode guest gets (entries as in [`selector`]), with `tss`
+/// as its 16-byte system descriptor.
+pub(crate) fn gdt_bytes(tss: &kvm_segment) -> Vec<u8> {
     let gdt: [u64; 8] = [
         0,
         descriptor(&segment(selector::CODE32, true, false)),
@@ -410,35 +420,39 @@ fn write_gdt_idt_tss(ram: &GuestRam, base: u64, long: bool) -> Result<(), Memory
         descriptor(&segment(selector::CODE64, true, true)),
         descriptor(&segment(selector::USER_DATA, false, true)),
         descriptor(&segment(selector::USER_CODE64, true, true)),
-        descriptor(&tss),
+        descriptor(tss),
         tss.base >> 32, // high half of the 16-byte system descriptor
     ];
-    let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    ram.write(base + GDT, &bytes)?;
+    gdt.iter().flat_map(|d| d.to_le_bytes()).collect()
+}
 
-    // One `hlt` per vector; the IDT gate for vector v points at stubs + v.
-    ram.write(base + STUBS, &[0xf4; 256])?;
+/// An IDT whose gate for vector v points at `stubs + v` (one `hlt` each), so the halt's RIP
+/// names the vector. Interrupt gates at DPL0, so `int n` from CPL3 is a #GP, except #BP and
+/// #OF at DPL3, as operating systems have them, so `int3`/`into` arrive as themselves.
+pub(crate) fn idt_to_stubs(stubs: u64, long: bool) -> Vec<u8> {
     let mut idt = Vec::with_capacity(256 * 16);
     for v in 0..256u64 {
-        let handler = base + STUBS + v;
-        if long {
-            let code = u64::from(selector::CODE64);
-            let low = (handler & 0xffff)
-                | (code << 16)
-                | (0x8e << 40) // present, DPL0, 64-bit interrupt gate
-                | (((handler >> 16) & 0xffff) << 48);
-            idt.extend_from_slice(&low.to_le_bytes());
-            idt.extend_from_slice(&(handler >> 32).to_le_bytes());
+        let handler = stubs + v;
+        let access: u64 = if v == 3 || v == 4 { 0xee } else { 0x8e };
+        let code = u64::from(if long {
+            selector::CODE64
         } else {
-            let code = u64::from(selector::CODE32);
-            let gate = (handler & 0xffff)
-                | (code << 16)
-                | (0x8e << 40)
-                | (((handler >> 16) & 0xffff) << 48);
-            idt.extend_from_slice(&gate.to_le_bytes());
+            selector::CODE32
+        });
+        let low =
+            (handler & 0xffff) | (code << 16) | (access << 40) | (((handler >> 16) & 0xffff) << 48);
+        idt.extend_from_slice(&low.to_le_bytes());
+        if long {
+            idt.extend_from_slice(&(handler >> 32).to_le_bytes());
         }
     }
-    ram.write(base + IDT, &idt)?;
+    idt
+}
+
+fn write_gdt_idt_tss(ram: &GuestRam, base: u64, long: bool) -> Result<(), MemoryError> {
+    ram.write(base + GDT, &gdt_bytes(&tss_segment(base)))?;
+    ram.write(base + STUBS, &[0xf4; 256])?;
+    ram.write(base + IDT, &idt_to_stubs(base + STUBS, long))?;
 
     // TSS: RSP0 at offset 4; I/O map base at offset 102; the bitmap (all zero: every port
     // allowed) follows at 104, ended by a 0xff byte.

@@ -39,7 +39,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::arch::{cr0, cr4, descriptor, efer, segment, selector};
+use crate::arch::{cr0, cr4, descriptor, efer, load_segments, segment, selector};
 use crate::bus::{AddressSpace, Bus, SharedDevice};
 use crate::cpu_template::{self, CpuTemplate, Workaround};
 use crate::devices::i8042::{self, I8042};
@@ -708,27 +708,21 @@ fn setup_boot_cpu(vcpu: &VcpuFd, format: KernelFormat, entry: u64) -> Result<(),
     };
     if format == KernelFormat::VmlinuxPvh {
         // PVH: 32-bit protected mode, paging off, flat segments, EBX = start info.
-        let cs = segment(selector::CODE32, true, false);
-        let ds = segment(selector::DATA, false, false);
-        sregs.cs = cs;
-        sregs.ds = ds;
-        sregs.es = ds;
-        sregs.fs = ds;
-        sregs.gs = ds;
-        sregs.ss = ds;
+        load_segments(
+            &mut sregs,
+            segment(selector::CODE32, true, false),
+            segment(selector::DATA, false, false),
+        );
         sregs.cr0 = cr0::PE | cr0::ET;
         sregs.cr4 = 0;
         sregs.efer = 0;
         regs.rbx = layout::PVH_INFO;
     } else {
-        let cs = segment(0x08, true, true);
-        let ds = segment(0x10, false, false);
-        sregs.cs = cs;
-        sregs.ds = ds;
-        sregs.es = ds;
-        sregs.fs = ds;
-        sregs.gs = ds;
-        sregs.ss = ds;
+        load_segments(
+            &mut sregs,
+            segment(0x08, true, true),
+            segment(0x10, false, false),
+        );
         sregs.cr0 = cr0::PE | cr0::PG | cr0::ET;
         sregs.cr3 = layout::PML4;
         sregs.cr4 = cr4::PAE;

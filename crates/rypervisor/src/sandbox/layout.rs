@@ -40,7 +40,7 @@
 
 use kvm_bindings::{kvm_msr_entry, kvm_sregs};
 
-use crate::arch::{self, cr0, cr4, descriptor, efer, pte, segment, selector};
+use crate::arch::{self, cr0, cr4, efer, pte, segment, selector};
 use crate::memory::{GuestRam, MemoryError};
 
 /// Guest address of the PML4.
@@ -168,35 +168,9 @@ pub fn write_tables(ram: &GuestRam, mem_size: u64) -> Result<(), MemoryError> {
     pt[i..i + 8].copy_from_slice(&(SYSCALL_STUB | pte::PRESENT | pte::USER).to_le_bytes());
     ram.write(PT_LOW, &pt)?;
 
-    let tss = tss_segment();
-    let gdt: [u64; 8] = [
-        0,
-        descriptor(&segment(selector::CODE32, true, false)),
-        descriptor(&segment(selector::DATA, false, false)),
-        descriptor(&segment(selector::CODE64, true, true)),
-        descriptor(&segment(selector::USER_DATA, false, true)),
-        descriptor(&segment(selector::USER_CODE64, true, true)),
-        descriptor(&tss),
-        0,
-    ];
-    let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    ram.write(GDT, &bytes)?;
-
+    ram.write(GDT, &arch::gdt_bytes(&tss_segment()))?;
     ram.write(STUBS, &[0xf4; 256])?;
-    let mut idt = Vec::with_capacity(256 * 16);
-    for v in 0..256u64 {
-        let handler = STUBS + v;
-        // Present interrupt gates at DPL0, so `int n` from CPL3 is a #GP; #BP and #OF at
-        // DPL3 as Linux has them, so `int3`/`into` are delivered as themselves (SIGTRAP).
-        let access: u64 = if v == 3 || v == 4 { 0xee } else { 0x8e };
-        let low = (handler & 0xffff)
-            | (u64::from(selector::CODE64) << 16)
-            | (access << 40)
-            | (((handler >> 16) & 0xffff) << 48);
-        idt.extend_from_slice(&low.to_le_bytes());
-        idt.extend_from_slice(&(handler >> 32).to_le_bytes());
-    }
-    ram.write(IDT, &idt)?;
+    ram.write(IDT, &arch::idt_to_stubs(STUBS, true))?;
 
     // TSS: RSP0, the I/O map base, and a bitmap that denies every port but SYSCALL_PORT.
     let mut tss_bytes = vec![0u8; TSS_LIMIT as usize + 1];
@@ -224,18 +198,11 @@ fn tss_segment() -> kvm_bindings::kvm_segment {
 
 /// Sets `sregs` for a 64-bit CPL3 process: user segments, paging, syscall enabled.
 pub fn setup_sregs(sregs: &mut kvm_sregs, xsave: bool) {
-    let cs = segment(selector::USER_CODE64, true, true);
-    let ds = segment(selector::USER_DATA, false, true);
-    sregs.cs = cs;
-    for s in [
-        &mut sregs.ds,
-        &mut sregs.es,
-        &mut sregs.fs,
-        &mut sregs.gs,
-        &mut sregs.ss,
-    ] {
-        *s = ds;
-    }
+    arch::load_segments(
+        sregs,
+        segment(selector::USER_CODE64, true, true),
+        segment(selector::USER_DATA, false, true),
+    );
     sregs.gdt.base = GDT;
     sregs.gdt.limit = selector::GDT_BYTES - 1;
     sregs.idt.base = IDT;
