@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kvm_bindings::{kvm_regs, kvm_userspace_memory_region, Msrs};
+use kvm_bindings::{kvm_regs, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit};
 use object::write::elf::{FileHeader, ProgramHeader, Writer};
 use object::{elf, Endianness};
@@ -97,8 +97,7 @@ impl Floor {
         let mut sregs = vcpu.get_sregs().unwrap();
         layout::setup_sregs(&mut sregs, false);
         vcpu.set_sregs(&sregs).unwrap();
-        vcpu.set_msrs(&Msrs::from_entries(&layout::msrs()).unwrap())
-            .unwrap();
+        rypervisor::vcpu::set_msrs(&vcpu, &layout::msrs()).unwrap();
         let mut floor = Self {
             vcpu,
             _vm: vm,

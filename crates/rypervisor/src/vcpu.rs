@@ -237,6 +237,25 @@ pub enum ExitAction {
     Stop(Stop),
 }
 
+/// `KVM_SET_MSRS` for `(index, value)` pairs. KVM returns how many it set; fewer than
+/// asked is an error here (EINVAL), naming nothing silently lost.
+pub fn set_msrs(vcpu: &VcpuFd, entries: &[(u32, u64)]) -> Result<(), kvm_ioctls::Error> {
+    let entries: Vec<kvm_bindings::kvm_msr_entry> = entries
+        .iter()
+        .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = kvm_bindings::Msrs::from_entries(&entries)
+        .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+    match vcpu.set_msrs(&msrs)? {
+        n if n == entries.len() => Ok(()),
+        _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),
+    }
+}
+
 /// The KVM name of an exit.
 pub fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
     match exit {

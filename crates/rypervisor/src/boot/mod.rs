@@ -24,9 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, Msrs,
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_fpu, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -650,7 +649,7 @@ fn write_boot_tables(ram: &GuestRam, pvh: bool) -> Result<(), BootError> {
 
 /// The MSRs Linux expects zeroed at entry, and fast strings enabled.
 fn setup_msrs(vcpu: &VcpuFd) -> Result<(), BootError> {
-    let entries: Vec<kvm_msr_entry> = [
+    let entries = [
         (0x174, 0),       // IA32_SYSENTER_CS
         (0x175, 0),       // IA32_SYSENTER_ESP
         (0x176, 0),       // IA32_SYSENTER_EIP
@@ -661,20 +660,8 @@ fn setup_msrs(vcpu: &VcpuFd) -> Result<(), BootError> {
         (0xc000_0102, 0), // KERNEL_GS_BASE
         (0x10, 0),        // TSC
         (0x1a0, 1),       // IA32_MISC_ENABLE: fast strings
-    ]
-    .into_iter()
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
-    .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| BootError::Ioctl {
-        name: "KVM_SET_MSRS",
-        source: kvm_ioctls::Error::new(libc::E2BIG),
-    })?;
-    vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
-    Ok(())
+    ];
+    crate::vcpu::set_msrs(vcpu, &entries).map_err(ioctl("KVM_SET_MSRS"))
 }
 
 /// LINT0 as ExtINT (the PIC's interrupts) and LINT1 as NMI, as a PC's firmware leaves them.

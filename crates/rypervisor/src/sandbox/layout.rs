@@ -38,7 +38,7 @@
 //! exception stack and halts; the halt's RIP names the vector and the stack holds the frame
 //! (error code, RIP, CS, RFLAGS, RSP, SS).
 
-use kvm_bindings::{kvm_msr_entry, kvm_sregs};
+use kvm_bindings::kvm_sregs;
 
 use crate::arch::{self, cr0, cr4, efer, pte, segment, selector};
 use crate::memory::{GuestRam, MemoryError};
@@ -215,7 +215,7 @@ pub fn setup_sregs(sregs: &mut kvm_sregs, xsave: bool) {
 }
 
 /// The MSRs of the system-call path, with FS/GS bases cleared.
-pub fn msrs() -> Vec<kvm_msr_entry> {
+pub fn msrs() -> [(u32, u64); 6] {
     // sysret: CS = STAR[63:48]+16 (USER_CODE64), SS = STAR[63:48]+8 (USER_DATA), RPL 3.
     // syscall: CS = STAR[47:32] (CODE64), SS = +8.
     let base = u64::from(selector::CODE64);
@@ -230,13 +230,6 @@ pub fn msrs() -> Vec<kvm_msr_entry> {
         (msr::GS_BASE, 0),
         (msr::KERNEL_GS_BASE, 0),
     ]
-    .into_iter()
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
-    .collect()
 }
 
 /// Whether `cs` (from sregs) is at CPL0: the hardware syscall path.

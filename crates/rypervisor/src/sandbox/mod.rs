@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, SyncReg, VcpuExit, VcpuFd, VmFd};
 
 pub use policy::{Policy, PolicyError, STRICT_STATUS};
@@ -381,11 +381,7 @@ impl SandboxBuilder {
             xcrs.xcrs[0].value = supported & 0xe7;
             vcpu.set_xcrs(&xcrs).map_err(ioctl("KVM_SET_XCRS"))?;
         }
-        let msrs = Msrs::from_entries(&layout::msrs()).map_err(|_| SandboxError::Ioctl {
-            name: "KVM_SET_MSRS",
-            source: kvm_ioctls::Error::new(libc::E2BIG),
-        })?;
-        vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+        crate::vcpu::set_msrs(&vcpu, &layout::msrs()).map_err(ioctl("KVM_SET_MSRS"))?;
         let regs = kvm_regs {
             rip: program.entry,
             rsp,
@@ -553,16 +549,8 @@ impl Sandbox {
     }
 
     fn set_fs_base(&mut self, base: u64) -> Result<(), SandboxError> {
-        let msrs = Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-            index: layout::msr::FS_BASE,
-            data: base,
-            ..Default::default()
-        }])
-        .map_err(|_| SandboxError::Ioctl {
-            name: "KVM_SET_MSRS",
-            source: kvm_ioctls::Error::new(libc::E2BIG),
-        })?;
-        self.vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+        crate::vcpu::set_msrs(&self.vcpu, &[(layout::msr::FS_BASE, base)])
+            .map_err(ioctl("KVM_SET_MSRS"))?;
         self.fs_base = base;
         Ok(())
     }
