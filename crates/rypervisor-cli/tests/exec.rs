@@ -38,13 +38,7 @@ fn a_static_pie_runs_too() {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let pie = dir.path().join("args-pie");
-    let built = Command::new("gcc")
-        .args(["-static-pie", "-O2", "-o"])
-        .arg(&pie)
-        .arg(support::sources().join("args.c"))
-        .status()
-        .unwrap();
-    assert!(built.success(), "gcc -static-pie failed");
+    support::compile("args", "gcc", &["-static-pie"], &pie);
     let r = rypervisor(&["exec", "--", pie.to_str().unwrap(), "x"], b"");
     assert_eq!(r.status, 0, "{}", r.stderr);
     assert!(
@@ -403,13 +397,7 @@ fn programs_that_cannot_run_get_a_clear_error() {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let dynamic = dir.path().join("dynamic");
-    let ok = Command::new("gcc")
-        .arg("-o")
-        .arg(&dynamic)
-        .arg(support::sources().join("hello.c"))
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    support::compile("hello", "gcc", &[], &dynamic);
     let script = dir.path().join("script.sh");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     let mut arm = std::fs::read(program("hello", Libc::Glibc)).unwrap();

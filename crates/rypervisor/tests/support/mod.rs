@@ -66,26 +66,21 @@ pub fn sources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../rypervisor/tests/programs")
 }
 
-/// Compiles `tests/programs/<name>.c` statically with `libc` and returns the program's path.
-pub fn program(name: &str, libc: Libc) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<(String, Libc), PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(Default::default);
-    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = built.get(&(name.to_string(), libc)) {
-        return p.clone();
-    }
+/// Compiles `tests/programs/<name>.c` with `cc FLAGS -O2` into `out`; panics with the
+/// compiler's message if that fails.
+pub fn compile(name: &str, cc: &str, flags: &[&str], out: &Path) {
     let src = sources().join(format!("{name}.c"));
-    let out = out_dir().join(format!("{name}-{libc:?}"));
-    let cc = libc.compiler();
     let result = Command::new(cc)
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
+        .args(flags)
+        .args(["-O2", "-o"])
+        .arg(out)
         .arg(&src)
         .output();
     match result {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
-            "{cc} -static failed for {}:\n{}",
+            "{cc} {} failed for {}:\n{}",
+            flags.join(" "),
             src.display(),
             String::from_utf8_lossy(&o.stderr)
         ),
@@ -94,6 +89,18 @@ pub fn program(name: &str, libc: Libc) -> PathBuf {
              install it (Debian: apt-get install gcc musl-tools)"
         ),
     }
+}
+
+/// Compiles `tests/programs/<name>.c` statically with `libc` and returns the program's path.
+pub fn program(name: &str, libc: Libc) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(String, Libc), PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = built.get(&(name.to_string(), libc)) {
+        return p.clone();
+    }
+    let out = out_dir().join(format!("{name}-{libc:?}"));
+    compile(name, libc.compiler(), &["-static"], &out);
     built.insert((name.to_string(), libc), out.clone());
     out
 }
