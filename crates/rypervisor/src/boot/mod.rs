@@ -144,6 +144,12 @@ pub enum BootError {
     /// Writing boot parameters failed.
     #[error("cannot write boot parameters: {0}")]
     BootParams(String),
+    /// A device could not be placed on the bus.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    /// The vCPU kick signal could not be set up.
+    #[error(transparent)]
+    Watchdog(#[from] crate::watchdog::WatchdogError),
     /// A thread could not start.
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -166,7 +172,7 @@ pub struct BootConfig {
     pub mem: u64,
     /// vCPUs.
     pub cpus: u32,
-    /// CPU template (`None`: nested-safe where KVM emulates ring 0, else host).
+    /// CPU template (the CLI picks nested-safe where KVM emulates ring 0, else host).
     pub template: CpuTemplate,
     /// Stop after this long.
     pub timeout: Option<Duration>,
@@ -300,7 +306,7 @@ pub struct LinuxVm {
     // Kept alive for the VM's lifetime; dropped after the vCPUs (field order).
     _vm: Vm,
     _kvm: KvmSystem,
-    _ram: GuestRam,
+    ram: GuestRam,
 }
 
 impl std::fmt::Debug for LinuxVm {
@@ -530,7 +536,7 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
     let mut bus = Bus::default();
     let add = |bus: &mut Bus, name: &'static str, base: u16, len: u64, dev: SharedDevice| {
         bus.insert(AddressSpace::Pio, u64::from(base), len, name, dev)
-            .map_err(|e| BootError::BootParams(e.to_string()))
+            .map_err(BootError::from)
     };
     add(&mut bus, "serial", COM1, REGISTERS, serial.clone())?;
     add(
@@ -581,7 +587,7 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
         config,
         _vm: vm,
         _kvm: kvm,
-        _ram: ram,
+        ram,
     })
 }
 
@@ -785,10 +791,9 @@ impl LinuxVm {
 
     /// Runs every vCPU on its own thread until the guest ends.
     pub fn run(mut self) -> Result<BootReport, BootError> {
-        crate::watchdog::install_kick_handler()
-            .map_err(|e| BootError::Thread(std::io::Error::other(e.to_string())))?;
+        crate::watchdog::install_kick_handler()?;
         let shared = Arc::new(Shared {
-            mem: self._ram.guest_memory().clone(),
+            mem: self.ram.guest_memory().clone(),
             bus: self.bus.clone(),
             stop: self.stop.clone(),
             stopping: AtomicBool::new(false),

@@ -852,7 +852,7 @@ impl Sandbox {
         })
     }
 
-    /// The descriptor of the host thread that should be confined, for [`crate::seccomp`].
+    /// The policy the sandbox serves (the CLI sizes its seccomp filter by it).
     pub fn policy(&self) -> &Policy {
         self.process.policy()
     }
