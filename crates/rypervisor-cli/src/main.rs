@@ -7,17 +7,21 @@
 //! guest's own status, 124 on timeout, 2 on a triple fault, 3 on other guest faults, 1 on bad
 //! input or a VMM error; `exec` reports program crashes the way a shell does (139, 132, 136).
 
+mod boot;
+mod exec;
+mod info;
+mod run;
+mod terminal;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use rypervisor::explain::{Format, Narrator, Observer, Silent};
 use rypervisor::loader::FlatOptions;
-use rypervisor::machine::{Machine, RunReport};
-use rypervisor::{builder, info, memory, CpuMode, Gpr, Image, MachineConfig, Privilege};
+use rypervisor::{memory, CpuMode, Gpr, Image, MachineConfig, Privilege};
 
 /// The 12 bytes of the LWN article's guest.
 const LWN_PROGRAM: [u8; 12] = [
@@ -280,7 +284,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Info { json } => cmd_info(&cli.kvm_device, json),
+        Command::Info { json } => info::cmd_info(&cli.kvm_device, json),
         Command::Demo { narration } => {
             let image = Image::flat(LWN_PROGRAM.to_vec(), 0x1000, None, CpuMode::Real)?;
             let config = MachineConfig {
@@ -290,7 +294,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 kvm_device: cli.kvm_device,
                 ..MachineConfig::default()
             };
-            run_guest(&config, &image, &narration, false)
+            run::run_guest(&config, &image, &narration, false)
         }
         Command::Run(args) => {
             let mode = match (args.mode, args.user) {
@@ -315,310 +319,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 timeout: args.timeout,
                 kvm_device: cli.kvm_device,
             };
-            run_guest(&config, &image, &args.narration, true)
+            run::run_guest(&config, &image, &args.narration, true)
         }
-        Command::Exec(args) => cmd_exec(args, &cli.kvm_device),
-        Command::Boot(args) => cmd_boot(args, &cli.kvm_device),
-    }
-}
-
-fn cmd_boot(args: BootArgs, device: &std::path::Path) -> Result<u8> {
-    use rypervisor::boot::{self, BootConfig, Ending};
-    use rypervisor::cpu_template::CpuTemplate;
-    let origin = *PROCESS_START.get().unwrap_or(&std::time::Instant::now());
-    let mut config = BootConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        mem: args.mem,
-        cpus: args.cpus,
-        template: CpuTemplate::Host,
-        timeout: args.timeout,
-        kvm_device: device.to_path_buf(),
-        origin,
-    };
-    config.check()?;
-    config.template = match args.cpu_template {
-        Some(t) => t,
-        None => {
-            let probe = info::ring0_probe(device).context("probing whether KVM emulates ring 0")?;
-            if probe.emulated {
-                eprintln!(
-                    "rypervisor: KVM emulates guest ring 0 on this host ({:.0}x slower than user mode): \
-                     using --cpu-template nested-safe",
-                    probe.ratio
-                );
-                CpuTemplate::NestedSafe
-            } else {
-                CpuTemplate::Host
-            }
-        }
-    };
-    let vm = boot::prepare(config, Box::new(std::io::stdout()))?;
-    let raw = terminal::RawMode::enable_if_tty();
-    boot::console_input(Box::new(std::io::stdin()), vm.serial(), vm.stop_handle())
-        .context("starting the console input thread")?;
-    let report = vm.run();
-    drop(raw);
-    let report = report?;
-    let _ = std::io::stdout().flush();
-    match &report.ending {
-        Ending::PoweredOff | Ending::Reset => {}
-        Ending::UserQuit => eprintln!("rypervisor: stopped (Ctrl-A x)"),
-        Ending::Panic => eprintln!("rypervisor: the guest kernel panicked (see the console above)"),
-        Ending::TimedOut => {
-            eprintln!("rypervisor: guest stopped: time limit expired");
-            for place in &report.last_places {
-                eprintln!("  {place}");
-            }
-        }
-        Ending::Crashed(why) => eprintln!("rypervisor: the VM cannot continue: {why}"),
-    }
-    if args.stats {
-        let ms = |d: Option<Duration>| {
-            d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
-        };
-        eprintln!(
-            "boot statistics ({}, cpu template {})",
-            report.format, report.template
-        );
-        eprintln!("  kernel entry      {}", ms(report.kernel_entry));
-        eprintln!("  boot marker       {}", ms(report.marker));
-        eprintln!("  end               {}", ms(Some(report.ended)));
-        eprintln!("  emulation steps   {}", report.workarounds);
-        for (i, e) in report.exits.iter().enumerate() {
-            eprintln!("vCPU {i} {e}");
-        }
-    }
-    Ok(report.ending.status() as u8)
-}
-
-/// The console's terminal mode while a guest runs.
-mod terminal {
-    use std::sync::OnceLock;
-
-    /// The settings to restore, readable from a signal handler.
-    static SAVED: OnceLock<libc::termios> = OnceLock::new();
-
-    /// Puts the terminal on stdin in raw mode and restores it when dropped, and on SIGTERM,
-    /// SIGHUP and SIGQUIT (raw mode turns Ctrl-C into a byte for the guest, so SIGINT only
-    /// comes from outside and is handled the same way).
-    pub struct RawMode(bool);
-
-    extern "C" fn restore_and_die(sig: libc::c_int) {
-        if let Some(saved) = SAVED.get() {
-            // SAFETY: tcsetattr, signal and raise are async-signal-safe; `saved` is a
-            // fully initialised termios that is never written again.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, saved);
-                libc::signal(sig, libc::SIG_DFL);
-                libc::raise(sig);
-            }
-        }
-    }
-
-    impl RawMode {
-        /// Raw mode if stdin is a terminal; otherwise nothing.
-        pub fn enable_if_tty() -> Self {
-            // SAFETY: isatty and tcgetattr/tcsetattr only read or write the termios struct
-            // passed, a live local; fd 0 is the process's stdin. The handlers installed
-            // only restore the terminal and re-raise the signal.
-            unsafe {
-                if libc::isatty(0) != 1 {
-                    return Self(false);
-                }
-                let mut saved: libc::termios = std::mem::zeroed();
-                if libc::tcgetattr(0, &mut saved) != 0 {
-                    return Self(false);
-                }
-                let saved = *SAVED.get_or_init(|| saved);
-                for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGINT] {
-                    libc::signal(sig, restore_and_die as *const () as libc::sighandler_t);
-                }
-                let mut raw = saved;
-                libc::cfmakeraw(&mut raw);
-                raw.c_oflag |= libc::OPOST | libc::ONLCR; // keep "\n" → "\r\n" for our own messages
-                libc::tcsetattr(0, libc::TCSANOW, &raw);
-                Self(true)
-            }
-        }
-    }
-
-    impl Drop for RawMode {
-        fn drop(&mut self) {
-            if let (true, Some(saved)) = (self.0, SAVED.get()) {
-                // SAFETY: restores the settings read in enable_if_tty on the same fd.
-                unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
-            }
-        }
+        Command::Exec(args) => exec::cmd_exec(args, &cli.kvm_device),
+        Command::Boot(args) => boot::cmd_boot(args, &cli.kvm_device),
     }
 }
 
 /// When the process started (for boot times).
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
-fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
-    use rypervisor::sandbox::{self, Policy, SandboxBuilder, StdHost};
-    let mut policy = Policy::default();
-    policy.strict = args.strict;
-    for path in &args.allow_read {
-        policy.allow_read(path)?;
-    }
-    for e in &args.env {
-        if !e.contains('=') {
-            bail!("--env {e}: use NAME=VALUE");
-        }
-    }
-    let program = PathBuf::from(&args.command[0]);
-    let mut sandbox = SandboxBuilder::from_file(&program)?
-        .args(args.command.iter().cloned())
-        .env(args.env.iter().cloned())
-        .mem(args.mem)
-        .timeout(args.timeout)
-        .policy(policy)
-        .trace(args.trace_syscalls)
-        .kvm_device(device)
-        .build()?;
-    if !args.no_seccomp {
-        let filter = rypervisor::seccomp::sandbox_filter(sandbox.policy().any_files())?;
-        rypervisor::seccomp::confine_process(&filter)?;
-    }
-    let exit = sandbox.run(&mut StdHost)?;
-    if let Some(report) = exit.report() {
-        eprintln!("rypervisor: {report}");
-    }
-    if args.stats {
-        let st = sandbox.stats();
-        let calls = sandbox.syscall_stats();
-        eprintln!("sandbox statistics");
-        eprintln!(
-            "  build (VM, memory, load)  {:>10.3} ms",
-            sandbox.build_time().as_secs_f64() * 1e3
-        );
-        eprintln!(
-            "  in guest (KVM_RUN)        {:>10.3} ms",
-            st.guest_time.as_secs_f64() * 1e3
-        );
-        eprintln!(
-            "  in VMM (serving calls)    {:>10.3} ms",
-            st.vmm_time.as_secs_f64() * 1e3
-        );
-        eprintln!("  VM exits                  {:>10}", st.exits);
-        if let Some(entry) = st.syscall_entry {
-            eprintln!("  syscall entry             {entry:>10}");
-        }
-        eprintln!(
-            "  system calls              {:>10} ({} denied)",
-            st.syscalls, calls.denied
-        );
-        let mut by_count: Vec<_> = calls.counts.iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        for (nr, n) in by_count {
-            eprintln!("    {:<22}{n:>10}", sandbox::syscalls::name(*nr));
-        }
-    }
-    let _ = std::io::stdout().flush();
-    Ok((exit.status() & 0xff) as u8)
-}
-
-fn run_guest(
-    config: &MachineConfig,
-    image: &Image,
-    narration: &Narration,
-    exit_device: bool,
-) -> Result<u8> {
-    if narration.json && !narration.explain {
-        bail!("--json formats the --explain narration: add --explain");
-    }
-    let mut narrator;
-    let obs: &mut dyn Observer = if narration.explain {
-        let format = if narration.json {
-            Format::Json
-        } else {
-            Format::Text
-        };
-        narrator = Narrator::new(std::io::stderr(), format);
-        &mut narrator
-    } else {
-        &mut Silent
-    };
-    let mut machine: Machine = builder::build(config, image, obs)?;
-    machine.add_serial(
-        Box::new(std::io::stdout()),
-        Some(Box::new(std::io::stdin())),
-    )?;
-    if exit_device {
-        machine.add_exit_device()?;
-    }
-    let report = machine.run(obs)?;
-    finish(&report, narration.stats)
-}
-
-fn finish(report: &RunReport, stats: bool) -> Result<u8> {
-    let _ = std::io::stdout().flush();
-    if report.outcome.is_fault() {
-        let text = report.fault_report();
-        let mut lines = text.lines();
-        if let Some(first) = lines.next() {
-            eprintln!("rypervisor: {first}");
-        }
-        for l in lines {
-            eprintln!("{l}");
-        }
-    }
-    if stats {
-        eprintln!("{}", report.stats);
-    }
-    let status = report.outcome.exit_status();
-    Ok(u8::try_from(status).unwrap_or(3))
-}
-
-fn cmd_info(device: &std::path::Path, json: bool) -> Result<u8> {
-    let host = info::probe(device).context("probing KVM")?;
-    if json {
-        println!("{}", serde_json_string(&host)?);
-        return Ok(0);
-    }
-    println!("KVM device          {}", host.device);
-    println!("API version         {}", host.api_version);
-    println!("Capabilities");
-    for c in &host.capabilities {
-        let v = match c.value {
-            0 => "no".to_string(),
-            1 if !c.name.starts_with("KVM_CAP_NR") && !c.name.starts_with("KVM_CAP_MAX") => {
-                "yes".to_string()
-            }
-            n => n.to_string(),
-        };
-        println!("  {:<30} {:<6} {}", c.name, v, c.purpose);
-    }
-    let cpu = &host.cpuid;
-    println!(
-        "Supported CPUID     {} entries, vendor {}, max leaf {:#x}, max extended leaf {:#x}",
-        cpu.entries, cpu.vendor, cpu.max_leaf, cpu.max_extended_leaf
-    );
-    println!("  features          {}", cpu.features.join(" "));
-    let r = &host.ring0;
-    println!(
-        "Guest ring 0        {}: a {}-iteration loop took {:.3} ms at CPL0 vs {:.3} ms at CPL3 ({:.0}x)",
-        if r.emulated { "EMULATED" } else { "native" },
-        r.iterations,
-        r.cpl0.as_secs_f64() * 1e3,
-        r.cpl3.as_secs_f64() * 1e3,
-        r.ratio
-    );
-    if let Some(m) = &host.nested_module {
-        println!("  nested KVM module {m} is loaded");
-    }
-    if r.emulated {
-        println!(
-            "  KVM interprets ring-0 and real/protected-mode guest code instruction by instruction here \
-             (~1 µs each); user-mode (CPL3) code runs at native speed. Keep ring-0 guests short."
-        );
-    }
-    Ok(0)
-}
-
-fn serde_json_string(host: &info::HostInfo) -> Result<String> {
-    Ok(rypervisor::explain::to_json(host)?)
-}

@@ -91,10 +91,10 @@ impl Floor {
         // SAFETY: the region is `ram`'s live mapping, which this struct keeps alive as long
         // as the VM (fields drop in order: vcpu, VM, then memory).
         unsafe { vm.set_user_memory_region(region) }.unwrap();
-        layout::write_tables(&ram, MEM).unwrap();
         ram.write(USER_BASE, &[0x0f, 0x05]).unwrap(); // syscall
         let vcpu = vm.create_vcpu(0).unwrap();
         let mut sregs = vcpu.get_sregs().unwrap();
+        layout::write_tables(&ram, MEM, &mut sregs).unwrap();
         layout::setup_sregs(&mut sregs, false);
         vcpu.set_sregs(&sregs).unwrap();
         rypervisor::vcpu::set_msrs(&vcpu, &layout::msrs()).unwrap();

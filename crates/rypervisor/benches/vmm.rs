@@ -234,7 +234,7 @@ fn rearm(m: &mut Machine) {
         rcx: u64::from(BATCH),
         ..Default::default()
     };
-    m.vcpu().fd.set_regs(&regs).unwrap();
+    m.vcpu().fd().set_regs(&regs).unwrap();
 }
 
 fn create_to_first_exit(c: &mut Criterion) {

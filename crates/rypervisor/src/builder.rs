@@ -14,7 +14,7 @@ use crate::bus::Bus;
 use crate::devices::StopSignal;
 use crate::disasm;
 use crate::explain::{self, Event, MapRegion, Observer};
-use crate::kvm::{KvmError, KvmSystem};
+use crate::kvm::{ioctl, IoctlError, KvmError, KvmSystem};
 use crate::loader::{Image, LoaderError};
 use crate::machine::{Machine, MachineConfig};
 use crate::memory::{human_size, GuestRam, MemoryError};
@@ -46,6 +46,9 @@ pub enum BuildError {
     /// A vCPU ioctl.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// An ioctl.
+    #[error(transparent)]
+    Ioctl(#[from] IoctlError),
 }
 
 /// Builds a machine for `image` as `config` says: all the LWN steps up to (not including)
@@ -307,16 +310,13 @@ pub fn step4_create_vcpu(
     vm: &Vm,
     obs: &mut dyn Observer,
 ) -> Result<Vcpu, BuildError> {
-    let mut fd = vm
-        .fd
-        .create_vcpu(0)
-        .map_err(VcpuError::ioctl("KVM_CREATE_VCPU"))?;
+    let mut fd = vm.fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
     let vcpu_fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
     if obs.enabled() {
         let mmap_size = kvm
             .kvm
             .get_vcpu_mmap_size()
-            .map_err(VcpuError::ioctl("KVM_GET_VCPU_MMAP_SIZE"))?;
+            .map_err(ioctl("KVM_GET_VCPU_MMAP_SIZE"))?;
         let run_addr = fd.get_kvm_run() as *mut _ as u64;
         obs.event(Event::Step {
             number: 4,
@@ -348,7 +348,7 @@ pub fn step4_create_vcpu(
             result: format!("{run_addr:#x} (struct kvm_run)"),
         });
     }
-    Ok(Vcpu { fd, id: 0 })
+    Ok(Vcpu::new(fd, 0))
 }
 
 /// Step 5: set the special registers (segments, control registers, descriptor tables).
@@ -361,15 +361,12 @@ pub fn step5_special_registers(
     privilege: Privilege,
     obs: &mut dyn Observer,
 ) -> Result<u64, BuildError> {
-    let before: kvm_sregs = vcpu
-        .fd
-        .get_sregs()
-        .map_err(VcpuError::ioctl("KVM_GET_SREGS"))?;
+    let before: kvm_sregs = vcpu.fd().get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
     let mut sregs = before;
     let stack = arch::setup_sregs(ram, area, image.mode, privilege, image.entry, &mut sregs)?;
-    vcpu.fd
+    vcpu.fd()
         .set_sregs(&sregs)
-        .map_err(VcpuError::ioctl("KVM_SET_SREGS"))?;
+        .map_err(ioctl("KVM_SET_SREGS"))?;
     if obs.enabled() {
         let why = match image.mode {
             CpuMode::Real => "A new vCPU is in the state of a PC at reset: real mode, CS selector 0xf000 with base \
@@ -444,10 +441,7 @@ pub fn step6_registers(
         r.set(&mut regs, *v);
     }
     if obs.enabled() {
-        let before = vcpu
-            .fd
-            .get_regs()
-            .map_err(VcpuError::ioctl("KVM_GET_REGS"))?;
+        let before = vcpu.fd().get_regs().map_err(ioctl("KVM_GET_REGS"))?;
         obs.event(Event::Step {
             number: 6,
             title: "Set up the general registers".into(),
@@ -462,9 +456,7 @@ pub fn step6_registers(
             arg: "&regs".into(),
             result: "0".into(),
         });
-        vcpu.fd
-            .set_regs(&regs)
-            .map_err(VcpuError::ioctl("KVM_SET_REGS"))?;
+        vcpu.fd().set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
         obs.event(Event::Ioctl {
             name: "KVM_SET_REGS",
             fd: vcpu.raw_fd(),
@@ -476,9 +468,7 @@ pub fn step6_registers(
             rows: explain::diff(&explain::regs_fields(&before), &explain::regs_fields(&regs)),
         });
     } else {
-        vcpu.fd
-            .set_regs(&regs)
-            .map_err(VcpuError::ioctl("KVM_SET_REGS"))?;
+        vcpu.fd().set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
     }
     Ok(())
 }

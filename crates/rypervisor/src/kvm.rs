@@ -48,6 +48,23 @@ pub enum KvmError {
     MissingCapability(&'static str),
 }
 
+/// A KVM ioctl that failed, by name: the one ioctl error type of the crate (VM, vCPU, boot
+/// and sandbox errors wrap it).
+#[derive(Debug, thiserror::Error)]
+#[error("{name} failed: {source}")]
+pub struct IoctlError {
+    /// The ioctl, as `<linux/kvm.h>` names it.
+    pub name: &'static str,
+    /// What KVM returned.
+    #[source]
+    pub source: kvm_ioctls::Error,
+}
+
+/// `map_err(ioctl("KVM_..."))`: names a failed kvm-ioctls call.
+pub fn ioctl(name: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> IoctlError {
+    move |source| IoctlError { name, source }
+}
+
 /// An open, checked KVM system file descriptor.
 #[derive(Debug)]
 pub struct KvmSystem {

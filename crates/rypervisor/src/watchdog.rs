@@ -1,30 +1,31 @@
-//! The time limit: a watchdog thread that kicks a vCPU thread out of `KVM_RUN`.
+//! The time limit: a watchdog thread that kicks a vCPU out of `KVM_RUN` at the deadline.
 //!
 //! A guest spinning at CPL3 never exits on its own, so the only way to stop it is from another
-//! thread: after the deadline the watchdog sends a real-time signal (with a do-nothing handler
-//! installed without `SA_RESTART`) to the thread running the vCPU. `KVM_RUN` then returns
-//! `EINTR`, and so does a blocking host `read` the VMM is doing for the guest. The kick repeats
-//! every few milliseconds until the run loop disarms the watchdog, because a signal that lands
-//! while the thread is in the VMM rather than in the guest is otherwise lost.
+//! thread: after the deadline the watchdog kicks the vCPU (see [`crate::vcpu::kick`]: it sets
+//! `immediate_exit`, so the kick cannot be lost, and signals the thread). The signal also ends
+//! a blocking host call the VMM makes for the guest with `EINTR`; since a signal that lands
+//! just *before* such a call is not seen by it, the watchdog repeats the signal every few
+//! milliseconds until the run loop disarms it.
 //!
 //! One watchdog thread lives as long as its owner (a sandbox serves request after request with
 //! the same one), so arming it costs a mutex and a condition variable, not a thread spawn.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use crate::vcpu::kick::{self, KickError, ThisThread};
+use crate::vcpu::Kicker;
 
-/// How often a fired watchdog repeats its kick.
+/// How often a fired watchdog repeats its signal (for blocking host calls).
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Errors setting up the watchdog.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {
     /// The kick signal's handler could not be installed.
-    #[error("cannot install the watchdog's signal handler: {0}")]
-    Signal(String),
+    #[error(transparent)]
+    Signal(#[from] KickError),
     /// The thread could not be started.
     #[error("cannot start the watchdog thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -32,40 +33,10 @@ pub enum WatchdogError {
 
 #[derive(Default)]
 struct State {
-    /// The armed deadline and the thread to kick.
-    armed: Option<(Instant, Target)>,
+    /// The armed deadline, the thread to signal and the vCPU to kick.
+    armed: Option<(Instant, ThisThread, Option<Kicker>)>,
     fired: bool,
     shutdown: bool,
-}
-
-/// A thread to signal.
-#[derive(Clone, Copy)]
-struct Target(libc::pthread_t);
-
-// SAFETY: a Target is only stored while the watchdog is armed, and `Watchdog::disarm` (called
-// by the armed thread before it returns from its run, also through `Armed`'s Drop) removes it
-// under the same lock the kicking thread holds while it signals; so the target thread is alive
-// for every `pthread_kill`.
-unsafe impl Killable for Target {
-    fn pthread_handle(&self) -> libc::pthread_t {
-        self.0
-    }
-}
-
-extern "C" fn noop_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// The signal used to kick a vCPU thread.
-pub fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
-}
-
-/// Installs the kick signal's do-nothing handler (once per process), for any code that
-/// kicks vCPU threads out of `KVM_RUN` itself.
-pub fn install_kick_handler() -> Result<(), WatchdogError> {
-    static REGISTER: Once = Once::new();
-    let mut registered = Ok(());
-    REGISTER.call_once(|| registered = register_signal_handler(kick_signal(), noop_signal_handler));
-    registered.map_err(|e| WatchdogError::Signal(e.to_string()))
 }
 
 /// A long-lived watchdog thread.
@@ -87,11 +58,7 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Watchdog {
     /// Installs the kick signal's handler (once per process) and starts the thread, disarmed.
     pub fn new() -> Result<Self, WatchdogError> {
-        static REGISTER: Once = Once::new();
-        let mut registered = Ok(());
-        REGISTER
-            .call_once(|| registered = register_signal_handler(kick_signal(), noop_signal_handler));
-        registered.map_err(|e| WatchdogError::Signal(e.to_string()))?;
+        kick::install_handler()?;
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let theirs = shared.clone();
         let (started, running) = std::sync::mpsc::channel::<()>();
@@ -118,14 +85,17 @@ impl Watchdog {
             if state.shutdown {
                 return;
             }
-            state = match state.armed {
+            state = match state.armed.clone() {
                 None => cv.wait(state).unwrap_or_else(|p| p.into_inner()),
-                Some((deadline, target)) => {
+                Some((deadline, thread, vcpu)) => {
                     let now = Instant::now();
                     if now >= deadline {
                         state.fired = true;
                         // Kicked under the lock: disarm cannot return while a kick is in flight.
-                        let _ = target.kill(kick_signal());
+                        match vcpu {
+                            Some(vcpu) => vcpu.kick(&thread),
+                            None => kick::interrupt(&thread),
+                        }
                         cv.wait_timeout(state, KICK_INTERVAL)
                             .unwrap_or_else(|p| p.into_inner())
                             .0
@@ -139,14 +109,13 @@ impl Watchdog {
         }
     }
 
-    /// Arms the watchdog for the calling thread: after `timeout` it is kicked until
-    /// [`Watchdog::disarm`]. Returns a guard that disarms on drop.
-    pub fn arm(&self, timeout: Duration) -> Armed<'_> {
-        // SAFETY: pthread_self has no preconditions.
-        let me = Target(unsafe { libc::pthread_self() });
+    /// Arms the watchdog for the calling thread, which runs `vcpu` (if any): after `timeout`
+    /// the vCPU is kicked and the thread signalled until [`Watchdog::disarm`]. Returns a guard
+    /// that disarms on drop.
+    pub fn arm(&self, timeout: Duration, vcpu: Option<Kicker>) -> Armed<'_> {
         let (mutex, cv) = &*self.shared;
         let mut state = lock(mutex);
-        state.armed = Some((Instant::now() + timeout, me));
+        state.armed = Some((Instant::now() + timeout, ThisThread::get(), vcpu));
         state.fired = false;
         cv.notify_all();
         Armed { dog: self }
@@ -168,7 +137,8 @@ impl Watchdog {
     pub fn remaining(&self) -> Option<Duration> {
         lock(&self.shared.0)
             .armed
-            .map(|(d, _)| d.saturating_duration_since(Instant::now()))
+            .as_ref()
+            .map(|(d, _, _)| d.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -218,7 +188,7 @@ mod tests {
     #[test]
     fn a_fired_watchdog_interrupts_a_blocking_call() {
         let dog = Watchdog::new().unwrap();
-        let armed = dog.arm(Duration::from_millis(30));
+        let armed = dog.arm(Duration::from_millis(30), None);
         let started = Instant::now();
         // A blocking read on a pipe nobody writes: only the kick can end it.
         let mut fds = [0; 2];
@@ -239,7 +209,7 @@ mod tests {
             libc::close(fds[1]);
         }
         // Re-arming clears the fired flag; a run that ends in time never fires.
-        let armed = dog.arm(Duration::from_secs(60));
+        let armed = dog.arm(Duration::from_secs(60), None);
         assert!(!armed.fired());
         assert!(armed.remaining() > Duration::from_secs(50));
     }

@@ -1,11 +1,17 @@
 //! The guest console as the VMM watches it: the serial output goes to the user unchanged,
 //! and lines that mean "the guest is ending" are noticed on the way, because a powered-off
 //! Linux guest without ACPI just halts every CPU (with an in-kernel irqchip, a halt never
-//! reaches the VMM) and a panicking one only says so on the console.
+//! reaches the VMM) and a panicking one only says so on the console. Input goes the other
+//! way: [`console_input`] feeds the UART from stdin and handles the Ctrl-A escape.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::USER_QUIT;
+use crate::devices::serial::EventFdTrigger;
+use crate::devices::{SerialDevice, StopSignal};
 
 /// What the console showed.
 #[derive(Debug, Default)]
@@ -69,6 +75,51 @@ impl Write for ConsoleWatch {
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
+}
+
+/// Reads stdin-like `input` and feeds the guest console, handling the Ctrl-A escape:
+/// Ctrl-A x ends the VM, Ctrl-A Ctrl-A sends one Ctrl-A. Runs until `input` ends.
+pub fn console_input(
+    mut input: Box<dyn Read + Send>,
+    serial: Arc<Mutex<SerialDevice<EventFdTrigger>>>,
+    stop: Arc<StopSignal>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("console-input".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut escape = false;
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut out = Vec::with_capacity(n);
+                for &b in &buf[..n] {
+                    match (escape, b) {
+                        (false, 0x01) => escape = true,
+                        (false, b) => out.push(b),
+                        (true, b'x') | (true, b'X') => {
+                            stop.request(USER_QUIT);
+                            return;
+                        }
+                        (true, b) => {
+                            escape = false;
+                            out.push(0x01);
+                            if b != 0x01 {
+                                out.push(b);
+                            }
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    serial
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_input(&out);
+                }
+            }
+        })
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //!
 //! | address | what |
 //! |---|---|
-//! | `0x0500` | boot GDT (null, 64-bit code `0x08`, data `0x10`, TSS `0x18`) |
-//! | `0x0520` | boot IDT (empty) |
+//! | `0x0500` | boot GDT (`arch`'s: 32-bit code `0x08` for PVH, data `0x10`, 64-bit code `0x18`, TSS `0x30`) |
+//! | `0x0540` | boot IDT (empty) |
+//! | `0x0580` | boot TSS (no I/O bitmap) |
 //! | `0x6000` | PVH `hvm_start_info`, then its memory map and module list |
 //! | `0x7000` | zero page (`boot_params`) |
 //! | `0x8ff0` | boot stack top |
@@ -17,7 +18,9 @@
 /// Boot GDT.
 pub const GDT: u64 = 0x500;
 /// Boot IDT.
-pub const IDT: u64 = 0x520;
+pub const IDT: u64 = 0x540;
+/// Boot TSS.
+pub const TSS: u64 = 0x580;
 /// PVH start info.
 pub const PVH_INFO: u64 = 0x6000;
 /// Zero page.

@@ -1,51 +1,56 @@
-//! Just enough of the i8042 keyboard controller for a Linux guest to reboot: the "pulse
-//! reset line" command (0xfe to the command port) ends the VM. Reads return an empty
-//! controller (no data pending, no keyboard), so `i8042` probing finds nothing.
+//! The i8042 keyboard controller, as much as a Linux guest needs to reboot: vm-superio's
+//! [`I8042Device`] (reads are an empty controller; the "pulse reset line" command, 0xfe to the
+//! command port, fires its reset trigger) on the bus, with the trigger ending the VM.
 
 use std::sync::Arc;
+
+use vm_superio::{I8042Device, Trigger};
 
 use super::StopSignal;
 use crate::bus::BusDevice;
 
 /// Data port.
 pub const DATA_PORT: u16 = 0x60;
-/// Command/status port (the device spans 0x60..=0x64; offsets 0 and 4 matter).
-pub const COMMAND_OFFSET: u64 = 4;
-/// Ports the device covers, from [`DATA_PORT`].
+/// Ports the device covers, from [`DATA_PORT`] (offsets 0, data, and 4, command/status).
 pub const PORTS: u64 = 5;
-const CMD_RESET: u8 = 0xfe;
 
 /// Exit status the VM gets when the guest resets through the i8042.
 pub const RESET_STATUS: u8 = 0;
 
-/// The i8042 model.
+/// The reset line: a request to end the VM.
 #[derive(Debug)]
-pub struct I8042 {
-    stop: Arc<StopSignal>,
-    reset: bool,
+pub struct ResetLine(Arc<StopSignal>);
+
+impl Trigger for ResetLine {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.request(RESET_STATUS);
+        Ok(())
+    }
 }
+
+/// The i8042 on the bus.
+#[derive(Debug)]
+pub struct I8042(I8042Device<ResetLine>);
 
 impl I8042 {
     /// A controller that raises `stop` on a reset command.
     pub fn new(stop: Arc<StopSignal>) -> Self {
-        Self { stop, reset: false }
-    }
-
-    /// Whether the guest asked for a reset.
-    pub fn reset_requested(&self) -> bool {
-        self.reset
+        Self(I8042Device::new(ResetLine(stop)))
     }
 }
 
 impl BusDevice for I8042 {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        if let (Some(b), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *b = self.0.read(offset);
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == COMMAND_OFFSET && data.first() == Some(&CMD_RESET) {
-            self.reset = true;
-            self.stop.request(RESET_STATUS);
+        if let (Some(&b), Ok(offset)) = (data.first(), u8::try_from(offset)) {
+            let Ok(()) = self.0.write(offset, b);
         }
     }
 }
@@ -53,6 +58,9 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const COMMAND_OFFSET: u64 = 4;
+    const CMD_RESET: u8 = 0xfe;
 
     #[test]
     fn reset_command_stops_the_vm() {
@@ -69,6 +77,5 @@ mod tests {
         );
         k.write(COMMAND_OFFSET, &[CMD_RESET]);
         assert_eq!(stop.requested(), Some(RESET_STATUS));
-        assert!(k.reset_requested());
     }
 }

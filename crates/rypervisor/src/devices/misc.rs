@@ -44,6 +44,11 @@ impl BootMarker {
             seen: Arc::default(),
         }
     }
+
+    /// Time since `origin` of the first marker write, if there was one.
+    pub fn seen(&self) -> Option<std::time::Duration> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl BusDevice for BootMarker {

@@ -40,23 +40,28 @@
 
 use kvm_bindings::kvm_sregs;
 
-use crate::arch::{self, cr0, cr4, efer, pte, segment, selector};
+use crate::arch::interrupts::{self, write_idt};
+use crate::arch::paging::{pte, write_page_table, IdentityMap, Pde, HUGE_PAGE};
+use crate::arch::segments::{flat_segments, load_segments, selector, write_gdt};
+use crate::arch::tss::{write_tss, IoPorts};
+use crate::arch::{cr0, cr4, efer, rflags};
 use crate::memory::{GuestRam, MemoryError};
 
-/// Guest address of the PML4.
-const PML4: u64 = 0x1000;
-const PDPT: u64 = 0x2000;
-/// Three page directories: guest memory up to 3 GiB.
-const PD: u64 = 0x3000;
-const PD_COUNT: u64 = 3;
-/// The page table for the first 2 MiB.
+pub use crate::arch::msr;
+
+/// The page tables: PML4 here, the PDPT and three page directories (guest memory up to
+/// 3 GiB) after it.
+const PAGE_TABLES: IdentityMap = IdentityMap {
+    pml4: 0x1000,
+    gib: 3,
+};
+/// The 4 KiB page table for the VMM's first 2 MiB, right after the page directories.
 const PT_LOW: u64 = 0x6000;
 const GDT: u64 = 0x7000;
 /// Guest address of the exception stubs (one `hlt` per vector).
 pub const STUBS: u64 = 0x7100;
 const IDT: u64 = 0x8000;
 const TSS: u64 = 0x9000;
-const TSS_LIMIT: u64 = 104 + 8192;
 const EXCEPTION_STACK: u64 = 0xc000;
 /// Top of the exception stack (TSS.RSP0).
 pub const EXCEPTION_STACK_TOP: u64 = 0x10000;
@@ -67,37 +72,14 @@ pub const SYSCALL_PORT: u16 = 0xf5;
 /// First address of the program's memory.
 pub const USER_BASE: u64 = 2 << 20;
 /// Granularity of guest memory sizes (one large page).
-pub const MEM_ALIGN: u64 = 2 << 20;
+pub const MEM_ALIGN: u64 = HUGE_PAGE;
 /// Smallest guest: the VMM's 2 MiB and 2 MiB for the program.
 pub const MIN_MEM: u64 = 4 << 20;
 /// Largest guest the page tables map.
-pub const MAX_MEM: u64 = PD_COUNT << 30;
+pub const MAX_MEM: u64 = PAGE_TABLES.gib << 30;
 
 /// `out 0xf5, al; sysretq` (REX.W 0F 07).
 const STUB_CODE: [u8; 5] = [0xe6, SYSCALL_PORT as u8, 0x48, 0x0f, 0x07];
-
-/// Model-specific registers.
-pub mod msr {
-    /// Extended feature enables.
-    pub const EFER: u32 = 0xc000_0080;
-    /// Segment selectors for syscall/sysret.
-    pub const STAR: u32 = 0xc000_0081;
-    /// 64-bit syscall entry point.
-    pub const LSTAR: u32 = 0xc000_0082;
-    /// RFLAGS bits cleared on syscall.
-    pub const SFMASK: u32 = 0xc000_0084;
-    /// FS base (TLS).
-    pub const FS_BASE: u32 = 0xc000_0100;
-    /// GS base.
-    pub const GS_BASE: u32 = 0xc000_0101;
-    /// Kernel GS base (swapgs).
-    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
-}
-
-/// EFER.SCE: syscall/sysret enabled.
-const EFER_SCE: u64 = 1;
-/// CR4.OSXSAVE: XSAVE and XGETBV enabled (AVX needs it).
-pub const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// Checks a guest memory size for the sandbox.
 pub fn check_mem(size: u64) -> Result<(), MemoryError> {
@@ -135,83 +117,53 @@ pub fn is_user(addr: u64, len: u64, mem_size: u64) -> bool {
 
 /// If `rip` is just past an exception stub's `hlt`, the vector it stands for.
 pub fn vector_at(rip: u64) -> Option<u8> {
-    (rip > STUBS && rip <= STUBS + 256).then(|| (rip - STUBS - 1) as u8)
+    interrupts::vector_at(STUBS, rip)
 }
 
-/// Writes the page tables, GDT, IDT, TSS and stubs for a guest of `mem_size` bytes.
-pub fn write_tables(ram: &GuestRam, mem_size: u64) -> Result<(), MemoryError> {
-    let table = pte::PRESENT | pte::WRITABLE | pte::USER; // leaves decide the access
-    ram.write(PML4, &(PDPT | table).to_le_bytes())?;
-    let pdpt: Vec<u8> = (0..PD_COUNT)
-        .flat_map(|i| ((PD + i * 0x1000) | table).to_le_bytes())
-        .collect();
-    ram.write(PDPT, &pdpt)?;
-
-    // 2 MiB pages for the program; the first entry points at the 4 KiB table of the VMM's 2 MiB.
-    let mut pds = vec![0u8; (PD_COUNT * 0x1000) as usize];
-    pds[..8].copy_from_slice(&(PT_LOW | table).to_le_bytes());
-    let user_leaf = pte::PRESENT | pte::WRITABLE | pte::USER | pte::HUGE;
-    for page in (USER_BASE..mem_size).step_by(MEM_ALIGN as usize) {
-        let i = (page / MEM_ALIGN) as usize * 8;
-        pds[i..i + 8].copy_from_slice(&(page | user_leaf).to_le_bytes());
-    }
-    ram.write(PD, &pds)?;
-
-    // The VMM's 2 MiB: supervisor pages for the CPU tables and exception stack, one user
-    // read-only page for the syscall stub, nothing else.
-    let mut pt = vec![0u8; 4096];
-    for page in (GDT..EXCEPTION_STACK_TOP).step_by(4096) {
-        let i = (page / 4096) as usize * 8;
-        pt[i..i + 8].copy_from_slice(&(page | pte::PRESENT | pte::WRITABLE).to_le_bytes());
-    }
-    let i = (SYSCALL_STUB / 4096) as usize * 8;
-    pt[i..i + 8].copy_from_slice(&(SYSCALL_STUB | pte::PRESENT | pte::USER).to_le_bytes());
-    ram.write(PT_LOW, &pt)?;
-
-    ram.write(GDT, &arch::gdt_bytes(&tss_segment()))?;
-    ram.write(STUBS, &[0xf4; 256])?;
-    ram.write(IDT, &arch::idt_to_stubs(STUBS, true))?;
-
-    // TSS: RSP0, the I/O map base, and a bitmap that denies every port but SYSCALL_PORT.
-    let mut tss_bytes = vec![0u8; TSS_LIMIT as usize + 1];
-    tss_bytes[4..12].copy_from_slice(&EXCEPTION_STACK_TOP.to_le_bytes());
-    tss_bytes[102..104].copy_from_slice(&104u16.to_le_bytes());
-    tss_bytes[104..].fill(0xff);
-    let port = usize::from(SYSCALL_PORT);
-    tss_bytes[104 + port / 8] &= !(1 << (port % 8));
-    ram.write(TSS, &tss_bytes)?;
-
+/// Writes the page tables, GDT, IDT, TSS and stubs for a guest of `mem_size` bytes, and
+/// points `sregs` at them.
+pub fn write_tables(
+    ram: &GuestRam,
+    mem_size: u64,
+    sregs: &mut kvm_sregs,
+) -> Result<(), MemoryError> {
+    // Upper levels allow everything; the leaves decide. 2 MiB user pages for the program, the
+    // VMM's 2 MiB through a 4 KiB table.
+    let table = pte::WRITABLE | pte::USER;
+    PAGE_TABLES.write(ram, table, |addr| match addr {
+        0 => Pde::Table(PT_LOW),
+        a if a >= USER_BASE && a < mem_size => Pde::Huge(pte::WRITABLE | pte::USER),
+        _ => Pde::Absent,
+    })?;
+    // Supervisor pages for the CPU tables and exception stack, one user read-only page for
+    // the syscall stub, nothing else.
+    write_page_table(ram, PT_LOW, 0, |page| match page {
+        SYSCALL_STUB => Some(pte::USER),
+        p if (GDT..EXCEPTION_STACK_TOP).contains(&p) => Some(pte::WRITABLE),
+        _ => None,
+    })?;
+    // RSP0, and a bitmap that denies every port but SYSCALL_PORT.
+    let tss = write_tss(
+        ram,
+        TSS,
+        EXCEPTION_STACK_TOP,
+        IoPorts::Only(&[SYSCALL_PORT]),
+    )?;
+    write_gdt(ram, GDT, &tss, sregs)?;
+    write_idt(ram, IDT, STUBS, true, sregs)?;
     ram.zero(EXCEPTION_STACK, EXCEPTION_STACK_TOP - EXCEPTION_STACK)?;
     ram.write(SYSCALL_STUB, &STUB_CODE)
 }
 
-fn tss_segment() -> kvm_bindings::kvm_segment {
-    kvm_bindings::kvm_segment {
-        base: TSS,
-        limit: TSS_LIMIT as u32,
-        selector: selector::TSS,
-        type_: 0xb, // busy 64-bit TSS
-        present: 1,
-        ..Default::default()
-    }
-}
-
-/// Sets `sregs` for a 64-bit CPL3 process: user segments, paging, syscall enabled.
+/// Sets `sregs` for a 64-bit CPL3 process: user segments, paging, syscall enabled (the
+/// descriptor tables are set by [`write_tables`]).
 pub fn setup_sregs(sregs: &mut kvm_sregs, xsave: bool) {
-    arch::load_segments(
-        sregs,
-        segment(selector::USER_CODE64, true, true),
-        segment(selector::USER_DATA, false, true),
-    );
-    sregs.gdt.base = GDT;
-    sregs.gdt.limit = selector::GDT_BYTES - 1;
-    sregs.idt.base = IDT;
-    sregs.idt.limit = 256 * 16 - 1;
-    sregs.tr = tss_segment();
+    let (cs, ds) = flat_segments(true, true);
+    load_segments(sregs, cs, ds);
     sregs.cr0 = cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG;
-    sregs.cr3 = PML4;
-    sregs.cr4 = cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT | if xsave { CR4_OSXSAVE } else { 0 };
-    sregs.efer = efer::LME | efer::LMA | EFER_SCE;
+    sregs.cr3 = PAGE_TABLES.pml4;
+    sregs.cr4 = cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT | if xsave { cr4::OSXSAVE } else { 0 };
+    sregs.efer = efer::LME | efer::LMA | efer::SCE;
 }
 
 /// The MSRs of the system-call path, with FS/GS bases cleared.
@@ -221,7 +173,7 @@ pub fn msrs() -> [(u32, u64); 6] {
     let base = u64::from(selector::CODE64);
     let star = (base << 48) | (base << 32);
     // Cleared on entry: TF, DF, NT, AC (the stub needs none of them; R11 keeps the originals).
-    let sfmask = (1 << 8) | (1 << 10) | (1 << 14) | (1 << 18);
+    let sfmask = rflags::TF | rflags::DF | rflags::NT | rflags::AC;
     [
         (msr::STAR, star),
         (msr::LSTAR, SYSCALL_STUB),
@@ -239,7 +191,7 @@ pub fn is_kernel_cs(sregs: &kvm_sregs) -> bool {
 
 /// The name of the exception with `vector`.
 pub fn exception_name(vector: u8) -> &'static str {
-    arch::exception_name(vector)
+    crate::arch::exception_name(vector)
 }
 
 #[cfg(test)]
@@ -247,36 +199,21 @@ mod tests {
     use super::*;
 
     fn walk(ram: &GuestRam, va: u64) -> Option<(u64, bool, bool)> {
-        // A minimal 4-level walk: (physical, user, writable) or None when not present.
-        let mut table = PML4;
-        let mut user = true;
-        let mut writable = true;
-        for level in (0..4).rev() {
-            let index = (va >> (12 + 9 * level)) & 0x1ff;
-            let entry = ram.read_u64(table + index * 8).unwrap();
-            if entry & pte::PRESENT == 0 {
-                return None;
-            }
-            user &= entry & pte::USER != 0;
-            writable &= entry & pte::WRITABLE != 0;
-            let frame = entry & 0x000f_ffff_ffff_f000;
-            if level == 1 && entry & pte::HUGE != 0 {
-                return Some((frame + (va & 0x1f_ffff), user, writable));
-            }
-            if level == 0 {
-                return Some((frame + (va & 0xfff), user, writable));
-            }
-            table = frame;
-        }
-        None
+        crate::arch::paging::walk(ram, PAGE_TABLES.pml4, va)
+    }
+
+    fn tables(size: u64) -> GuestRam {
+        let ram = GuestRam::new(0, size).unwrap();
+        write_tables(&ram, size, &mut kvm_sregs::default()).unwrap();
+        ram
     }
 
     #[test]
     fn the_program_cannot_reach_the_vmm_tables() {
-        let ram = GuestRam::new(0, 8 << 20).unwrap();
-        write_tables(&ram, 8 << 20).unwrap();
+        let ram = tables(8 << 20);
         assert_eq!(walk(&ram, 0), None, "null page");
-        for table in [PML4, PDPT, PD, PT_LOW] {
+        let map = PAGE_TABLES;
+        for table in [map.pml4, map.pdpt(), map.pd(0), PT_LOW] {
             assert_eq!(walk(&ram, table), None, "page tables are not mapped");
         }
         for sys in [GDT, IDT, TSS, EXCEPTION_STACK] {
@@ -293,8 +230,7 @@ mod tests {
 
     #[test]
     fn only_the_syscall_port_is_open() {
-        let ram = GuestRam::new(0, 4 << 20).unwrap();
-        write_tables(&ram, 4 << 20).unwrap();
+        let ram = tables(4 << 20);
         let mut bitmap = vec![0u8; 8193];
         ram.read(TSS + 104, &mut bitmap).unwrap();
         let open: Vec<usize> = (0..65536)
@@ -311,7 +247,7 @@ mod tests {
         assert!(check_mem(4 << 30).is_err());
         assert!(is_user(USER_BASE, 16, 8 << 20));
         assert!(!is_user(SYSCALL_STUB, 1, 8 << 20));
-        assert!(!is_user(PML4, 8, 8 << 20));
+        assert!(!is_user(PAGE_TABLES.pml4, 8, 8 << 20));
         assert!(!is_user((8 << 20) - 4, 8, 8 << 20));
         assert!(!is_user(u64::MAX - 2, 8, 8 << 20));
         assert_eq!(vector_at(STUBS + 15), Some(14));

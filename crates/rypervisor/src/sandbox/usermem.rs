@@ -2,25 +2,11 @@
 //! against program memory (never the VMM's tables) before vm-memory touches it, and every
 //! page the VMM writes or discards is remembered, so a reset can restore it.
 
+use vm_memory::{ByteValued, Bytes, GuestAddress};
+
 use super::layout::{self, USER_BASE};
+use super::linux::Errno;
 use crate::memory::{GuestRam, MemoryError, PAGE_SIZE};
-
-/// A Linux error number, returned to the program as `-errno`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    /// Bad address.
-    pub const EFAULT: Errno = Errno(libc::EFAULT);
-    /// Invalid argument.
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    /// File name too long.
-    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
-    /// Out of memory.
-    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
-    /// Bad file descriptor.
-    pub const EBADF: Errno = Errno(libc::EBADF);
-}
 
 /// Guest memory with checked, dirty-tracked access for system calls.
 #[derive(Debug)]
@@ -90,35 +76,49 @@ impl UserMemory {
         self.ram.write(addr, data).map_err(|_| Errno::EFAULT)
     }
 
+    /// Reads one kernel structure (or integer) at `addr`, with one bounds check.
+    pub fn read_obj<T: ByteValued>(&self, addr: u64) -> Result<T, Errno> {
+        self.check(addr, std::mem::size_of::<T>() as u64)?;
+        self.ram
+            .guest_memory()
+            .read_obj(GuestAddress(addr))
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    /// Writes one kernel structure (or integer) at `addr`, with one bounds check.
+    pub fn write_obj<T: ByteValued>(&mut self, addr: u64, value: &T) -> Result<(), Errno> {
+        self.write(addr, value.as_slice())
+    }
+
+    /// Reads `count` structures at `addr` (an iovec array...) with one bounds check for the
+    /// whole array, so no address arithmetic on the guest's pointer can overflow.
+    pub fn read_array<T: ByteValued + Default>(
+        &self,
+        addr: u64,
+        count: usize,
+    ) -> Result<Vec<T>, Errno> {
+        let size = std::mem::size_of::<T>();
+        let len = count.checked_mul(size).ok_or(Errno::EINVAL)?;
+        let mut bytes = vec![0u8; len];
+        self.read(addr, &mut bytes)?;
+        Ok(bytes
+            .chunks_exact(size.max(1))
+            .map(|chunk| {
+                let mut item = T::default();
+                item.as_mut_slice().copy_from_slice(chunk);
+                item
+            })
+            .collect())
+    }
+
     /// Reads a little-endian u64.
     pub fn read_u64(&self, addr: u64) -> Result<u64, Errno> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b)?;
-        Ok(u64::from_le_bytes(b))
+        self.read_obj(addr)
     }
 
     /// Writes a little-endian u64.
     pub fn write_u64(&mut self, addr: u64, value: u64) -> Result<(), Errno> {
-        self.write(addr, &value.to_le_bytes())
-    }
-
-    /// Reads two consecutive little-endian u64s (a timespec, an iovec, an rlimit...) with one
-    /// bounds check, so no address arithmetic on the guest's pointer can overflow.
-    pub fn read_pair(&self, addr: u64) -> Result<(u64, u64), Errno> {
-        let mut b = [0u8; 16];
-        self.read(addr, &mut b)?;
-        let (mut lo, mut hi) = ([0u8; 8], [0u8; 8]);
-        lo.copy_from_slice(&b[..8]);
-        hi.copy_from_slice(&b[8..]);
-        Ok((u64::from_le_bytes(lo), u64::from_le_bytes(hi)))
-    }
-
-    /// Writes two consecutive little-endian u64s.
-    pub fn write_pair(&mut self, addr: u64, first: u64, second: u64) -> Result<(), Errno> {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&first.to_le_bytes());
-        b[8..].copy_from_slice(&second.to_le_bytes());
-        self.write(addr, &b)
+        self.write_obj(addr, &value)
     }
 
     /// Reads a NUL-terminated string of at most `max` bytes (without the NUL).

@@ -7,6 +7,9 @@
 //!
 //! `linux-loader` parses ELF too, but only 64-bit kernels (vmlinux); guest programs here may
 //! be 32- or 64-bit, so the `object` crate parses the headers and this module checks them.
+//! Linux kernels are told apart by [`kernel`], which `boot` shares.
+
+pub mod kernel;
 
 use std::path::Path;
 
@@ -174,9 +177,7 @@ impl Image {
             }
             return Ok(image);
         }
-        if bytes.get(0x202..0x206) == Some(b"HdrS")
-            && bytes.get(0x1fe..0x200) == Some(&[0x55, 0xaa])
-        {
+        if kernel::detect(&bytes) == Some(kernel::KernelFile::BzImage) {
             return Err(LoaderError::LinuxKernel);
         }
         Self::flat(

@@ -1,0 +1,81 @@
+//! `rypervisor boot`: the ring-0 probe that picks the CPU template, the raw console, and the
+//! report of how the guest ended.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rypervisor::info;
+
+use crate::{BootArgs, PROCESS_START};
+
+pub(crate) fn cmd_boot(args: BootArgs, device: &std::path::Path) -> Result<u8> {
+    use rypervisor::boot::{self, BootConfig, Ending};
+    use rypervisor::cpu_template::CpuTemplate;
+    let origin = *PROCESS_START.get().unwrap_or(&std::time::Instant::now());
+    let mut config = BootConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        mem: args.mem,
+        cpus: args.cpus,
+        template: CpuTemplate::Host,
+        timeout: args.timeout,
+        kvm_device: device.to_path_buf(),
+        origin,
+    };
+    config.check()?;
+    config.template = match args.cpu_template {
+        Some(t) => t,
+        None => {
+            let probe = info::ring0_probe(device).context("probing whether KVM emulates ring 0")?;
+            if probe.emulated {
+                eprintln!(
+                    "rypervisor: KVM emulates guest ring 0 on this host ({:.0}x slower than user mode): \
+                     using --cpu-template nested-safe",
+                    probe.ratio
+                );
+                CpuTemplate::NestedSafe
+            } else {
+                CpuTemplate::Host
+            }
+        }
+    };
+    let vm = boot::prepare(config, Box::new(std::io::stdout()))?;
+    let raw = crate::terminal::RawMode::enable_if_tty();
+    boot::console_input(Box::new(std::io::stdin()), vm.serial(), vm.stop_handle())
+        .context("starting the console input thread")?;
+    let report = vm.run();
+    drop(raw);
+    let report = report?;
+    let _ = std::io::stdout().flush();
+    match &report.ending {
+        Ending::PoweredOff | Ending::Reset => {}
+        Ending::UserQuit => eprintln!("rypervisor: stopped (Ctrl-A x)"),
+        Ending::Panic => eprintln!("rypervisor: the guest kernel panicked (see the console above)"),
+        Ending::TimedOut => {
+            eprintln!("rypervisor: guest stopped: time limit expired");
+            for place in &report.last_places {
+                eprintln!("  {place}");
+            }
+        }
+        Ending::Crashed(why) => eprintln!("rypervisor: the VM cannot continue: {why}"),
+    }
+    if args.stats {
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
+        };
+        eprintln!(
+            "boot statistics ({}, cpu template {})",
+            report.format, report.template
+        );
+        eprintln!("  kernel entry      {}", ms(report.kernel_entry));
+        eprintln!("  boot marker       {}", ms(report.marker));
+        eprintln!("  end               {}", ms(Some(report.ended)));
+        eprintln!("  emulation steps   {}", report.workarounds);
+        for (i, e) in report.exits.iter().enumerate() {
+            eprintln!("vCPU {i} {e}");
+        }
+    }
+    Ok(report.ending.status() as u8)
+}

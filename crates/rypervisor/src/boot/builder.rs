@@ -1,0 +1,267 @@
+//! [`prepare`]: building the micro-VM for a kernel, as a list of named steps (in the manner of
+//! Firecracker's `builder.rs`). Everything that can be checked without KVM is checked first,
+//! so bad input leaves nothing behind.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use linux_loader::loader::{load_cmdline, Cmdline};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::console::{ConsoleEvents, ConsoleWatch};
+use super::kernel::{load_kernel, write_boot_params, LoadedKernel};
+use super::run::{Devices, LinuxVm};
+use super::vcpus::{create_vcpu, setup_boot_cpu, write_boot_tables};
+use super::{layout, mptable, params, BootConfig, BootError, MAX_CPUS};
+use crate::bus::{AddressSpace, Bus, SharedDevice};
+use crate::cpu_template;
+use crate::devices::i8042::{self, I8042};
+use crate::devices::misc::{BootMarker, Sink, BOOT_MARKER_PORT};
+use crate::devices::rtc::{self, Rtc};
+use crate::devices::serial::{EventFdTrigger, COM1, REGISTERS};
+use crate::devices::{SerialDevice, StopSignal};
+use crate::kvm::{ioctl, KvmSystem};
+use crate::loader::kernel::{detect, KernelFile, HEAD_BYTES};
+use crate::memory::GuestRam;
+use crate::vcpu::Vcpu;
+use crate::vm::Vm;
+
+/// The UART's interrupt line (COM1).
+const SERIAL_IRQ: u32 = 4;
+
+/// Builds the VM for `config`, with the guest console going to `console`.
+pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<LinuxVm, BootError> {
+    // Input, checked before KVM is touched.
+    config.check()?;
+    let initrd = read_initrd(&config)?;
+    let cmdline = command_line(&config)?;
+    let (mut kernel_file, kind) = open_kernel(&config.kernel)?;
+    // The VM, its interrupt controllers and memory.
+    let kvm = KvmSystem::open(&config.kvm_device)?;
+    let vm = create_vm(&kvm, config.cpus)?;
+    create_irqchip_and_pit(&vm)?;
+    let ram = GuestRam::new(0, config.mem)?;
+    vm.register_ram(&ram, 0)?;
+    // The kernel and everything it reads at entry.
+    let kernel = load_kernel(ram.guest_memory(), &config.kernel, &mut kernel_file, kind)?;
+    write_cmdline(&ram, &kernel, &cmdline)?;
+    let initrd_at = load_initrd(&ram, &config, &kernel, initrd.as_deref())?;
+    let entry = write_boot_params(
+        ram.guest_memory(),
+        &kernel,
+        config.mem,
+        cmdline.len() + 1,
+        initrd_at,
+    )?;
+    ram.write(layout::EBDA, &mptable::build(config.cpus as u8))?;
+    // The vCPUs, the boot vCPU at the entry point.
+    let vcpus = create_vcpus(&kvm, &vm, &ram, &config, &kernel, entry)?;
+    // The devices.
+    let devices = create_devices(&vm, console, &config)?;
+    Ok(LinuxVm::new(
+        vcpus,
+        devices,
+        kernel.format,
+        cmdline,
+        config,
+        vm,
+        kvm,
+        ram,
+    ))
+}
+
+/// The initrd's bytes, refused early when they cannot fit above the kernel.
+fn read_initrd(config: &BootConfig) -> Result<Option<Vec<u8>>, BootError> {
+    let Some(path) = &config.initrd else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(path).map_err(|source| BootError::ReadInitrd {
+        path: path.clone(),
+        source,
+    })?;
+    if bytes.len() as u64 >= config.mem - layout::HIGH_MEM {
+        return Err(BootError::InitrdTooLarge {
+            path: path.clone(),
+            size: bytes.len() as u64,
+            mem: config.mem,
+        });
+    }
+    Ok(Some(bytes))
+}
+
+/// The default command line, the template's options and the user's, within the x86 limit
+/// (the kernel's own limit is checked once it is loaded).
+fn command_line(config: &BootConfig) -> Result<String, BootError> {
+    let cmdline = params::cmdline(
+        cpu_template::kernel_options(config.template),
+        config.cmdline.as_deref(),
+    );
+    if cmdline.len() + 1 > layout::CMDLINE_MAX {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: layout::CMDLINE_MAX - 1,
+        });
+    }
+    Ok(cmdline)
+}
+
+/// Opens the kernel and tells its format from its first bytes.
+fn open_kernel(path: &Path) -> Result<(File, KernelFile), BootError> {
+    let read_err = |source| BootError::ReadKernel {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let mut head = vec![0u8; HEAD_BYTES];
+    let n = file.read(&mut head).map_err(read_err)?;
+    let kind = detect(&head[..n]).ok_or_else(|| BootError::NotAKernel(path.to_path_buf()))?;
+    Ok((file, kind))
+}
+
+/// `KVM_CREATE_VM`, once the host is known to take `cpus` vCPUs; the TSS and identity-map
+/// pages KVM needs on Intel go just below 4 GiB.
+fn create_vm(kvm: &KvmSystem, cpus: u32) -> Result<Vm, BootError> {
+    let vm = Vm::create(kvm)?;
+    let max = kvm.kvm.get_max_vcpus().min(usize::from(MAX_CPUS));
+    if cpus as usize > max {
+        return Err(BootError::Cpus {
+            got: cpus,
+            max: max as u8,
+        });
+    }
+    vm.fd
+        .set_tss_address(layout::KVM_TSS as usize)
+        .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+    vm.fd
+        .set_identity_map_address(layout::KVM_IDENTITY_MAP)
+        .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    Ok(vm)
+}
+
+/// The in-kernel PIC, IOAPIC and LAPICs, and the PIT (its speaker port a dummy).
+fn create_irqchip_and_pit(vm: &Vm) -> Result<(), BootError> {
+    vm.fd
+        .create_irq_chip()
+        .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+    Ok(())
+}
+
+/// The command line, within the kernel's own limit, where the boot parameters point.
+fn write_cmdline(ram: &GuestRam, kernel: &LoadedKernel, cmdline: &str) -> Result<(), BootError> {
+    let max = kernel.max_cmdline();
+    if cmdline.len() + 1 > max {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: max - 1,
+        });
+    }
+    let line = Cmdline::try_from(cmdline, max).map_err(BootError::Cmdline)?;
+    load_cmdline(ram.guest_memory(), GuestAddress(layout::CMDLINE), &line)
+        .map_err(BootError::WriteCmdline)
+}
+
+/// The initrd, as high as the kernel allows; returns where it went and its size.
+fn load_initrd(
+    ram: &GuestRam,
+    config: &BootConfig,
+    kernel: &LoadedKernel,
+    initrd: Option<&[u8]>,
+) -> Result<Option<(u64, u64)>, BootError> {
+    let (Some(bytes), Some(path)) = (initrd, &config.initrd) else {
+        return Ok(None);
+    };
+    let size = bytes.len() as u64;
+    let addr = layout::initrd_address(config.mem, size, kernel.initrd_addr_max(), kernel.end())
+        .ok_or_else(|| BootError::InitrdTooLarge {
+            path: path.clone(),
+            size,
+            mem: config.mem,
+        })?;
+    ram.write(addr, bytes)?;
+    Ok(Some((addr, size)))
+}
+
+/// Every vCPU with CPUID from the template; the boot vCPU at `entry` with the boot tables.
+fn create_vcpus(
+    kvm: &KvmSystem,
+    vm: &Vm,
+    ram: &GuestRam,
+    config: &BootConfig,
+    kernel: &LoadedKernel,
+    entry: u64,
+) -> Result<Vec<Vcpu>, BootError> {
+    let mut tables = kvm_bindings::kvm_sregs::default();
+    write_boot_tables(ram, &mut tables)?;
+    let supported = kvm
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+    let count = config.cpus as u8;
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for id in 0..count {
+        let vcpu = create_vcpu(&vm.fd, &supported, config.template, id, count)?;
+        if id == 0 {
+            setup_boot_cpu(&vcpu, &tables, kernel.format, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// The legacy devices on the bus: UART (IRQ 4 through an irqfd), i8042, RTC, boot marker,
+/// and sinks for the POST and PCI configuration ports.
+fn create_devices(
+    vm: &Vm,
+    console: Box<dyn Write + Send>,
+    config: &BootConfig,
+) -> Result<Devices, BootError> {
+    let stop = StopSignal::new();
+    let events = Arc::new(ConsoleEvents::default());
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BootError::EventFd {
+        irq: SERIAL_IRQ,
+        source,
+    })?;
+    vm.fd
+        .register_irqfd(&irq, SERIAL_IRQ)
+        .map_err(ioctl("KVM_IRQFD"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger(irq),
+        Box::new(ConsoleWatch::new(console, events.clone())),
+        None,
+    )));
+    let marker = BootMarker::new(config.origin);
+    let mut bus = Bus::default();
+    let mut add = |name: &'static str, base: u16, len: u64, dev: SharedDevice| {
+        bus.insert(AddressSpace::Pio, u64::from(base), len, name, dev)
+    };
+    add("serial", COM1, REGISTERS, serial.clone())?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(stop.clone())));
+    add("i8042", i8042::DATA_PORT, i8042::PORTS, i8042)?;
+    add(
+        "rtc",
+        rtc::PORT,
+        rtc::PORTS,
+        Arc::new(Mutex::new(Rtc::default())),
+    )?;
+    let marker_dev = Arc::new(Mutex::new(marker.clone()));
+    add("boot-marker", BOOT_MARKER_PORT, 1, marker_dev)?;
+    // POST code and DMA page registers (Linux touches 0x80 for I/O delays, 0x87 early on).
+    add("post", 0x80, 0x10, Arc::new(Mutex::new(Sink)))?;
+    add("pci-config", 0xcf8, 8, Arc::new(Mutex::new(Sink)))?;
+    Ok(Devices {
+        bus: Arc::new(bus),
+        stop,
+        events,
+        serial,
+        marker,
+    })
+}

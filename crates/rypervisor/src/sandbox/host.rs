@@ -1,0 +1,137 @@
+//! The host side of a sandboxed program: its standard streams, clock, sleeps and randomness,
+//! behind the [`Host`] trait, with two implementations: [`StdHost`] (the VMM's own streams,
+//! for the CLI's `exec`) and [`BufferHost`] (in memory, for a library serving requests).
+
+use std::time::Duration;
+
+/// The host services a program may reach, all through the VMM.
+pub trait Host {
+    /// Reads the program's stdin. `Err(Interrupted)` when the watchdog kicked.
+    fn read_stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Writes to the program's stdout (1) or stderr (2).
+    fn write_out(&mut self, fd: i32, data: &[u8]) -> std::io::Result<usize>;
+    /// Sleeps (already capped at the time the program has left).
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+    /// Fills `buf` with random bytes.
+    fn random(&mut self, buf: &mut [u8]) {
+        fill_random(buf);
+    }
+    /// `clock_gettime` on the host for `clock`, as (seconds, nanoseconds).
+    fn clock(&mut self, clock: i32) -> Option<(i64, i64)> {
+        host_clock(clock)
+    }
+}
+
+/// Fills `buf` from the host's random source (getrandom(2)).
+pub fn fill_random(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, a live slice.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n <= 0 {
+            continue; // EINTR; getrandom never fails otherwise once the pool is ready
+        }
+        done += n as usize;
+    }
+}
+
+/// Reads a host clock.
+pub fn host_clock(clock: i32) -> Option<(i64, i64)> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec for the kernel to fill; bad clock ids return EINVAL.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then_some((ts.tv_sec, ts.tv_nsec))
+}
+
+/// A [`Host`] with in-memory standard streams: what a library user serving requests wants.
+#[derive(Clone, Debug, Default)]
+pub struct BufferHost {
+    /// The program's stdin.
+    pub stdin: Vec<u8>,
+    /// How much of `stdin` was read.
+    pub stdin_pos: usize,
+    /// What the program wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What the program wrote to stderr.
+    pub stderr: Vec<u8>,
+    /// Output limit per stream (writes beyond fail with EFBIG); 0 means 64 MiB.
+    pub limit: usize,
+    /// Do not really sleep (fuzzing).
+    pub no_sleep: bool,
+}
+
+impl BufferHost {
+    /// A host whose stdin holds `input`.
+    pub fn with_input(input: &[u8]) -> Self {
+        Self {
+            stdin: input.to_vec(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Host for BufferHost {
+    fn read_stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.stdin[self.stdin_pos.min(self.stdin.len())..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.stdin_pos += n;
+        Ok(n)
+    }
+
+    fn write_out(&mut self, fd: i32, data: &[u8]) -> std::io::Result<usize> {
+        let limit = if self.limit == 0 {
+            64 << 20
+        } else {
+            self.limit
+        };
+        let out = if fd == 1 {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        if out.len() + data.len() > limit {
+            return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        out.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        if !self.no_sleep {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+/// A [`Host`] on the VMM's own standard streams (the CLI's `exec`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdHost;
+
+impl Host for StdHost {
+    fn read_stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // A raw read(2): unlike std's Stdin it returns EINTR when the watchdog kicks.
+        // SAFETY: reading at most `buf.len()` bytes into a live, exclusively borrowed buffer.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn write_out(&mut self, fd: i32, data: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: writing `data`, a live slice, to fd 1 or 2 (checked by the dispatcher).
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}

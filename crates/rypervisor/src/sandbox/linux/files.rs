@@ -1,0 +1,362 @@
+//! Files: the standard streams (through the [`Host`](super::Host)) and read-only host files
+//! under `--allow-read`, in one descriptor table; `read`/`write` and their vector and
+//! positioned forms, `openat`, `close`, `lseek`, the `stat` family, `access`, `ioctl`,
+//! `fcntl`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+
+use super::abi::{Iovec, Stat};
+use super::{Context, Errno, Process, SysError, SysResult, IO_CHUNK, UID};
+use crate::sandbox::exit::Exit;
+
+/// Largest `iovcnt` (Linux's UIO_MAXIOV).
+const IOV_MAX: u64 = 1024;
+/// Longest path (Linux's PATH_MAX).
+pub(crate) const PATH_MAX: usize = 4096;
+/// Highest file descriptor the program may hold open.
+pub(crate) const MAX_FDS: i32 = 64;
+
+/// The program's descriptors: 0–2 are the host's standard streams until closed; host files
+/// opened under `--allow-read` get the others.
+#[derive(Debug, Default)]
+pub struct FdTable {
+    files: BTreeMap<i32, File>,
+    std_closed: [bool; 3],
+}
+
+impl Clone for FdTable {
+    /// A copy for snapshots. Open host files are not copied: a snapshot is only taken with
+    /// none open (see [`FdTable::host_files`]).
+    fn clone(&self) -> Self {
+        Self {
+            files: BTreeMap::new(),
+            std_closed: self.std_closed,
+        }
+    }
+}
+
+impl FdTable {
+    /// Host files open.
+    pub fn host_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The host file behind `fd`, if it is one.
+    pub fn host_file(&self, fd: i32) -> Option<&File> {
+        self.files.get(&fd)
+    }
+
+    /// Whether `fd` is a standard stream the program has not closed.
+    fn std_open(&self, fd: i32) -> bool {
+        (0..3).contains(&fd) && !self.std_closed[fd as usize]
+    }
+
+    fn is_open(&self, fd: i32) -> bool {
+        self.std_open(fd) || self.files.contains_key(&fd)
+    }
+
+    /// The host file behind `fd`; a standard stream is not seekable (ESPIPE).
+    fn file(&self, fd: i32) -> Result<&File, Errno> {
+        match self.files.get(&fd) {
+            Some(f) => Ok(f),
+            None if self.std_open(fd) => Err(Errno::ESPIPE),
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    pub(super) fn close(&mut self, fd: i32) -> SysResult {
+        if self.files.remove(&fd).is_some() {
+            return Ok(0);
+        }
+        if self.std_open(fd) {
+            self.std_closed[fd as usize] = true;
+            return Ok(0);
+        }
+        Err(Errno::EBADF.into())
+    }
+
+    pub(super) fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> SysResult {
+        self.file(fd)?;
+        let pos = match whence {
+            libc::SEEK_SET if offset >= 0 => SeekFrom::Start(offset as u64),
+            libc::SEEK_CUR => SeekFrom::Current(offset),
+            libc::SEEK_END => SeekFrom::End(offset),
+            _ => return Err(Errno::EINVAL.into()),
+        };
+        let file = self.files.get_mut(&fd).ok_or(Errno::EBADF)?;
+        match file.seek(pos) {
+            Ok(p) => Ok(p as i64),
+            Err(e) => Err(Errno(e.raw_os_error().unwrap_or(libc::EINVAL)).into()),
+        }
+    }
+
+    pub(super) fn ioctl(&self, fd: i32) -> SysResult {
+        // TCGETS, TIOCGWINSZ...: nothing the program holds is a terminal.
+        if self.is_open(fd) {
+            Err(Errno::ENOTTY.into())
+        } else {
+            Err(Errno::EBADF.into())
+        }
+    }
+
+    pub(super) fn fcntl(&self, fd: i32, cmd: i32) -> SysResult {
+        if !self.is_open(fd) {
+            return Err(Errno::EBADF.into());
+        }
+        match cmd {
+            libc::F_GETFD | libc::F_SETFD | libc::F_SETFL => Ok(0),
+            libc::F_GETFL if fd == 1 || fd == 2 => Ok(i64::from(libc::O_WRONLY)),
+            libc::F_GETFL => Ok(i64::from(libc::O_RDONLY)),
+            _ => Err(Errno::EINVAL.into()),
+        }
+    }
+}
+
+/// The program's end when the watchdog interrupted a blocking host call, else its errno.
+fn io_error(e: &std::io::Error) -> SysError {
+    if e.kind() == std::io::ErrorKind::Interrupted {
+        SysError::End(Exit::TimedOut)
+    } else {
+        Errno::from_io(e).into()
+    }
+}
+
+/// A `struct stat` for a file of `mode` and `size` with inode `ino`, owned by the sandbox's
+/// identity.
+fn stat(mode: u32, size: u64, mtime: i64, ino: u64) -> Stat {
+    let mut st = Stat::default();
+    let s = &mut st.0;
+    s.st_dev = 1;
+    s.st_ino = ino;
+    s.st_nlink = 1;
+    s.st_mode = mode;
+    s.st_uid = UID as u32;
+    s.st_gid = UID as u32;
+    s.st_size = size as i64;
+    s.st_blksize = 4096;
+    s.st_blocks = size.div_ceil(512) as i64;
+    (s.st_atime, s.st_mtime, s.st_ctime) = (mtime, mtime, mtime);
+    st
+}
+
+impl Process {
+    pub(super) fn read(
+        &mut self,
+        fd: i32,
+        buf: u64,
+        count: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let n = (count as usize).min(IO_CHUNK);
+        // Check the destination before consuming input the program could not receive.
+        cx.mem.check(buf, n as u64)?;
+        let mut data = vec![0u8; n];
+        let got = self.read_fd(fd, &mut data, cx)?;
+        cx.mem.write(buf, &data[..got])?;
+        Ok(got as i64)
+    }
+
+    /// Reads from `fd` into a host buffer.
+    fn read_fd(
+        &mut self,
+        fd: i32,
+        data: &mut [u8],
+        cx: &mut Context<'_>,
+    ) -> Result<usize, SysError> {
+        if fd == 0 && self.files.std_open(0) {
+            return cx.host.read_stdin(data).map_err(|e| io_error(&e));
+        }
+        match self.files.files.get_mut(&fd) {
+            Some(f) => f.read(data).map_err(|e| Errno::from_io(&e).into()),
+            None => Err(Errno::EBADF.into()),
+        }
+    }
+
+    pub(super) fn write(
+        &mut self,
+        fd: i32,
+        buf: u64,
+        count: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let mut data = vec![0u8; (count as usize).min(IO_CHUNK)];
+        cx.mem.read(buf, &mut data)?;
+        self.write_fd(fd, &data, cx)
+    }
+
+    fn write_fd(&mut self, fd: i32, data: &[u8], cx: &mut Context<'_>) -> SysResult {
+        if !(fd == 1 || fd == 2) || !self.files.std_open(fd) {
+            return Err(Errno::EBADF.into());
+        }
+        match cx.host.write_out(fd, data) {
+            Ok(n) => Ok(n as i64),
+            Err(e) => Err(io_error(&e)),
+        }
+    }
+
+    /// The (base, length) pairs of an iovec array, read with one bounds check.
+    fn iovecs(&self, iov: u64, count: u64, cx: &Context<'_>) -> Result<Vec<(u64, u64)>, Errno> {
+        if count > IOV_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let vecs: Vec<Iovec> = cx.mem.read_array(iov, count as usize)?;
+        let mut total = 0u64;
+        let mut out = Vec::with_capacity(vecs.len());
+        for v in vecs {
+            let (base, len) = (v.0.iov_base as u64, v.0.iov_len as u64);
+            total = total.checked_add(len).ok_or(Errno::EINVAL)?;
+            if total > isize::MAX as u64 {
+                return Err(Errno::EINVAL);
+            }
+            out.push((base, len));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn writev(
+        &mut self,
+        fd: i32,
+        iov: u64,
+        count: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let mut data = Vec::new();
+        for (base, len) in self.iovecs(iov, count, cx)? {
+            let take = (len as usize).min(IO_CHUNK.saturating_sub(data.len()));
+            let at = data.len();
+            data.resize(at + take, 0);
+            cx.mem.read(base, &mut data[at..])?;
+        }
+        self.write_fd(fd, &data, cx)
+    }
+
+    pub(super) fn readv(
+        &mut self,
+        fd: i32,
+        iov: u64,
+        count: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let vecs = self.iovecs(iov, count, cx)?;
+        // Check every buffer first, so a bad one does not swallow input.
+        for &(base, len) in &vecs {
+            cx.mem.check(base, len)?;
+        }
+        let want: u64 = vecs.iter().map(|v| v.1).sum::<u64>().min(IO_CHUNK as u64);
+        let mut data = vec![0u8; want as usize];
+        let got = self.read_fd(fd, &mut data, cx)?;
+        let mut done = 0usize;
+        for (base, len) in vecs {
+            if done == got {
+                break;
+            }
+            let n = (len as usize).min(got - done);
+            cx.mem.write(base, &data[done..done + n])?;
+            done += n;
+        }
+        Ok(got as i64)
+    }
+
+    pub(super) fn pread(
+        &mut self,
+        fd: i32,
+        buf: u64,
+        count: u64,
+        offset: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let file = self.files.file(fd)?;
+        let mut data = vec![0u8; (count as usize).min(IO_CHUNK)];
+        let got = file
+            .read_at(&mut data, offset)
+            .map_err(|e| Errno::from_io(&e))?;
+        cx.mem.write(buf, &data[..got])?;
+        Ok(got as i64)
+    }
+
+    pub(super) fn openat(
+        &mut self,
+        dirfd: i32,
+        path: u64,
+        flags: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let path = cx.mem.read_cstr(path, PATH_MAX)?;
+        if dirfd != libc::AT_FDCWD && !path.starts_with(b"/") {
+            return Err(Errno::EBADF.into());
+        }
+        let write_flags = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+        let host = self.policy.check_read(&path).ok_or(Errno::EACCES)?;
+        if flags & write_flags != 0 {
+            return Err(Errno::EROFS.into());
+        }
+        let fd = (3..MAX_FDS)
+            .find(|fd| !self.files.files.contains_key(fd))
+            .ok_or(Errno::EMFILE)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&host)
+            .map_err(|e| Errno::from_io(&e))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(Errno::EACCES.into()); // directories, devices
+        }
+        self.files.files.insert(fd, file);
+        Ok(i64::from(fd))
+    }
+
+    pub(super) fn fstat(&mut self, fd: i32, buf: u64, cx: &mut Context<'_>) -> SysResult {
+        let st = if let Some(f) = self.files.files.get(&fd) {
+            let m = f.metadata().map_err(|_| Errno::EIO)?;
+            stat(libc::S_IFREG | 0o444, m.len(), m.mtime(), 100 + fd as u64)
+        } else if self.files.std_open(fd) {
+            // The standard streams look like character devices that are not terminals.
+            stat(libc::S_IFCHR | 0o620, 0, 0, 10 + fd as u64)
+        } else {
+            return Err(Errno::EBADF.into());
+        };
+        cx.mem.write_obj(buf, &st)?;
+        Ok(0)
+    }
+
+    pub(super) fn stat_path(&mut self, path: u64, buf: u64, cx: &mut Context<'_>) -> SysResult {
+        let path = cx.mem.read_cstr(path, PATH_MAX)?;
+        let host = self.policy.check_read(&path).ok_or(Errno::EACCES)?;
+        let st = match std::fs::metadata(host) {
+            Ok(m) if m.is_dir() => stat(libc::S_IFDIR | 0o555, 0, m.mtime(), 2),
+            Ok(m) => stat(libc::S_IFREG | 0o444, m.len(), m.mtime(), 3),
+            Err(e) => return Err(Errno::from_io(&e).into()),
+        };
+        cx.mem.write_obj(buf, &st)?;
+        Ok(0)
+    }
+
+    pub(super) fn newfstatat(
+        &mut self,
+        dirfd: i32,
+        path: u64,
+        buf: u64,
+        flags: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let name = cx.mem.read_cstr(path, PATH_MAX)?;
+        if name.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 {
+            return self.fstat(dirfd, buf, cx);
+        }
+        if dirfd != libc::AT_FDCWD && !name.starts_with(b"/") {
+            return Err(Errno::EBADF.into());
+        }
+        self.stat_path(path, buf, cx)
+    }
+
+    pub(super) fn access(&mut self, path: u64, cx: &mut Context<'_>) -> SysResult {
+        let path = cx.mem.read_cstr(path, PATH_MAX)?;
+        match self.policy.check_read(&path) {
+            Some(host) if host.exists() => Ok(0),
+            _ => Err(Errno::EACCES.into()),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The Linux ABI the sandbox speaks: the sandbox's whole "kernel".
+//!
+//! [`Process::dispatch`] takes the registers of one system call (RAX = number, RDI, RSI,
+//! RDX, R10, R8, R9 = arguments), serves it from the process state, the program's memory
+//! ([`UserMemory`], which checks every pointer) and the [`Host`] (stdin/stdout/stderr, clock,
+//! randomness), and says what to do next. It needs no KVM, so unit tests and the fuzz target
+//! feed it arbitrary registers and memory.
+//!
+//! The layer is split the way the kernel's is: [`sysno`] (numbers and names), [`errno`],
+//! [`abi`] (the structures), then handlers by area: [`files`], [`memory`], [`time`],
+//! [`signals`] (with `futex`), [`identity`], and [`trace`] for `--trace-syscalls`.
+//!
+//! The identity the program sees is fixed: pid 1, uid/gid 1000, host name `rypervisor`,
+//! kernel `Linux 6.1.0-rypervisor x86_64`, working directory `/`.
+
+pub mod abi;
+pub mod errno;
+pub mod files;
+pub mod identity;
+pub mod memory;
+pub mod signals;
+pub mod sysno;
+pub mod time;
+pub mod trace;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use errno::Errno;
+pub use identity::{PID, UID, UNAME};
+
+use super::exit::Exit;
+use super::host::{self, Host};
+use super::policy::Policy;
+use super::usermem::UserMemory;
+use files::FdTable;
+use memory::MemoryState;
+use signals::SignalState;
+
+/// Largest single read or write served in one call (the program loops for more, as it must
+/// on Linux too).
+pub(crate) const IO_CHUNK: usize = 1 << 20;
+
+/// One system call as the program made it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallArgs {
+    /// RAX.
+    pub nr: u64,
+    /// RDI, RSI, RDX, R10, R8, R9.
+    pub args: [u64; 6],
+}
+
+/// What the run loop does after a system call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Return this value in RAX (negative: -errno).
+    Return(i64),
+    /// The program has ended (exit, `--strict`, the time limit while the VMM served it).
+    End(Exit),
+}
+
+/// Why a handler did not return a value: an error for the program, or the program's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SysError {
+    /// `-errno` for the program.
+    Errno(Errno),
+    /// The program ends.
+    End(Exit),
+}
+
+impl From<Errno> for SysError {
+    fn from(e: Errno) -> Self {
+        SysError::Errno(e)
+    }
+}
+
+/// What a handler returns.
+pub type SysResult = Result<i64, SysError>;
+
+/// Per-call counters.
+#[derive(Clone, Debug, Default)]
+pub struct SyscallStats {
+    /// Calls by number.
+    pub counts: BTreeMap<u64, u64>,
+    /// Calls answered ENOSYS or killed by the policy.
+    pub denied: u64,
+}
+
+/// Everything `dispatch` needs besides the process.
+pub struct Context<'a> {
+    /// Program memory.
+    pub mem: &'a mut UserMemory,
+    /// Host services.
+    pub host: &'a mut dyn Host,
+    /// Time the program has left (caps sleeps); `None` without a time limit.
+    pub remaining: Option<Duration>,
+}
+
+/// The process the sandbox runs: everything a kernel would keep about it.
+#[derive(Clone, Debug)]
+pub struct Process {
+    policy: Policy,
+    memory: MemoryState,
+    files: FdTable,
+    signals: SignalState,
+    /// FS base (TLS), as `arch_prctl` set it.
+    fs_base: u64,
+    /// The FS base changed since the run loop last wrote it to the vCPU.
+    fs_changed: bool,
+    /// Monotonic time at start, for the CPU-time clocks.
+    started: Option<(i64, i64)>,
+    /// Counters.
+    pub stats: SyscallStats,
+}
+
+impl Process {
+    /// A process whose image ends at `image_end` in a guest of `mem_size` bytes with a
+    /// stack of `stack_size` bytes at the top.
+    pub fn new(policy: Policy, image_end: u64, mem_size: u64, stack_size: u64) -> Self {
+        Self {
+            policy,
+            memory: MemoryState::new(image_end, mem_size, stack_size),
+            files: FdTable::default(),
+            signals: SignalState::default(),
+            fs_base: 0,
+            fs_changed: false,
+            started: host::host_clock(libc::CLOCK_MONOTONIC),
+            stats: SyscallStats::default(),
+        }
+    }
+
+    /// Stack bottom (the stack is `[stack_bottom, mem_size)`).
+    pub fn stack_bottom(&self) -> u64 {
+        self.memory.stack_bottom()
+    }
+
+    /// Current program break.
+    pub fn brk(&self) -> u64 {
+        self.memory.brk()
+    }
+
+    /// Number of host files the program holds open.
+    pub fn open_files(&self) -> usize {
+        self.files.host_files()
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The policy, to change (tests).
+    pub fn policy_mut(&mut self) -> &mut Policy {
+        &mut self.policy
+    }
+
+    /// The FS base the program set.
+    pub fn fs_base(&self) -> u64 {
+        self.fs_base
+    }
+
+    /// The FS base if it changed since the last call (the run loop writes it to the vCPU).
+    pub fn take_fs_change(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.fs_changed).then_some(self.fs_base)
+    }
+
+    /// Serves one system call.
+    pub fn dispatch(&mut self, call: &SyscallArgs, cx: &mut Context<'_>) -> Next {
+        *self.stats.counts.entry(call.nr).or_default() += 1;
+        match self.serve(call, cx) {
+            Ok(value) => Next::Return(value),
+            Err(SysError::Errno(e)) => Next::Return(e.ret()),
+            Err(SysError::End(exit)) => Next::End(exit),
+        }
+    }
+
+    /// The whole table: one arm per call, grouped by area.
+    fn serve(&mut self, call: &SyscallArgs, cx: &mut Context<'_>) -> SysResult {
+        use sysno::*;
+        let [a0, a1, a2, a3, a4, a5] = call.args;
+        let fd = a0 as i32;
+        match call.nr {
+            // Files and the standard streams.
+            READ => self.read(fd, a1, a2, cx),
+            WRITE => self.write(fd, a1, a2, cx),
+            READV => self.readv(fd, a1, a2, cx),
+            WRITEV => self.writev(fd, a1, a2, cx),
+            PREAD64 => self.pread(fd, a1, a2, a3, cx),
+            OPEN => self.openat(libc::AT_FDCWD, a0, a1, cx),
+            OPENAT => self.openat(fd, a1, a2, cx),
+            CLOSE => self.files.close(fd),
+            FSTAT => self.fstat(fd, a1, cx),
+            STAT | LSTAT => self.stat_path(a0, a1, cx),
+            NEWFSTATAT => self.newfstatat(fd, a1, a2, a3, cx),
+            LSEEK => self.files.lseek(fd, a1 as i64, a2 as i32),
+            IOCTL => self.files.ioctl(fd),
+            FCNTL => self.files.fcntl(fd, a1 as i32),
+            ACCESS => self.access(a0, cx),
+            FACCESSAT => self.access(a1, cx),
+            READLINK | READLINKAT => Err(Errno::ENOENT.into()),
+            // Memory.
+            BRK => Ok(self.memory.set_brk(a0, cx) as i64),
+            MMAP => self.mmap(a0, a1, a3, a4 as i32, a5, cx),
+            MUNMAP => self.memory.munmap(a0, a1, cx),
+            MPROTECT => self.memory.mprotect(a0, a1),
+            MREMAP => self.memory.mremap(a0, a1, a2, a3, cx),
+            MADVISE => self.memory.madvise(a0, a1, a2, cx),
+            // Identity, limits, randomness, TLS.
+            ARCH_PRCTL => self.arch_prctl(a0, a1, cx),
+            SET_TID_ADDRESS | GETTID | GETPID => Ok(PID),
+            GETPPID => Ok(0),
+            GETUID | GETGID | GETEUID | GETEGID => Ok(UID),
+            SET_ROBUST_LIST => Ok(0),
+            RSEQ => Err(Errno::ENOSYS.into()), // served: "not supported"
+            UNAME => identity::uname(a0, cx),
+            GETCWD => identity::getcwd(a0, a1, cx),
+            GETRANDOM => identity::getrandom(a0, a1, cx),
+            GETRLIMIT => self.prlimit(a0, a1, cx),
+            PRLIMIT64 if a0 != 0 && a0 as i64 != PID => Err(Errno::ESRCH.into()),
+            PRLIMIT64 => self.prlimit(a1, a3, cx),
+            // Time.
+            CLOCK_GETTIME => self.clock_gettime(a0 as i32, a1, cx),
+            CLOCK_GETRES => time::clock_getres(a1, cx),
+            GETTIMEOFDAY => self.gettimeofday(a0, cx),
+            TIME => self.time(a0, cx),
+            NANOSLEEP => time::nanosleep(a0, cx),
+            CLOCK_NANOSLEEP => self.clock_nanosleep(a0 as i32, a1, a2, cx),
+            SCHED_YIELD => Ok(0),
+            // Signals (recorded; none is ever delivered) and futexes.
+            RT_SIGACTION => self.signals.sigaction(a0, a1, a2, cx),
+            RT_SIGPROCMASK => self.signals.sigprocmask(a0 as i32, a1, a2, cx),
+            SIGALTSTACK => signals::sigaltstack(a1, cx),
+            FUTEX => signals::futex(a0, a1, a2, cx),
+            // The end.
+            EXIT | EXIT_GROUP => Err(SysError::End(Exit::Exited(a0 as i32 & 0xff))),
+            _ => self.unserved(call.nr),
+        }
+    }
+
+    /// A call outside the policy: ENOSYS, or the end of the program under `--strict`.
+    fn unserved(&mut self, nr: u64) -> SysResult {
+        self.stats.denied += 1;
+        if self.policy.strict {
+            Err(SysError::End(Exit::Denied { nr }))
+        } else {
+            Err(Errno::ENOSYS.into())
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,109 @@
+//! Time: the host's clocks (`clock_gettime`, `gettimeofday`, `time`, `clock_getres`) and
+//! sleeps, which never outlast the program's time limit.
+
+use std::time::Duration;
+
+use super::abi::{Timespec, Timeval};
+use super::{Context, Errno, Process, SysError, SysResult};
+use crate::sandbox::exit::Exit;
+
+impl Process {
+    /// `clock` now, as (seconds, nanoseconds).
+    fn now(&self, clock: i32, cx: &mut Context<'_>) -> Result<(i64, i64), Errno> {
+        match clock {
+            libc::CLOCK_PROCESS_CPUTIME_ID | libc::CLOCK_THREAD_CPUTIME_ID => {
+                // Time since start stands in for CPU time (the program is the only thread).
+                let (s0, n0) = self.started.unwrap_or((0, 0));
+                let (s, n) = cx.host.clock(libc::CLOCK_MONOTONIC).ok_or(Errno::EINVAL)?;
+                let total = (s - s0) * 1_000_000_000 + (n - n0);
+                Ok((total / 1_000_000_000, total % 1_000_000_000))
+            }
+            libc::CLOCK_REALTIME
+            | libc::CLOCK_MONOTONIC
+            | libc::CLOCK_MONOTONIC_RAW
+            | libc::CLOCK_REALTIME_COARSE
+            | libc::CLOCK_MONOTONIC_COARSE
+            | libc::CLOCK_BOOTTIME => cx.host.clock(clock).ok_or(Errno::EINVAL),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    pub(super) fn clock_gettime(&mut self, clock: i32, ts: u64, cx: &mut Context<'_>) -> SysResult {
+        let now = self.now(clock, cx)?;
+        cx.mem.write_obj(ts, &Timespec::new(now))?;
+        Ok(0)
+    }
+
+    pub(super) fn gettimeofday(&mut self, tv: u64, cx: &mut Context<'_>) -> SysResult {
+        if tv != 0 {
+            let (s, n) = self.now(libc::CLOCK_REALTIME, cx)?;
+            let value = Timeval(libc::timeval {
+                tv_sec: s,
+                tv_usec: n / 1000,
+            });
+            cx.mem.write_obj(tv, &value)?;
+        }
+        Ok(0)
+    }
+
+    pub(super) fn time(&mut self, t: u64, cx: &mut Context<'_>) -> SysResult {
+        let (s, _) = self.now(libc::CLOCK_REALTIME, cx)?;
+        if t != 0 {
+            cx.mem.write_obj(t, &(s as u64))?;
+        }
+        Ok(s)
+    }
+
+    pub(super) fn clock_nanosleep(
+        &mut self,
+        clock: i32,
+        flags: u64,
+        req: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let d = read_timespec(cx, req)?;
+        let (s, n) = self.now(clock, cx)?; // validates the clock id
+        let d = if flags & libc::TIMER_ABSTIME as u64 != 0 {
+            d.saturating_sub(Duration::new(s.max(0) as u64, n as u32))
+        } else {
+            d
+        };
+        sleep(d, cx)
+    }
+}
+
+pub(super) fn clock_getres(ts: u64, cx: &mut Context<'_>) -> SysResult {
+    if ts != 0 {
+        cx.mem.write_obj(ts, &Timespec::new((0, 1)))?;
+    }
+    Ok(0)
+}
+
+pub(super) fn nanosleep(req: u64, cx: &mut Context<'_>) -> SysResult {
+    let d = read_timespec(cx, req)?;
+    sleep(d, cx)
+}
+
+/// A valid timespec from the program, as a duration.
+fn read_timespec(cx: &Context<'_>, addr: u64) -> Result<Duration, Errno> {
+    let ts: Timespec = cx.mem.read_obj(addr)?;
+    let (s, n) = (ts.0.tv_sec, ts.0.tv_nsec);
+    if s < 0 || !(0..1_000_000_000).contains(&n) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(Duration::new(s as u64, n as u32))
+}
+
+/// Sleeps `d`, or until the time limit, which ends the program.
+fn sleep(d: Duration, cx: &mut Context<'_>) -> SysResult {
+    match cx.remaining {
+        Some(left) if d >= left => {
+            cx.host.sleep(left);
+            Err(SysError::End(Exit::TimedOut))
+        }
+        _ => {
+            cx.host.sleep(d);
+            Ok(0)
+        }
+    }
+}

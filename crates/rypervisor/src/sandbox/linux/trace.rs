@@ -1,0 +1,105 @@
+//! `--trace-syscalls`: one strace-style line per call, e.g. `write(1, "hi\n", 3) = 3`.
+
+use super::files::PATH_MAX;
+use super::sysno::{self, *};
+use super::{Errno, Next, SyscallArgs};
+use crate::sandbox::exit::Exit;
+use crate::sandbox::usermem::UserMemory;
+
+/// Formats one call and its result.
+pub fn trace_line(call: &SyscallArgs, next: &Next, mem: &UserMemory) -> String {
+    format!(
+        "{}({}) = {}",
+        sysno::name(call.nr),
+        arguments(call, mem),
+        result(call.nr, next)
+    )
+}
+
+fn arguments(call: &SyscallArgs, mem: &UserMemory) -> String {
+    let a = call.args;
+    let text = |addr: u64, len: u64| {
+        let mut b = vec![0u8; len.min(32) as usize];
+        match mem.read(addr, &mut b) {
+            Ok(()) => {
+                let more = if len > 32 { "..." } else { "" };
+                format!("{:?}{more}", String::from_utf8_lossy(&b))
+            }
+            Err(_) => format!("{addr:#x}"),
+        }
+    };
+    let path = |addr: u64| match mem.read_cstr(addr, PATH_MAX) {
+        Ok(p) => format!("{:?}", String::from_utf8_lossy(&p)),
+        Err(_) => format!("{addr:#x}"),
+    };
+    match call.nr {
+        WRITE => format!("{}, {}, {}", a[0] as i32, text(a[1], a[2]), a[2]),
+        READ => format!("{}, {:#x}, {}", a[0] as i32, a[1], a[2]),
+        OPEN | STAT | LSTAT | ACCESS | EXECVE | READLINK => format!("{}, {:#x}", path(a[0]), a[1]),
+        OPENAT | NEWFSTATAT | FACCESSAT | READLINKAT => {
+            let dir = if a[0] as i32 == libc::AT_FDCWD {
+                "AT_FDCWD".to_string()
+            } else {
+                (a[0] as i32).to_string()
+            };
+            format!("{dir}, {}, {:#x}", path(a[1]), a[2])
+        }
+        EXIT | EXIT_GROUP | CLOSE => format!("{}", a[0] as i32),
+        GETPID | GETTID | GETUID | GETGID | GETEUID | GETEGID | GETPPID | SCHED_YIELD => {
+            String::new()
+        }
+        _ => a[..3]
+            .iter()
+            .map(|v| format!("{v:#x}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn result(nr: u64, next: &Next) -> String {
+    match next {
+        Next::Return(v) if *v < 0 && *v > -4096 => {
+            let e = Errno(-*v as i32);
+            format!("-1 {} ({})", e.name(), e.description())
+        }
+        Next::Return(v) if nr == MMAP || nr == BRK || nr == MREMAP => format!("{v:#x}"),
+        Next::Return(v) => v.to_string(),
+        Next::End(Exit::Denied { .. }) => "? (denied by --strict: program killed)".into(),
+        Next::End(Exit::TimedOut) => "? (time limit)".into(),
+        Next::End(_) => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::layout::USER_BASE;
+
+    #[test]
+    fn lines_name_calls_and_errors() {
+        let mut mem = UserMemory::new(4 << 20).unwrap();
+        mem.write(USER_BASE, b"hi\n").unwrap();
+        let write = SyscallArgs {
+            nr: WRITE,
+            args: [1, USER_BASE, 3, 0, 0, 0],
+        };
+        assert_eq!(
+            trace_line(&write, &Next::Return(3), &mem),
+            r#"write(1, "hi\n", 3) = 3"#
+        );
+        let open = SyscallArgs {
+            nr: OPENAT,
+            args: [libc::AT_FDCWD as u64, 0x1000, 0, 0, 0, 0],
+        };
+        assert_eq!(
+            trace_line(&open, &Next::Return(-13), &mem),
+            "openat(AT_FDCWD, 0x1000, 0x0) = -1 EACCES (Permission denied)"
+        );
+        let pipe2 = SyscallArgs {
+            nr: 293,
+            ..Default::default()
+        };
+        let denied = Next::End(Exit::Denied { nr: 293 });
+        assert!(trace_line(&pipe2, &denied, &mem).starts_with("pipe2("));
+    }
+}

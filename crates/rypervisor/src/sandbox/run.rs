@@ -1,0 +1,343 @@
+//! [`Sandbox`]: a built micro-VM with its program, and its run loop: `Vcpu::run` →
+//! `handle_exit`, where a system call is its own arm (served by the [`linux`](super::linux)
+//! layer, then completed as `sysret` would), an exception stub's `hlt` is the program's fault,
+//! and anything else ends the VM with a report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::VmFd;
+
+use super::exit::{Exit, Fault};
+use super::host::{BufferHost, Host};
+use super::layout;
+use super::linux::{trace, Context, Next, Process, SyscallArgs, SyscallStats};
+use super::usermem::UserMemory;
+use super::warm::WarmSandbox;
+use super::{Policy, SandboxError};
+use crate::arch::ExceptionFrame;
+use crate::bus::Bus;
+use crate::devices::StopSignal;
+use crate::disasm;
+use crate::kvm::KvmSystem;
+use crate::vcpu::{handle_exit, ExitAction, ExitStats, Stop, Vcpu};
+use crate::vm::Vm;
+use crate::watchdog::Watchdog;
+
+/// Time and counts of one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// System calls served.
+    pub syscalls: u64,
+    /// VM exits.
+    pub exits: u64,
+    /// Time inside KVM_RUN (the program running, plus the exit round trips).
+    pub guest_time: Duration,
+    /// Time in the VMM serving exits.
+    pub vmm_time: Duration,
+    /// Whether `syscall` entered CPL0 (hardware KVM) or stayed at CPL3 (some nested hosts).
+    pub syscall_entry: Option<&'static str>,
+}
+
+/// Where the run loop stopped.
+pub(super) enum Paused {
+    /// The program ended.
+    Ended(Exit),
+    /// Before serving a read of stdin (a warm sandbox snapshots here).
+    AtStdinRead,
+}
+
+/// A built micro-VM with its program ready to run.
+pub struct Sandbox {
+    name: String,
+    // Field order: the vCPU and VM close before the memory they map is freed.
+    pub(super) vcpu: Vcpu,
+    pub(super) vm: VmFd,
+    _kvm: KvmSystem,
+    pub(super) mem: UserMemory,
+    pub(super) process: Process,
+    /// Nothing is on the sandbox's bus: any port or MMIO exit other than a system call is
+    /// unexpected.
+    bus: Bus,
+    stop: StopSignal,
+    /// The program made a system call that is not served yet (a warm sandbox pauses at its
+    /// first read of stdin); the registers hold it.
+    pub(super) paused: bool,
+    watchdog: Option<Arc<Watchdog>>,
+    timeout: Option<Duration>,
+    trace: bool,
+    stats: RunStats,
+    /// Unique in the process: snapshots are restored only into the sandbox they came from.
+    pub(super) id: u64,
+    /// The snapshot the dirty logs are relative to (the last one taken or restored).
+    pub(super) baseline: Option<u64>,
+    /// Whether the vCPU's segment/control registers may differ from the snapshot's.
+    pub(super) sregs_touched: bool,
+    build_time: Duration,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("program", &self.name)
+            .field("mem", &self.mem.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The system call in the registers of a syscall exit (Linux's x86-64 convention).
+pub(super) fn syscall_args(regs: &kvm_regs) -> SyscallArgs {
+    SyscallArgs {
+        nr: regs.rax,
+        args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+    }
+}
+
+fn is_stdin_read(call: &SyscallArgs) -> bool {
+    use super::linux::sysno::{READ, READV};
+    (call.nr == READ || call.nr == READV) && call.args[0] == 0
+}
+
+/// Sandbox ids.
+static NEXT_SANDBOX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// RFLAGS bits `sysret` restores from R11 (it clears RF and VM, and bit 1 is always set).
+const SYSRET_RFLAGS: u64 = 0x3c_7fd7;
+
+impl Sandbox {
+    pub(super) fn new(
+        name: String,
+        (kvm, vm, vcpu, mem): (KvmSystem, Vm, Vcpu, UserMemory),
+        process: Process,
+        (watchdog, timeout): (Option<Arc<Watchdog>>, Option<Duration>),
+        trace: bool,
+        build_time: Duration,
+    ) -> Self {
+        Self {
+            name,
+            vcpu,
+            vm: vm.fd,
+            _kvm: kvm,
+            mem,
+            process,
+            bus: Bus::new(),
+            stop: StopSignal::default(),
+            paused: false,
+            watchdog,
+            timeout,
+            trace,
+            stats: RunStats::default(),
+            id: NEXT_SANDBOX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            baseline: None,
+            sregs_touched: false,
+            build_time,
+        }
+    }
+
+    /// Time `build` took.
+    pub fn build_time(&self) -> Duration {
+        self.build_time
+    }
+
+    /// Statistics of the last run.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    /// System-call counts since the program started (by number) and how many were denied.
+    pub fn syscall_stats(&self) -> &SyscallStats {
+        &self.process.stats
+    }
+
+    /// Guest memory size.
+    pub fn mem_size(&self) -> u64 {
+        self.mem.size()
+    }
+
+    /// The policy the sandbox serves (the CLI sizes its seccomp filter by it).
+    pub fn policy(&self) -> &Policy {
+        self.process.policy()
+    }
+
+    /// Runs the program until it ends, with `host` as its standard streams.
+    pub fn run(&mut self, host: &mut dyn Host) -> Result<Exit, SandboxError> {
+        match self.run_loop(host, false)? {
+            Paused::Ended(exit) => Ok(exit),
+            // run_loop pauses only when asked to.
+            Paused::AtStdinRead => Ok(Exit::Crashed("internal: paused without a request".into())),
+        }
+    }
+
+    /// Runs until the program first reads stdin (or ends), then snapshots there and returns a
+    /// [`WarmSandbox`] that serves requests from that point.
+    pub fn into_warm(mut self) -> Result<WarmSandbox, SandboxError> {
+        let mut host = BufferHost::default();
+        if let Paused::Ended(exit) = self.run_loop(&mut host, true)? {
+            let what = exit
+                .report()
+                .unwrap_or_else(|| format!("status {}", exit.status()));
+            return Err(SandboxError::EndedBeforeSnapshot(what));
+        }
+        let snapshot = self.snapshot()?;
+        Ok(WarmSandbox::new(self, snapshot, host))
+    }
+
+    /// The run loop: system calls served until the program ends (or, with `pause_at_stdin`,
+    /// reads stdin).
+    pub(super) fn run_loop(
+        &mut self,
+        host: &mut dyn Host,
+        pause_at_stdin: bool,
+    ) -> Result<Paused, SandboxError> {
+        self.stats = RunStats::default();
+        let mut exits = ExitStats::default();
+        let dog = self.watchdog.clone();
+        let armed = dog
+            .as_ref()
+            .zip(self.timeout)
+            .map(|(d, t)| d.arm(t, Some(self.vcpu.kicker())));
+        let timed_out = || armed.as_ref().is_some_and(|a| a.fired());
+        let mut next = if std::mem::take(&mut self.paused) {
+            // The registers still hold the paused call (a reset put them back).
+            Some(self.serve(host)?)
+        } else {
+            None
+        };
+        let ended = loop {
+            match next.take() {
+                Some(Some(exit)) => break Paused::Ended(exit),
+                Some(None) | None if timed_out() => break Paused::Ended(Exit::TimedOut),
+                _ => {}
+            }
+            let exit = self.vcpu.run(&mut exits)?;
+            match handle_exit(exit, &self.bus, &self.stop, &mut exits) {
+                ExitAction::Syscall => {}
+                ExitAction::Kicked => continue,
+                action => break Paused::Ended(self.vm_stopped(action, &exits)?),
+            }
+            if pause_at_stdin && is_stdin_read(&syscall_args(&self.vcpu.exit_state()?.0)) {
+                self.paused = true;
+                break Paused::AtStdinRead;
+            }
+            next = Some(self.serve(host)?);
+        };
+        self.vcpu.finish(&mut exits);
+        self.stats.exits = exits.total();
+        (self.stats.guest_time, self.stats.vmm_time) = (exits.guest_time, exits.vmm_time);
+        Ok(ended)
+    }
+
+    /// The VM stopped for something other than a system call: why, for the program's report.
+    fn vm_stopped(&mut self, action: ExitAction, exits: &ExitStats) -> Result<Exit, SandboxError> {
+        self.sregs_touched = true;
+        Ok(match action {
+            ExitAction::Stop(Stop::Halted) => self.exception()?,
+            ExitAction::Stop(Stop::TripleFault) => {
+                Exit::Crashed("triple fault (KVM_EXIT_SHUTDOWN)".into())
+            }
+            ExitAction::Stop(Stop::InternalError) => {
+                let info = self.vcpu.internal_error();
+                let (regs, sregs) = self.vcpu.state()?;
+                Exit::Crashed(info.summary(regs.rip, &sregs))
+            }
+            ExitAction::Stop(Stop::Unexpected(name)) => {
+                Exit::Crashed(format!("unexpected VM exit {name}"))
+            }
+            // Nothing is on the bus: an access to it is as unexpected as any other exit.
+            _ => {
+                let name = exits.last.map_or("?", |k| k.kvm_name());
+                Exit::Crashed(format!("unexpected VM exit {name}"))
+            }
+        })
+    }
+
+    /// Serves the system call in the registers and completes it: `None` to continue the
+    /// program, or how it ended.
+    fn serve(&mut self, host: &mut dyn Host) -> Result<Option<Exit>, SandboxError> {
+        let (regs, sregs) = self.vcpu.exit_state()?;
+        let call = syscall_args(&regs);
+        self.stats.syscalls += 1;
+        let remaining = self
+            .watchdog
+            .as_ref()
+            .map(|w| w.remaining().unwrap_or_default());
+        let mut cx = Context {
+            mem: &mut self.mem,
+            host,
+            remaining,
+        };
+        let next = self.process.dispatch(&call, &mut cx);
+        if self.trace {
+            eprintln!("[sandbox] {}", trace::trace_line(&call, &next, &self.mem));
+        }
+        if let Some(base) = self.process.take_fs_change() {
+            self.vcpu.set_msrs(&[(layout::msr::FS_BASE, base)])?;
+        }
+        match next {
+            Next::Return(value) => {
+                self.complete(value, regs, &sregs)?;
+                Ok(None)
+            }
+            Next::End(exit) => Ok(Some(exit)),
+        }
+    }
+
+    /// Puts a system call's result in RAX and returns to the program (see [`layout`]).
+    fn complete(
+        &mut self,
+        value: i64,
+        mut regs: kvm_regs,
+        sregs: &kvm_sregs,
+    ) -> Result<(), SandboxError> {
+        regs.rax = value as u64;
+        let kernel = layout::is_kernel_cs(sregs);
+        if !kernel {
+            // `syscall` stayed at CPL3 (nested host): do sysret's work here. RFLAGS gets
+            // R11 with the bits sysret itself would clear.
+            regs.rip = regs.rcx;
+            regs.rflags = (regs.r11 & SYSRET_RFLAGS) | crate::arch::rflags::FIXED;
+        }
+        self.stats.syscall_entry = Some(if kernel {
+            "cpl0 (sysretq)"
+        } else {
+            "cpl3 (vmm returns)"
+        });
+        Ok(self.vcpu.set_regs(&regs)?)
+    }
+
+    /// Decodes the exception behind a HLT at an IDT stub.
+    fn exception(&mut self) -> Result<Exit, SandboxError> {
+        let (regs, sregs) = self.vcpu.state()?;
+        let Some(vector) = layout::vector_at(regs.rip) else {
+            let rip = regs.rip;
+            return Ok(Exit::Crashed(format!(
+                "hlt at {rip:#x} outside the exception stubs"
+            )));
+        };
+        let ram = self.mem.ram();
+        let frame = ExceptionFrame::decode(vector, true, regs.rsp, &sregs, |addr| {
+            ram.read_u64(addr).unwrap_or(u64::MAX)
+        });
+        // The faulting instruction, if it lies in program memory (the program may have jumped
+        // anywhere, up to the top of the address space).
+        let (rip, size) = (frame.rip, self.mem.size());
+        let mut instruction = String::new();
+        if layout::is_user(rip, 1, size) {
+            let mut bytes = [0u8; 15];
+            let len = (size - rip).min(15) as usize;
+            if ram.read(rip, &mut bytes[..len]).is_ok() {
+                let d = disasm::decode(&bytes[..len], 64, rip);
+                instruction = format!("{} [{}]", d.text, disasm::hex(&d.bytes));
+            }
+        }
+        Ok(Exit::Fault(Fault {
+            vector,
+            error_code: frame.error_code,
+            rip,
+            rsp: frame.rsp,
+            address: frame.cr2,
+            instruction,
+        }))
+    }
+}
