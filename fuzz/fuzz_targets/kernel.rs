@@ -6,7 +6,8 @@
 use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
-use rypervisor::boot::{detect, load_kernel};
+use rypervisor::boot::kernel::load_kernel;
+use rypervisor::loader::kernel::detect;
 use rypervisor::memory::GuestRam;
 
 fuzz_target!(|data: &[u8]| {

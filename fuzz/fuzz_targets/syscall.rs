@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use rypervisor::sandbox::layout::{MIN_MEM, USER_BASE};
-use rypervisor::sandbox::syscalls::{BufferHost, Context, Next, Process, SyscallArgs};
+use rypervisor::sandbox::host::BufferHost;
+use rypervisor::sandbox::linux::{Context, Next, Process, SyscallArgs};
 use rypervisor::sandbox::usermem::UserMemory;
 use rypervisor::sandbox::Policy;
 
@@ -27,7 +28,6 @@ fuzz_target!(|data: &[u8]| {
         limit: 1 << 20,
         ..BufferHost::default()
     };
-    let mut fs = None;
     for chunk in calls.chunks_exact(7 * 8) {
         let word = |i: usize| u64::from_le_bytes(chunk[i * 8..i * 8 + 8].try_into().unwrap());
         let mut call = SyscallArgs {
@@ -44,10 +44,8 @@ fuzz_target!(|data: &[u8]| {
             mem: &mut mem,
             host: &mut host,
             remaining: Some(std::time::Duration::from_millis(1)),
-            set_fs: &mut fs,
-            fs: 0,
         };
-        if let Next::Exit(_) = process.dispatch(&call, &mut cx) {
+        if let Next::End(_) = process.dispatch(&call, &mut cx) {
             break;
         }
     }

@@ -2,17 +2,17 @@
 //! report of how the guest ended.
 
 use std::io::Write;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rypervisor::boot::{self, BootConfig, BootReport, Ending};
+use rypervisor::cpu_template::CpuTemplate;
 use rypervisor::info;
 
 use crate::{BootArgs, PROCESS_START};
 
-pub(crate) fn cmd_boot(args: BootArgs, device: &std::path::Path) -> Result<u8> {
-    use rypervisor::boot::{self, BootConfig, Ending};
-    use rypervisor::cpu_template::CpuTemplate;
-    let origin = *PROCESS_START.get().unwrap_or(&std::time::Instant::now());
+pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
     let mut config = BootConfig {
         kernel: args.kernel,
         initrd: args.initrd,
@@ -22,24 +22,12 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &std::path::Path) -> Result<u8> {
         template: CpuTemplate::Host,
         timeout: args.timeout,
         kvm_device: device.to_path_buf(),
-        origin,
+        origin: *PROCESS_START.get().unwrap_or(&Instant::now()),
     };
     config.check()?;
     config.template = match args.cpu_template {
         Some(t) => t,
-        None => {
-            let probe = info::ring0_probe(device).context("probing whether KVM emulates ring 0")?;
-            if probe.emulated {
-                eprintln!(
-                    "rypervisor: KVM emulates guest ring 0 on this host ({:.0}x slower than user mode): \
-                     using --cpu-template nested-safe",
-                    probe.ratio
-                );
-                CpuTemplate::NestedSafe
-            } else {
-                CpuTemplate::Host
-            }
-        }
+        None => probe_template(device)?,
     };
     let vm = boot::prepare(config, Box::new(std::io::stdout()))?;
     let raw = crate::terminal::RawMode::enable_if_tty();
@@ -49,6 +37,28 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &std::path::Path) -> Result<u8> {
     drop(raw);
     let report = report?;
     let _ = std::io::stdout().flush();
+    print_ending(&report);
+    if args.stats {
+        print_stats(&report);
+    }
+    Ok(report.ending.status() as u8)
+}
+
+/// nested-safe where KVM emulates guest ring 0 (saying so), else host.
+fn probe_template(device: &Path) -> Result<CpuTemplate> {
+    let probe = info::ring0_probe(device).context("probing whether KVM emulates ring 0")?;
+    if !probe.emulated {
+        return Ok(CpuTemplate::Host);
+    }
+    eprintln!(
+        "rypervisor: KVM emulates guest ring 0 on this host ({:.0}x slower than user mode): \
+         using --cpu-template nested-safe",
+        probe.ratio
+    );
+    Ok(CpuTemplate::NestedSafe)
+}
+
+fn print_ending(report: &BootReport) {
     match &report.ending {
         Ending::PoweredOff | Ending::Reset => {}
         Ending::UserQuit => eprintln!("rypervisor: stopped (Ctrl-A x)"),
@@ -61,21 +71,20 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &std::path::Path) -> Result<u8> {
         }
         Ending::Crashed(why) => eprintln!("rypervisor: the VM cannot continue: {why}"),
     }
-    if args.stats {
-        let ms = |d: Option<Duration>| {
-            d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
-        };
-        eprintln!(
-            "boot statistics ({}, cpu template {})",
-            report.format, report.template
-        );
-        eprintln!("  kernel entry      {}", ms(report.kernel_entry));
-        eprintln!("  boot marker       {}", ms(report.marker));
-        eprintln!("  end               {}", ms(Some(report.ended)));
-        eprintln!("  emulation steps   {}", report.workarounds);
-        for (i, e) in report.exits.iter().enumerate() {
-            eprintln!("vCPU {i} {e}");
-        }
+}
+
+fn print_stats(report: &BootReport) {
+    let ms =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()));
+    eprintln!(
+        "boot statistics ({}, cpu template {})",
+        report.format, report.template
+    );
+    eprintln!("  kernel entry      {}", ms(report.kernel_entry));
+    eprintln!("  boot marker       {}", ms(report.marker));
+    eprintln!("  end               {}", ms(Some(report.ended)));
+    eprintln!("  emulation steps   {}", report.workarounds);
+    for (i, e) in report.exits.iter().enumerate() {
+        eprintln!("vCPU {i} {e}");
     }
-    Ok(report.ending.status() as u8)
 }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+use rypervisor::sandbox::{self, Policy, Sandbox, SandboxBuilder, StdHost};
+
 use crate::ExecArgs;
 
 pub(crate) fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
-    use rypervisor::sandbox::{self, Policy, SandboxBuilder, StdHost};
     let mut policy = Policy::default();
     policy.strict = args.strict;
     for path in &args.allow_read {
@@ -39,35 +40,40 @@ pub(crate) fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
         eprintln!("rypervisor: {report}");
     }
     if args.stats {
-        let st = sandbox.stats();
-        let calls = sandbox.syscall_stats();
-        eprintln!("sandbox statistics");
-        eprintln!(
-            "  build (VM, memory, load)  {:>10.3} ms",
-            sandbox.build_time().as_secs_f64() * 1e3
-        );
-        eprintln!(
-            "  in guest (KVM_RUN)        {:>10.3} ms",
-            st.guest_time.as_secs_f64() * 1e3
-        );
-        eprintln!(
-            "  in VMM (serving calls)    {:>10.3} ms",
-            st.vmm_time.as_secs_f64() * 1e3
-        );
-        eprintln!("  VM exits                  {:>10}", st.exits);
-        if let Some(entry) = st.syscall_entry {
-            eprintln!("  syscall entry             {entry:>10}");
-        }
-        eprintln!(
-            "  system calls              {:>10} ({} denied)",
-            st.syscalls, calls.denied
-        );
-        let mut by_count: Vec<_> = calls.counts.iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        for (nr, n) in by_count {
-            eprintln!("    {:<22}{n:>10}", sandbox::linux::sysno::name(*nr));
-        }
+        print_stats(&sandbox);
     }
     let _ = std::io::stdout().flush();
     Ok((exit.status() & 0xff) as u8)
+}
+
+/// `--stats`: where the time went and the calls by count.
+fn print_stats(sandbox: &Sandbox) {
+    let st = sandbox.stats();
+    let calls = sandbox.syscall_stats();
+    eprintln!("sandbox statistics");
+    eprintln!(
+        "  build (VM, memory, load)  {:>10.3} ms",
+        sandbox.build_time().as_secs_f64() * 1e3
+    );
+    eprintln!(
+        "  in guest (KVM_RUN)        {:>10.3} ms",
+        st.guest_time.as_secs_f64() * 1e3
+    );
+    eprintln!(
+        "  in VMM (serving calls)    {:>10.3} ms",
+        st.vmm_time.as_secs_f64() * 1e3
+    );
+    eprintln!("  VM exits                  {:>10}", st.exits);
+    if let Some(entry) = st.syscall_entry {
+        eprintln!("  syscall entry             {entry:>10}");
+    }
+    eprintln!(
+        "  system calls              {:>10} ({} denied)",
+        st.syscalls, calls.denied
+    );
+    let mut by_count: Vec<_> = calls.counts.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (nr, n) in by_count {
+        eprintln!("    {:<22}{n:>10}", sandbox::linux::sysno::name(*nr));
+    }
 }

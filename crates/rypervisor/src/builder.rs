@@ -202,68 +202,7 @@ pub fn step3_guest_memory(
     }
     let regions = vm.register_ram(&ram, 0)?;
     if obs.enabled() {
-        obs.event(Event::Step {
-            number: 3,
-            title: "Give the guest memory and load the program".into(),
-            why: "Guest 'physical' memory is ordinary anonymous memory in this process (vm-memory maps it). \
-                  The VMM copies the program into it, then KVM_SET_USER_MEMORY_REGION tells KVM which \
-                  guest-physical range this host memory backs. Guest-physical addresses are what the \
-                  guest sees; host-virtual addresses are where that memory lives in the VMM."
-                .into(),
-        });
-        obs.event(Event::Syscall {
-            name: "mmap",
-            args: format!(
-                "NULL, {:#x}, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0",
-                ram.size()
-            ),
-            result: format!("{:#x}", ram.host_address()),
-        });
-        for seg in &image.segments {
-            if seg.data.len() <= 64 {
-                obs.event(Event::Listing {
-                    title: format!(
-                        "copied {} bytes of {}-bit code to guest-physical {:#x}:",
-                        seg.data.len(),
-                        image.mode.bitness(),
-                        seg.addr
-                    ),
-                    instructions: disasm::decode_all(&seg.data, image.mode.bitness(), seg.addr),
-                });
-            } else {
-                obs.event(Event::Note {
-                    text: format!(
-                        "copied {} bytes to guest-physical {:#x} ({} in memory)",
-                        seg.data.len(),
-                        seg.addr,
-                        seg.mem_size
-                    ),
-                });
-            }
-        }
-        for r in &regions {
-            obs.event(Event::Ioctl {
-                name: "KVM_SET_USER_MEMORY_REGION",
-                fd: vm.raw_fd(),
-                arg: format!(
-                    "{{slot={}, flags={}, guest_phys_addr={:#x}, memory_size={:#x}, userspace_addr={:#x}}}",
-                    r.slot, r.flags, r.guest_phys_addr, r.memory_size, r.userspace_addr
-                ),
-                result: "0".into(),
-            });
-        }
-        obs.event(Event::MemoryMap {
-            regions: memory_map(&ram, image, area),
-        });
-        if image.mode == CpuMode::Real {
-            obs.event(Event::Note {
-                text: "Why this address: a real-mode guest runs its first instruction at CS:IP; the VMM \
-                       sets CS to segment 0 so IP is simply the guest-physical address of the code. \
-                       Address 0 is avoided because by convention the real-mode interrupt vector table \
-                       lives there."
-                    .into(),
-            });
-        }
+        narrate_memory(obs, vm, &ram, image, area, &regions);
     }
     Ok(ram)
 }
@@ -302,6 +241,78 @@ fn memory_map(ram: &GuestRam, image: &Image, area: &SystemArea) -> Vec<MapRegion
         });
     }
     map
+}
+
+/// Step 3's narration: the mapping, what was copied where, the memory slots, the map.
+fn narrate_memory(
+    obs: &mut dyn Observer,
+    vm: &Vm,
+    ram: &GuestRam,
+    image: &Image,
+    area: &SystemArea,
+    regions: &[kvm_bindings::kvm_userspace_memory_region],
+) {
+    obs.event(Event::Step {
+        number: 3,
+        title: "Give the guest memory and load the program".into(),
+        why: "Guest 'physical' memory is ordinary anonymous memory in this process (vm-memory maps it). \
+              The VMM copies the program into it, then KVM_SET_USER_MEMORY_REGION tells KVM which \
+              guest-physical range this host memory backs. Guest-physical addresses are what the \
+              guest sees; host-virtual addresses are where that memory lives in the VMM."
+            .into(),
+    });
+    obs.event(Event::Syscall {
+        name: "mmap",
+        args: format!(
+            "NULL, {:#x}, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0",
+            ram.size()
+        ),
+        result: format!("{:#x}", ram.host_address()),
+    });
+    let bits = image.mode.bitness();
+    for seg in &image.segments {
+        let len = seg.data.len();
+        obs.event(if len <= 64 {
+            Event::Listing {
+                title: format!(
+                    "copied {len} bytes of {bits}-bit code to guest-physical {:#x}:",
+                    seg.addr
+                ),
+                instructions: disasm::decode_all(&seg.data, bits, seg.addr),
+            }
+        } else {
+            Event::Note {
+                text: format!(
+                    "copied {len} bytes to guest-physical {:#x} ({} in memory)",
+                    seg.addr, seg.mem_size
+                ),
+            }
+        });
+    }
+    for r in regions {
+        obs.event(Event::Ioctl {
+            name: "KVM_SET_USER_MEMORY_REGION",
+            fd: vm.raw_fd(),
+            arg: format!(
+                "{{slot={}, flags={}, guest_phys_addr={:#x}, memory_size={:#x}, userspace_addr={:#x}}}",
+                r.slot, r.flags, r.guest_phys_addr, r.memory_size, r.userspace_addr
+            ),
+            result: "0".into(),
+        });
+    }
+    obs.event(Event::MemoryMap {
+        regions: memory_map(ram, image, area),
+    });
+    if image.mode == CpuMode::Real {
+        obs.event(Event::Note {
+            text:
+                "Why this address: a real-mode guest runs its first instruction at CS:IP; the VMM \
+                   sets CS to segment 0 so IP is simply the guest-physical address of the code. \
+                   Address 0 is avoided because by convention the real-mode interrupt vector table \
+                   lives there."
+                    .into(),
+        });
+    }
 }
 
 /// Step 4: create vCPU 0 and map its `kvm_run` structure.
@@ -368,27 +379,7 @@ pub fn step5_special_registers(
         .set_sregs(&sregs)
         .map_err(ioctl("KVM_SET_SREGS"))?;
     if obs.enabled() {
-        let why = match image.mode {
-            CpuMode::Real => "A new vCPU is in the state of a PC at reset: real mode, CS selector 0xf000 with base \
-                              0xffff0000 so the first fetch is the BIOS entry near 4 GiB. There is no BIOS \
-                              here, so the VMM sets CS base and selector to 0: instruction addresses are then \
-                              plain guest-physical addresses."
-                .to_string(),
-            mode => format!(
-                "A new vCPU starts in real mode. To start in {} mode the VMM does a boot loader's job: it \
-                 writes a GDT, an IDT whose every vector halts in a stub the VMM recognises, a TSS{}, \
-                 then loads segment registers from the GDT and sets CR0{}.{}",
-                if mode == CpuMode::Long { "long" } else { "protected" },
-                if mode == CpuMode::Long { ", page tables identity-mapping the low 4 GiB with 2 MiB pages" } else { "" },
-                if mode == CpuMode::Long { ", CR3, CR4.PAE and EFER.LME/LMA" } else { ".PE" },
-                if privilege == Privilege::User {
-                    " The code segment has DPL 3, so the guest starts in user mode (CPL3); the TSS gives \
-                     an exception stack (RSP0) and an I/O bitmap allowing every port."
-                } else {
-                    ""
-                }
-            ),
-        };
+        let why = step5_why(image.mode, privilege);
         obs.event(Event::Step {
             number: 5,
             title: "Set up the special registers".into(),
@@ -417,6 +408,31 @@ pub fn step5_special_registers(
         });
     }
     Ok(stack)
+}
+
+/// Why step 5 does what it does, for `mode` and `privilege`.
+fn step5_why(mode: CpuMode, privilege: Privilege) -> String {
+    match mode {
+        CpuMode::Real => "A new vCPU is in the state of a PC at reset: real mode, CS selector 0xf000 with base \
+                          0xffff0000 so the first fetch is the BIOS entry near 4 GiB. There is no BIOS \
+                          here, so the VMM sets CS base and selector to 0: instruction addresses are then \
+                          plain guest-physical addresses."
+            .to_string(),
+        mode => format!(
+            "A new vCPU starts in real mode. To start in {} mode the VMM does a boot loader's job: it \
+             writes a GDT, an IDT whose every vector halts in a stub the VMM recognises, a TSS{}, \
+             then loads segment registers from the GDT and sets CR0{}.{}",
+            if mode == CpuMode::Long { "long" } else { "protected" },
+            if mode == CpuMode::Long { ", page tables identity-mapping the low 4 GiB with 2 MiB pages" } else { "" },
+            if mode == CpuMode::Long { ", CR3, CR4.PAE and EFER.LME/LMA" } else { ".PE" },
+            if privilege == Privilege::User {
+                " The code segment has DPL 3, so the guest starts in user mode (CPL3); the TSS gives \
+                 an exception stack (RSP0) and an I/O bitmap allowing every port."
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 /// Step 6: set the general registers: entry point, flags, stack, presets.

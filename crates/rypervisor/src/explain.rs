@@ -230,48 +230,8 @@ pub fn render_text(event: &Event) -> String {
             result,
         } => format!("  ioctl({fd}, {name}, {arg}) = {result}\n"),
         Event::Syscall { name, args, result } => format!("  {name}({args}) = {result}\n"),
-        Event::MemoryMap { regions } => {
-            let mut s = String::from(
-                "  guest physical                        host virtual         contents\n",
-            );
-            for r in regions {
-                let host = if r.host_start == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{:#014x}", r.host_start)
-                };
-                s += &format!(
-                    "  {:#018x}..{:#018x}  {:<20} {}\n",
-                    r.guest_start, r.guest_end, host, r.what
-                );
-            }
-            s
-        }
-        Event::Registers { title, rows } => {
-            let w = rows
-                .iter()
-                .map(|r| r.before.len())
-                .max()
-                .unwrap_or(0)
-                .max(6);
-            let mut s = format!(
-                "  {title}\n  {:<9} {:<w$}    {}\n",
-                "register", "before", "after"
-            );
-            for r in rows {
-                let mark = if r.changed { "*" } else { " " };
-                let after = if r.changed { r.after.as_str() } else { "" };
-                s += &format!(
-                    "  {mark}{:<8} {:<w$} {} {}\n",
-                    r.name,
-                    r.before,
-                    if r.changed { "→" } else { " " },
-                    after
-                );
-            }
-            s += "  (* changed)\n";
-            s
-        }
+        Event::MemoryMap { regions } => memory_map_text(regions),
+        Event::Registers { title, rows } => registers_text(title, rows),
         Event::Listing {
             title,
             instructions,
@@ -294,11 +254,47 @@ pub fn render_text(event: &Event) -> String {
             if let Some(i) = instruction {
                 s += &format!("    RIP at {rip_is}: {i}\n");
             }
-            s += &format!("    → {action}\n");
-            s
+            s + &format!("    → {action}\n")
         }
         Event::Note { text } => wrap(text, "  ", 90),
     }
+}
+
+fn memory_map_text(regions: &[MapRegion]) -> String {
+    let mut s =
+        String::from("  guest physical                        host virtual         contents\n");
+    for r in regions {
+        let host = if r.host_start == 0 {
+            "-".to_string()
+        } else {
+            format!("{:#014x}", r.host_start)
+        };
+        s += &format!(
+            "  {:#018x}..{:#018x}  {:<20} {}\n",
+            r.guest_start, r.guest_end, host, r.what
+        );
+    }
+    s
+}
+
+fn registers_text(title: &str, rows: &[RegRow]) -> String {
+    let w = rows
+        .iter()
+        .map(|r| r.before.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let mut s = format!(
+        "  {title}\n  {:<9} {:<w$}    {}\n",
+        "register", "before", "after"
+    );
+    for r in rows {
+        let mark = if r.changed { "*" } else { " " };
+        let arrow = if r.changed { "→" } else { " " };
+        let after = if r.changed { r.after.as_str() } else { "" };
+        s += &format!("  {mark}{:<8} {:<w$} {arrow} {after}\n", r.name, r.before);
+    }
+    s + "  (* changed)\n"
 }
 
 fn hex64(v: u64) -> String {

@@ -96,65 +96,67 @@ pub struct HostInfo {
     pub ring0: Ring0Probe,
 }
 
+/// The capabilities `info` reports, with what each is for.
+const CAPABILITIES: [(Cap, &str, &str); 13] = [
+    (
+        Cap::Irqchip,
+        "KVM_CAP_IRQCHIP",
+        "in-kernel PIC/IOAPIC/LAPIC",
+    ),
+    (Cap::Pit2, "KVM_CAP_PIT2", "in-kernel i8254 timer"),
+    (
+        Cap::Irqfd,
+        "KVM_CAP_IRQFD",
+        "inject interrupts through an eventfd",
+    ),
+    (
+        Cap::Ioeventfd,
+        "KVM_CAP_IOEVENTFD",
+        "device doorbells without a VM exit to the VMM",
+    ),
+    (
+        Cap::ImmediateExit,
+        "KVM_CAP_IMMEDIATE_EXIT",
+        "kick a vCPU out of KVM_RUN race-free",
+    ),
+    (
+        Cap::SyncRegs,
+        "KVM_CAP_SYNC_REGS",
+        "registers in kvm_run, no GET/SET_REGS ioctl",
+    ),
+    (
+        Cap::SetTssAddr,
+        "KVM_CAP_SET_TSS_ADDR",
+        "Intel real-mode support area",
+    ),
+    (
+        Cap::SetIdentityMapAddr,
+        "KVM_CAP_SET_IDENTITY_MAP_ADDR",
+        "Intel identity page table address",
+    ),
+    (
+        Cap::ExtCpuid,
+        "KVM_CAP_EXT_CPUID",
+        "KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2",
+    ),
+    (
+        Cap::TscDeadlineTimer,
+        "KVM_CAP_TSC_DEADLINE_TIMER",
+        "LAPIC TSC-deadline timer",
+    ),
+    (Cap::NrVcpus, "KVM_CAP_NR_VCPUS", "recommended vCPUs per VM"),
+    (Cap::MaxVcpus, "KVM_CAP_MAX_VCPUS", "maximum vCPUs per VM"),
+    (
+        Cap::NrMemslots,
+        "KVM_CAP_NR_MEMSLOTS",
+        "memory slots per VM",
+    ),
+];
+
 /// Probes the host.
 pub fn probe(device: &Path) -> Result<HostInfo, InfoError> {
     let kvm = KvmSystem::open(device)?;
-    let caps: [(Cap, &str, &str); 13] = [
-        (
-            Cap::Irqchip,
-            "KVM_CAP_IRQCHIP",
-            "in-kernel PIC/IOAPIC/LAPIC",
-        ),
-        (Cap::Pit2, "KVM_CAP_PIT2", "in-kernel i8254 timer"),
-        (
-            Cap::Irqfd,
-            "KVM_CAP_IRQFD",
-            "inject interrupts through an eventfd",
-        ),
-        (
-            Cap::Ioeventfd,
-            "KVM_CAP_IOEVENTFD",
-            "device doorbells without a VM exit to the VMM",
-        ),
-        (
-            Cap::ImmediateExit,
-            "KVM_CAP_IMMEDIATE_EXIT",
-            "kick a vCPU out of KVM_RUN race-free",
-        ),
-        (
-            Cap::SyncRegs,
-            "KVM_CAP_SYNC_REGS",
-            "registers in kvm_run, no GET/SET_REGS ioctl",
-        ),
-        (
-            Cap::SetTssAddr,
-            "KVM_CAP_SET_TSS_ADDR",
-            "Intel real-mode support area",
-        ),
-        (
-            Cap::SetIdentityMapAddr,
-            "KVM_CAP_SET_IDENTITY_MAP_ADDR",
-            "Intel identity page table address",
-        ),
-        (
-            Cap::ExtCpuid,
-            "KVM_CAP_EXT_CPUID",
-            "KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2",
-        ),
-        (
-            Cap::TscDeadlineTimer,
-            "KVM_CAP_TSC_DEADLINE_TIMER",
-            "LAPIC TSC-deadline timer",
-        ),
-        (Cap::NrVcpus, "KVM_CAP_NR_VCPUS", "recommended vCPUs per VM"),
-        (Cap::MaxVcpus, "KVM_CAP_MAX_VCPUS", "maximum vCPUs per VM"),
-        (
-            Cap::NrMemslots,
-            "KVM_CAP_NR_MEMSLOTS",
-            "memory slots per VM",
-        ),
-    ];
-    let capabilities = caps
+    let capabilities = CAPABILITIES
         .into_iter()
         .map(|(cap, name, purpose)| Capability {
             name,

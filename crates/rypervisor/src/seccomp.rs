@@ -17,10 +17,51 @@ use seccompiler::{
 pub enum SeccompError {
     /// The filter did not compile.
     #[error("cannot build the seccomp filter: {0}")]
-    Build(String),
+    Build(#[source] seccompiler::BackendError),
     /// The kernel refused the filter.
     #[error("cannot apply the seccomp filter: {0}")]
-    Apply(String),
+    Apply(#[source] seccompiler::Error),
+}
+
+/// The rules of one filter, by system call: an empty list allows the call whatever its
+/// arguments, otherwise any one matching rule does.
+#[derive(Default)]
+struct Rules(BTreeMap<i64, Vec<SeccompRule>>);
+
+impl Rules {
+    /// Allows `calls` with any arguments.
+    fn allow(&mut self, calls: &[i64]) {
+        for &nr in calls {
+            self.0.insert(nr, Vec::new());
+        }
+    }
+
+    /// Allows `nr` when argument `arg` (32-bit) compares to `value` by `op`.
+    fn allow_when(
+        &mut self,
+        nr: i64,
+        arg: u8,
+        op: SeccompCmpOp,
+        value: u64,
+    ) -> Result<(), SeccompError> {
+        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+            .map_err(SeccompError::Build)?;
+        let rule = SeccompRule::new(vec![cond]).map_err(SeccompError::Build)?;
+        self.0.entry(nr).or_default().push(rule);
+        Ok(())
+    }
+
+    /// Kills the process on anything else.
+    fn compile(self) -> Result<BpfProgram, SeccompError> {
+        let filter = SeccompFilter::new(
+            self.0,
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .map_err(SeccompError::Build)?;
+        filter.try_into().map_err(SeccompError::Build)
+    }
 }
 
 /// The KVM ioctls a running sandbox issues.
@@ -49,123 +90,79 @@ fn kvm_ioctls() -> Vec<u64> {
     ]
 }
 
+/// What every VMM thread needs: its own memory, the standard streams, time, the kick signal.
+const VMM_BASICS: [i64; 24] = [
+    libc::SYS_read,  // stdin for the program
+    libc::SYS_write, // stdout/stderr, traces
+    libc::SYS_writev,
+    libc::SYS_munmap, // the VMM's heap
+    libc::SYS_mremap,
+    libc::SYS_madvise, // giving back guest pages the program unmapped
+    libc::SYS_brk,
+    libc::SYS_futex, // the watchdog's mutex and condition variable
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep, // nanosleep served for the program
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom, // AT_RANDOM, getrandom served for the program
+    libc::SYS_getpid,    // pthread_kill, by the watchdog
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigreturn, // the kick signal's handler returning
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity, // glibc sizing malloc arenas for a new thread
+    libc::SYS_close,
+    libc::SYS_rseq, // the C library's per-thread registration
+    libc::SYS_exit, // threads ending
+    libc::SYS_exit_group,
+];
+
+/// What canonicalising a path and reading an allowed file need (besides `openat`).
+const FILE_READS: [i64; 10] = [
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_lstat,
+    libc::SYS_stat,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getcwd,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+];
+
 /// The filter for a sandbox VMM. `files`: the policy lets the program open host files
 /// (read-only opens and the path resolution they need are allowed).
 pub fn sandbox_filter(files: bool) -> Result<BpfProgram, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let cond = |arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| {
-        SeccompCondition::new(arg, len, op, value).map_err(|e| SeccompError::Build(e.to_string()))
-    };
-    let rule = |conds: Vec<SeccompCondition>| {
-        SeccompRule::new(conds).map_err(|e| SeccompError::Build(e.to_string()))
-    };
-    let mut ioctl_rules = Vec::new();
+    let mut rules = Rules::default();
     for nr in kvm_ioctls() {
-        ioctl_rules.push(rule(vec![cond(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            nr,
-        )?])?);
+        rules.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, nr)?;
     }
-    rules.insert(libc::SYS_ioctl, ioctl_rules);
     // mmap/mprotect for the VMM's own heap, never executable.
-    let no_exec = || -> Result<Vec<SeccompRule>, SeccompError> {
-        Ok(vec![rule(vec![cond(
-            2,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )?])?])
-    };
-    rules.insert(libc::SYS_mmap, no_exec()?);
+    let exec = SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64);
+    rules.allow_when(libc::SYS_mmap, 2, exec.clone(), 0)?;
+    rules.allow_when(libc::SYS_mprotect, 2, exec, 0)?;
     // Debug builds of std check a descriptor with fcntl(F_GETFD) before closing it.
-    rules.insert(
-        libc::SYS_fcntl,
-        vec![rule(vec![cond(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::F_GETFD as u64,
-        )?])?],
-    );
-    rules.insert(libc::SYS_mprotect, no_exec()?);
-    for nr in [
-        libc::SYS_read,  // stdin for the program
-        libc::SYS_write, // stdout/stderr, traces
-        libc::SYS_writev,
-        libc::SYS_munmap, // the VMM's heap
-        libc::SYS_mremap,
-        libc::SYS_madvise, // giving back guest pages the program unmapped
-        libc::SYS_brk,
-        libc::SYS_futex, // the watchdog's mutex and condition variable
-        libc::SYS_clock_gettime,
-        libc::SYS_clock_nanosleep, // nanosleep served for the program
-        libc::SYS_nanosleep,
-        libc::SYS_getrandom, // AT_RANDOM, getrandom served for the program
-        libc::SYS_getpid,    // pthread_kill, by the watchdog
-        libc::SYS_gettid,
-        libc::SYS_tgkill,
-        libc::SYS_rt_sigreturn, // the kick signal's handler returning
-        libc::SYS_rt_sigprocmask,
-        libc::SYS_sigaltstack,
-        libc::SYS_sched_yield,
-        libc::SYS_sched_getaffinity, // glibc sizing malloc arenas for a new thread
-        libc::SYS_close,
-        libc::SYS_rseq, // the C library's per-thread registration
-        libc::SYS_exit, // threads ending
-        libc::SYS_exit_group,
-    ] {
-        rules.insert(nr, vec![]);
-    }
+    rules.allow_when(libc::SYS_fcntl, 1, SeccompCmpOp::Eq, libc::F_GETFD as u64)?;
+    rules.allow(&VMM_BASICS);
     if files {
-        // Read-only opens of files the policy allows (checked by the dispatcher first), and
-        // what canonicalising a path and reading a file need.
-        let read_only = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
-        rules.insert(
-            libc::SYS_openat,
-            vec![rule(vec![cond(
-                2,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::MaskedEq(read_only),
-                0,
-            )?])?],
-        );
-        for nr in [
-            libc::SYS_fstat,
-            libc::SYS_newfstatat,
-            libc::SYS_statx,
-            libc::SYS_lstat,
-            libc::SYS_stat,
-            libc::SYS_readlink,
-            libc::SYS_readlinkat,
-            libc::SYS_getcwd,
-            libc::SYS_lseek,
-            libc::SYS_pread64,
-        ] {
-            rules.insert(nr, vec![]);
-        }
+        // Read-only opens of files the policy allows (checked by the dispatcher first).
+        let writes = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+        rules.allow_when(libc::SYS_openat, 2, SeccompCmpOp::MaskedEq(writes), 0)?;
+        rules.allow(&FILE_READS);
     }
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| SeccompError::Build(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))
+    rules.compile()
 }
 
 /// Applies `filter` to every thread of this process (the vCPU thread and the watchdog).
 pub fn confine_process(filter: &BpfProgram) -> Result<(), SeccompError> {
-    seccompiler::apply_filter_all_threads(filter).map_err(|e| SeccompError::Apply(e.to_string()))
+    seccompiler::apply_filter_all_threads(filter).map_err(SeccompError::Apply)
 }
 
 /// Applies `filter` to the calling thread only.
 pub fn confine_thread(filter: &BpfProgram) -> Result<(), SeccompError> {
-    seccompiler::apply_filter(filter).map_err(|e| SeccompError::Apply(e.to_string()))
+    seccompiler::apply_filter(filter).map_err(SeccompError::Apply)
 }
 
 #[cfg(test)]
@@ -220,8 +217,11 @@ mod tests {
             libc::WEXITSTATUS(status)
         );
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
 
-        // Without file access in the policy, even a read-only open is fatal.
+    #[test]
+    fn without_files_in_the_policy_even_a_read_only_open_kills() {
+        let filter = sandbox_filter(false).unwrap();
         let status = in_child(|| {
             if confine_thread(&filter).is_err() {
                 return 10;
@@ -231,8 +231,10 @@ mod tests {
             12
         });
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
 
-        // With files allowed, read-only opens pass but opening for writing kills.
+    #[test]
+    fn with_files_allowed_read_only_opens_pass_and_writes_kill() {
         let filter = sandbox_filter(true).unwrap();
         let status = in_child(|| {
             if confine_thread(&filter).is_err() {

@@ -254,56 +254,13 @@ fn parse_elf<H: FileHeader<Endian = Endianness>>(
 ) -> Result<Image, LoaderError> {
     let corrupt = |e: object::read::Error| LoaderError::CorruptElf(e.to_string());
     let header = H::parse(bytes).map_err(corrupt)?;
-    let endian = header.endian().map_err(corrupt)?;
-    if endian != Endianness::Little {
-        return Err(LoaderError::UnsupportedElf(
-            "big-endian file; x86 is little-endian".into(),
-        ));
-    }
-    let m = header.e_machine(endian);
-    if m != machine {
-        return Err(LoaderError::UnsupportedElf(format!(
-            "built for {}, but a {}-bit x86 ELF must be {}",
-            machine_name(m),
-            mode.bitness(),
-            machine_name(machine)
-        )));
-    }
-    match header.e_type(endian) {
-        elf::ET_EXEC | elf::ET_DYN => {}
-        elf::ET_REL => {
-            return Err(LoaderError::UnsupportedElf(
-                "a relocatable object (.o), not an executable: link it first".into(),
-            ))
-        }
-        t => {
-            return Err(LoaderError::UnsupportedElf(format!(
-                "ELF type {t} is not an executable"
-            )))
-        }
-    }
+    let endian = check_header(header, machine, mode)?;
     let phdrs = header.program_headers(endian, bytes).map_err(corrupt)?;
     let mut segments = Vec::new();
     for ph in phdrs.iter().filter(|ph| ph.p_type(endian) == elf::PT_LOAD) {
-        let data = ph.data(endian, bytes).map_err(|()| {
-            LoaderError::CorruptElf("a PT_LOAD segment lies past the end of the file".into())
-        })?;
-        let mem_size: u64 = ph.p_memsz(endian).into();
-        let addr: u64 = ph.p_paddr(endian).into();
-        if (data.len() as u64) > mem_size {
-            return Err(LoaderError::CorruptElf(format!(
-                "segment at {addr:#x} has more file bytes ({:#x}) than memory size ({mem_size:#x})",
-                data.len()
-            )));
+        if let Some(segment) = load_segment::<H>(ph, endian, bytes)? {
+            segments.push(segment);
         }
-        if mem_size == 0 {
-            continue;
-        }
-        segments.push(Segment {
-            addr,
-            data: data.to_vec(),
-            mem_size,
-        });
     }
     if segments.is_empty() {
         return Err(LoaderError::UnsupportedElf(
@@ -320,6 +277,64 @@ fn parse_elf<H: FileHeader<Endian = Endianness>>(
             ImageFormat::Elf32
         },
     })
+}
+
+/// Little-endian, for `machine`, an executable: returns the endianness to read it with.
+fn check_header<H: FileHeader<Endian = Endianness>>(
+    header: &H,
+    machine: u16,
+    mode: CpuMode,
+) -> Result<Endianness, LoaderError> {
+    let endian = header
+        .endian()
+        .map_err(|e| LoaderError::CorruptElf(e.to_string()))?;
+    if endian != Endianness::Little {
+        return Err(LoaderError::UnsupportedElf(
+            "big-endian file; x86 is little-endian".into(),
+        ));
+    }
+    let m = header.e_machine(endian);
+    if m != machine {
+        return Err(LoaderError::UnsupportedElf(format!(
+            "built for {}, but a {}-bit x86 ELF must be {}",
+            machine_name(m),
+            mode.bitness(),
+            machine_name(machine)
+        )));
+    }
+    match header.e_type(endian) {
+        elf::ET_EXEC | elf::ET_DYN => Ok(endian),
+        elf::ET_REL => Err(LoaderError::UnsupportedElf(
+            "a relocatable object (.o), not an executable: link it first".into(),
+        )),
+        t => Err(LoaderError::UnsupportedElf(format!(
+            "ELF type {t} is not an executable"
+        ))),
+    }
+}
+
+/// One PT_LOAD's bytes and place (`None` when it takes no memory).
+fn load_segment<H: FileHeader<Endian = Endianness>>(
+    ph: &H::ProgramHeader,
+    endian: Endianness,
+    bytes: &[u8],
+) -> Result<Option<Segment>, LoaderError> {
+    let data = ph.data(endian, bytes).map_err(|()| {
+        LoaderError::CorruptElf("a PT_LOAD segment lies past the end of the file".into())
+    })?;
+    let mem_size: u64 = ph.p_memsz(endian).into();
+    let addr: u64 = ph.p_paddr(endian).into();
+    if (data.len() as u64) > mem_size {
+        return Err(LoaderError::CorruptElf(format!(
+            "segment at {addr:#x} has more file bytes ({:#x}) than memory size ({mem_size:#x})",
+            data.len()
+        )));
+    }
+    Ok((mem_size > 0).then(|| Segment {
+        addr,
+        data: data.to_vec(),
+        mem_size,
+    }))
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use kvm_bindings::{kvm_regs, kvm_xcrs, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Cap;
 
 use super::host::fill_random;
+use super::linux::start::{self, StartInfo};
 use super::linux::{Process, UID};
-use super::program::{self, Program};
+use super::program::Program;
 use super::run::Sandbox;
 use super::usermem::UserMemory;
 use super::{layout, Policy, SandboxError, DEFAULT_MEM, MAX_STACK};
@@ -123,14 +124,14 @@ impl SandboxBuilder {
         let mut vcpu = create_vcpu(&vm, &cpuid, &mem)?;
         program.load(mem.ram())?;
         let stack_bottom = self.mem - stack_size;
-        let info = program::StartInfo {
+        let info = StartInfo {
             args: &self.args,
             env: &self.env,
             hwcap: leaf(&cpuid, 1).map_or(0, |e| u64::from(e.edx)),
             random: random_bytes(),
             uid: UID as u64,
         };
-        let rsp = program::build_stack(mem.ram(), &program, &info, stack_bottom, self.mem)?;
+        let rsp = start::build_stack(mem.ram(), &program, &info, stack_bottom, self.mem)?;
         let regs = kvm_regs {
             rip: program.entry,
             rsp,

@@ -1,8 +1,8 @@
-//! The program: checking a static x86-64 ELF, loading it, and the Linux process start
-//! (argv, envp and auxv on the stack, as the System V x86-64 ABI lays them out).
+//! The program: checking a static x86-64 ELF and loading it.
 //!
 //! Only static programs run: a dynamic one would need `ld.so` and shared libraries from the
-//! host's file system, which the sandbox does not expose.
+//! host's file system, which the sandbox does not expose. The process start itself (the
+//! stack with argv, envp and auxv) is the Linux ABI's, in `linux/start.rs`.
 
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader};
@@ -125,40 +125,109 @@ fn corrupt(name: &str, why: impl Into<String>) -> ProgramError {
     }
 }
 
+/// The ELF header, if `bytes` is a little-endian x86-64 executable or static PIE.
+fn elf_header<'a>(
+    name: &str,
+    bytes: &'a [u8],
+) -> Result<&'a elf::FileHeader64<Endianness>, ProgramError> {
+    if bytes.starts_with(b"#!") {
+        return Err(ProgramError::Script(name.into()));
+    }
+    if !bytes.starts_with(b"\x7fELF") {
+        return Err(ProgramError::NotElf(name.into()));
+    }
+    match bytes.get(4) {
+        Some(&elf::ELFCLASS32) => return Err(ProgramError::Elf32(name.into())),
+        Some(&elf::ELFCLASS64) => {}
+        _ => return Err(corrupt(name, "unknown ELF class")),
+    }
+    let header =
+        elf::FileHeader64::<Endianness>::parse(bytes).map_err(|e| corrupt(name, e.to_string()))?;
+    let endian = header.endian().map_err(|e| corrupt(name, e.to_string()))?;
+    if endian != Endianness::Little {
+        return Err(corrupt(name, "big-endian ELF"));
+    }
+    let machine = header.e_machine(endian);
+    if machine != elf::EM_X86_64 {
+        return Err(ProgramError::WrongMachine {
+            name: name.into(),
+            machine: crate::loader::machine_name(machine),
+        });
+    }
+    let kind = header.e_type(endian);
+    if kind != elf::ET_EXEC && kind != elf::ET_DYN {
+        return Err(ProgramError::NotExecutable {
+            name: name.into(),
+            kind,
+        });
+    }
+    Ok(header)
+}
+
+/// One PT_LOAD, checked against the file and relocated by `bias`.
+fn segment(
+    name: &str,
+    p: &elf::ProgramHeader64<Endianness>,
+    bias: u64,
+    file_len: usize,
+) -> Result<Segment, ProgramError> {
+    let endian = Endianness::Little;
+    let (vaddr, memsz) = (p.p_vaddr(endian), p.p_memsz(endian));
+    let (offset, filesz) = (p.p_offset(endian), p.p_filesz(endian));
+    if filesz > memsz {
+        return Err(corrupt(
+            name,
+            "segment with more file bytes than memory bytes",
+        ));
+    }
+    let in_file = offset
+        .checked_add(filesz)
+        .is_some_and(|end| end <= file_len as u64);
+    if !in_file {
+        return Err(corrupt(
+            name,
+            "segment extends past the end of the file (truncated?)",
+        ));
+    }
+    let addr = vaddr
+        .checked_add(bias)
+        .filter(|a| a.checked_add(memsz).is_some())
+        .ok_or_else(|| corrupt(name, "segment address overflows"))?;
+    Ok(Segment {
+        addr,
+        offset: offset as usize,
+        file_size: filesz as usize,
+        mem_size: memsz,
+    })
+}
+
+/// Where the program headers are in memory (AT_PHDR): PT_PHDR, or the load that holds them.
+fn phdr_address(
+    phoff: u64,
+    headers: &[elf::ProgramHeader64<Endianness>],
+    loads: &[&elf::ProgramHeader64<Endianness>],
+    bias: u64,
+) -> u64 {
+    let endian = Endianness::Little;
+    if let Some(p) = headers.iter().find(|p| p.p_type(endian) == elf::PT_PHDR) {
+        return p.p_vaddr(endian).wrapping_add(bias);
+    }
+    loads
+        .iter()
+        .find(|p| {
+            let o = p.p_offset(endian);
+            phoff >= o && phoff < o + p.p_filesz(endian)
+        })
+        .map(|p| p.p_vaddr(endian) + (phoff - p.p_offset(endian)) + bias)
+        .unwrap_or(0)
+}
+
 impl Program {
     /// Checks `bytes` (named `name` in errors) as a static x86-64 program.
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self, ProgramError> {
-        if bytes.starts_with(b"#!") {
-            return Err(ProgramError::Script(name.into()));
-        }
-        if !bytes.starts_with(b"\x7fELF") {
-            return Err(ProgramError::NotElf(name.into()));
-        }
-        match bytes.get(4) {
-            Some(&elf::ELFCLASS32) => return Err(ProgramError::Elf32(name.into())),
-            Some(&elf::ELFCLASS64) => {}
-            _ => return Err(corrupt(name, "unknown ELF class")),
-        }
-        let header = elf::FileHeader64::<Endianness>::parse(&*bytes)
-            .map_err(|e| corrupt(name, e.to_string()))?;
-        let endian = header.endian().map_err(|e| corrupt(name, e.to_string()))?;
-        if endian != Endianness::Little {
-            return Err(corrupt(name, "big-endian ELF"));
-        }
-        let machine = header.e_machine(endian);
-        if machine != elf::EM_X86_64 {
-            return Err(ProgramError::WrongMachine {
-                name: name.into(),
-                machine: crate::loader::machine_name(machine),
-            });
-        }
+        let header = elf_header(name, &bytes)?;
+        let endian = Endianness::Little;
         let kind = header.e_type(endian);
-        if kind != elf::ET_EXEC && kind != elf::ET_DYN {
-            return Err(ProgramError::NotExecutable {
-                name: name.into(),
-                kind,
-            });
-        }
         let headers = header
             .program_headers(endian, &*bytes)
             .map_err(|e| corrupt(name, e.to_string()))?;
@@ -178,7 +247,7 @@ impl Program {
             });
         }
         let pie = kind == elf::ET_DYN;
-        let loads: Vec<_> = headers
+        let loads: Vec<&elf::ProgramHeader64<Endianness>> = headers
             .iter()
             .filter(|p| p.p_type(endian) == elf::PT_LOAD && p.p_memsz(endian) > 0)
             .collect();
@@ -192,59 +261,21 @@ impl Program {
         } else {
             0
         };
-        let mut segments = Vec::new();
-        for p in &loads {
-            let (vaddr, memsz) = (p.p_vaddr(endian), p.p_memsz(endian));
-            let (offset, filesz) = (p.p_offset(endian), p.p_filesz(endian));
-            if filesz > memsz {
-                return Err(corrupt(
-                    name,
-                    "segment with more file bytes than memory bytes",
-                ));
-            }
-            let in_file = offset
-                .checked_add(filesz)
-                .is_some_and(|end| end <= bytes.len() as u64);
-            if !in_file {
-                return Err(corrupt(
-                    name,
-                    "segment extends past the end of the file (truncated?)",
-                ));
-            }
-            let addr = vaddr
-                .checked_add(bias)
-                .filter(|a| a.checked_add(memsz).is_some())
-                .ok_or_else(|| corrupt(name, "segment address overflows"))?;
-            segments.push(Segment {
-                addr,
-                offset: offset as usize,
-                file_size: filesz as usize,
-                mem_size: memsz,
-            });
-        }
+        let segments = loads
+            .iter()
+            .map(|p| segment(name, p, bias, bytes.len()))
+            .collect::<Result<Vec<_>, _>>()?;
         let start = segments.iter().map(|s| s.addr).min().unwrap_or(0);
         let end = segments
             .iter()
             .map(|s| s.addr + s.mem_size)
             .max()
             .unwrap_or(0);
-        let phoff = header.e_phoff(endian);
-        let phdr = match headers.iter().find(|p| p.p_type(endian) == elf::PT_PHDR) {
-            Some(p) => p.p_vaddr(endian).wrapping_add(bias),
-            None => loads
-                .iter()
-                .find(|p| {
-                    let o = p.p_offset(endian);
-                    phoff >= o && phoff < o + p.p_filesz(endian)
-                })
-                .map(|p| p.p_vaddr(endian) + (phoff - p.p_offset(endian)) + bias)
-                .unwrap_or(0),
-        };
         Ok(Self {
             entry: header.e_entry(endian).wrapping_add(bias),
             bias,
             segments,
-            phdr,
+            phdr: phdr_address(header.e_phoff(endian), headers, &loads, bias),
             phnum: headers.len() as u64,
             start,
             end,
@@ -285,139 +316,8 @@ impl Program {
     }
 }
 
-/// Auxiliary vector keys (`<elf.h>` AT_*).
-pub mod at {
-    /// End of the vector.
-    pub const NULL: u64 = 0;
-    /// Program headers.
-    pub const PHDR: u64 = 3;
-    /// Size of one program header.
-    pub const PHENT: u64 = 4;
-    /// Number of program headers.
-    pub const PHNUM: u64 = 5;
-    /// Page size.
-    pub const PAGESZ: u64 = 6;
-    /// Interpreter base (0: none).
-    pub const BASE: u64 = 7;
-    /// Flags.
-    pub const FLAGS: u64 = 8;
-    /// Program entry.
-    pub const ENTRY: u64 = 9;
-    /// Real uid.
-    pub const UID: u64 = 11;
-    /// Effective uid.
-    pub const EUID: u64 = 12;
-    /// Real gid.
-    pub const GID: u64 = 13;
-    /// Effective gid.
-    pub const EGID: u64 = 14;
-    /// Platform string.
-    pub const PLATFORM: u64 = 15;
-    /// CPUID.1:EDX.
-    pub const HWCAP: u64 = 16;
-    /// Clock ticks per second.
-    pub const CLKTCK: u64 = 17;
-    /// Secure mode (setuid).
-    pub const SECURE: u64 = 23;
-    /// 16 random bytes.
-    pub const RANDOM: u64 = 25;
-    /// More hardware capabilities.
-    pub const HWCAP2: u64 = 26;
-    /// File name of the program.
-    pub const EXECFN: u64 = 31;
-}
-
-/// What the process start needs besides the program.
-#[derive(Clone, Debug)]
-pub struct StartInfo<'a> {
-    /// argv (argv[0] first).
-    pub args: &'a [String],
-    /// envp entries (`NAME=value`).
-    pub env: &'a [String],
-    /// AT_HWCAP.
-    pub hwcap: u64,
-    /// AT_RANDOM's bytes.
-    pub random: [u8; 16],
-    /// The identity the program sees (AT_UID etc.).
-    pub uid: u64,
-}
-
-/// Builds the initial stack below `top` (in `[bottom, top)`) and returns RSP, which points
-/// at argc and is 16-byte aligned.
-pub fn build_stack(
-    ram: &GuestRam,
-    program: &Program,
-    info: &StartInfo<'_>,
-    bottom: u64,
-    top: u64,
-) -> Result<u64, ProgramError> {
-    // Strings and the random bytes first, at the top.
-    let mut blob: Vec<u8> = Vec::new();
-    let mut offsets = Vec::new();
-    for s in info.args.iter().chain(info.env.iter()) {
-        offsets.push(blob.len());
-        blob.extend_from_slice(s.as_bytes());
-        blob.push(0);
-    }
-    let platform = blob.len();
-    blob.extend_from_slice(b"x86_64\0");
-    let random = blob.len();
-    blob.extend_from_slice(&info.random);
-    let execfn = offsets.first().copied();
-
-    let auxv: Vec<(u64, u64)> = vec![
-        (at::PHDR, program.phdr),
-        (at::PHENT, 56),
-        (at::PHNUM, program.phnum),
-        (at::PAGESZ, 4096),
-        (at::BASE, 0),
-        (at::FLAGS, 0),
-        (at::ENTRY, program.entry),
-        (at::UID, info.uid),
-        (at::EUID, info.uid),
-        (at::GID, info.uid),
-        (at::EGID, info.uid),
-        (at::SECURE, 0),
-        (at::HWCAP, info.hwcap),
-        (at::HWCAP2, 0),
-        (at::CLKTCK, 100),
-        (at::PLATFORM, 0), // patched below
-        (at::RANDOM, 0),   // patched below
-        (at::EXECFN, 0),   // patched below
-        (at::NULL, 0),
-    ];
-    let words = 1 + info.args.len() + 1 + info.env.len() + 1 + auxv.len() * 2;
-    let needed = blob.len() as u64 + 16 + words as u64 * 8 + 16;
-    if needed > (top - bottom) / 2 {
-        return Err(ProgramError::ArgsTooLong(needed as usize, top - bottom));
-    }
-    let blob_addr = (top - 16 - blob.len() as u64) & !0xf;
-    ram.write(blob_addr, &blob)?;
-    let rsp = (blob_addr - words as u64 * 8) & !0xf;
-    let mut table: Vec<u64> = Vec::with_capacity(words);
-    table.push(info.args.len() as u64);
-    let mut strings = offsets.iter().map(|o| blob_addr + *o as u64);
-    table.extend(strings.by_ref().take(info.args.len()));
-    table.push(0);
-    table.extend(strings);
-    table.push(0);
-    for (key, value) in auxv {
-        let value = match key {
-            at::PLATFORM => blob_addr + platform as u64,
-            at::RANDOM => blob_addr + random as u64,
-            at::EXECFN => execfn.map_or(0, |o| blob_addr + o as u64),
-            _ => value,
-        };
-        table.push(key);
-        table.push(value);
-    }
-    let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_le_bytes()).collect();
-    ram.write(rsp, &bytes)?;
-    Ok(rsp)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use object::write::elf::{FileHeader as WFileHeader, ProgramHeader as WProgramHeader, Writer};
 
@@ -501,64 +401,13 @@ mod tests {
     }
 
     #[test]
-    fn the_stack_follows_the_abi() {
-        let ram = GuestRam::new(0, 8 << 20).unwrap();
-        let p = Program::parse("t", tiny_elf(elf::ET_EXEC, 0x40_1000, &[0xf4], None)).unwrap();
-        p.check_fits("t", 6 << 20, 8 << 20).unwrap();
-        p.load(&ram).unwrap();
-        let args = vec!["prog".to_string(), "a b".to_string()];
-        let env = vec!["K=V".to_string()];
-        let info = StartInfo {
-            args: &args,
-            env: &env,
-            hwcap: 0x1234,
-            random: [7; 16],
-            uid: 1000,
-        };
-        let rsp = build_stack(&ram, &p, &info, 7 << 20, 8 << 20).unwrap();
-        assert_eq!(rsp % 16, 0);
-        let word = |i: u64| ram.read_u64(rsp + i * 8).unwrap();
-        let string = |addr: u64| {
-            let mut b = vec![0u8; 16];
-            ram.read(addr, &mut b).unwrap();
-            String::from_utf8_lossy(&b[..b.iter().position(|c| *c == 0).unwrap()]).to_string()
-        };
-        assert_eq!(word(0), 2);
-        assert_eq!(string(word(1)), "prog");
-        assert_eq!(string(word(2)), "a b");
-        assert_eq!(word(3), 0);
-        assert_eq!(string(word(4)), "K=V");
-        assert_eq!(word(5), 0);
-        let mut aux = std::collections::BTreeMap::new();
-        let mut i = 6;
-        while word(i) != at::NULL {
-            aux.insert(word(i), word(i + 1));
-            i += 2;
-        }
-        assert_eq!(aux[&at::ENTRY], 0x40_1000);
-        assert_eq!(aux[&at::PAGESZ], 4096);
-        assert_eq!(aux[&at::HWCAP], 0x1234);
-        assert_eq!(string(aux[&at::EXECFN]), "prog");
-        assert_eq!(string(aux[&at::PLATFORM]), "x86_64");
-        let mut random = [0u8; 16];
-        ram.read(aux[&at::RANDOM], &mut random).unwrap();
-        assert_eq!(random, [7; 16]);
-
+    fn programs_must_fit_in_program_memory() {
         let too_far =
             Program::parse("t", tiny_elf(elf::ET_EXEC, 0x80_0000, &[0xf4], None)).unwrap();
-        assert!(too_far
-            .check_fits("t", 6 << 20, 8 << 20)
-            .unwrap_err()
-            .to_string()
-            .contains("--mem"));
-        let huge = vec!["x".repeat(1 << 20)];
-        let info = StartInfo {
-            args: &huge,
-            ..info
-        };
-        assert!(matches!(
-            build_stack(&ram, &p, &info, 7 << 20, 8 << 20),
-            Err(ProgramError::ArgsTooLong(..))
-        ));
+        let err = too_far.check_fits("t", 6 << 20, 8 << 20).unwrap_err();
+        assert!(err.to_string().contains("--mem"), "{err}");
+        let low = Program::parse("t", tiny_elf(elf::ET_EXEC, 0x1000, &[0xf4], None)).unwrap();
+        let err = low.check_fits("t", 6 << 20, 8 << 20).unwrap_err();
+        assert!(err.to_string().contains("0x400000"), "{err}");
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! The layer is split the way the kernel's is: [`sysno`] (numbers and names), [`errno`],
 //! [`abi`] (the structures), then handlers by area: [`files`], [`memory`], [`time`],
-//! [`signals`] (with `futex`), [`identity`], and [`trace`] for `--trace-syscalls`.
+//! [`signals`] (with `futex`), [`identity`], and [`trace`] for `--trace-syscalls`; the
+//! process start (argv, envp, auxv) is [`start`].
 //!
 //! The identity the program sees is fixed: pid 1, uid/gid 1000, host name `rypervisor`,
 //! kernel `Linux 6.1.0-rypervisor x86_64`, working directory `/`.
@@ -19,6 +20,7 @@ pub mod files;
 pub mod identity;
 pub mod memory;
 pub mod signals;
+pub mod start;
 pub mod sysno;
 pub mod time;
 pub mod trace;
