@@ -25,11 +25,16 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
         origin: *PROCESS_START.get().unwrap_or(&Instant::now()),
     };
     config.check()?;
-    config.template = match args.cpu_template {
-        Some(t) => t,
+    let notice;
+    (config.template, notice) = match args.cpu_template {
+        Some(t) => (t, None),
         None => probe_template(device)?,
     };
-    let vm = boot::prepare(config, Box::new(std::io::stdout()))?;
+    let vm = boot::prepare(config, crate::guest_stdout()?)?;
+    // Said only now, when the VM is about to run: an error above has nothing to do with it.
+    if let Some(notice) = notice {
+        eprintln!("{notice}");
+    }
     let raw = crate::terminal::RawMode::enable_if_tty();
     boot::console_input(Box::new(std::io::stdin()), vm.serial(), vm.stop_handle())
         .context("starting the console input thread")?;
@@ -44,18 +49,18 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
     Ok(report.ending.status() as u8)
 }
 
-/// nested-safe where KVM emulates guest ring 0 (saying so), else host.
-fn probe_template(device: &Path) -> Result<CpuTemplate> {
+/// nested-safe where KVM emulates guest ring 0 (with a notice saying so), else host.
+fn probe_template(device: &Path) -> Result<(CpuTemplate, Option<String>)> {
     let probe = info::ring0_probe(device).context("probing whether KVM emulates ring 0")?;
     if !probe.emulated {
-        return Ok(CpuTemplate::Host);
+        return Ok((CpuTemplate::Host, None));
     }
-    eprintln!(
+    let notice = format!(
         "rypervisor: KVM emulates guest ring 0 on this host ({:.0}x slower than user mode): \
          using --cpu-template nested-safe",
         probe.ratio
     );
-    Ok(CpuTemplate::NestedSafe)
+    Ok((CpuTemplate::NestedSafe, Some(notice)))
 }
 
 fn print_ending(report: &BootReport) {
@@ -69,7 +74,12 @@ fn print_ending(report: &BootReport) {
                 eprintln!("  {place}");
             }
         }
-        Ending::Crashed(why) => eprintln!("rypervisor: the VM cannot continue: {why}"),
+        Ending::Crashed(why) => {
+            eprintln!("rypervisor: the VM cannot continue: {why}");
+            for place in &report.last_places {
+                eprintln!("  {place}");
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rypervisor::loader::FlatOptions;
 use rypervisor::{memory, CpuMode, Gpr, Image, MachineConfig, Privilege};
@@ -134,17 +134,17 @@ struct BootArgs {
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
     /// Guest RAM.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size, allow_hyphen_values = true)]
     mem: u64,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Number of vCPUs (1 to 32).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_cpus, allow_hyphen_values = true)]
     cpus: u32,
     /// CPU template: host (everything KVM supports) or nested-safe (hides what a nested KVM's
     /// emulator cannot run). Default: nested-safe where KVM emulates guest ring 0, else host.
     #[arg(long, value_name = "NAME")]
     cpu_template: Option<rypervisor::cpu_template::CpuTemplate>,
     /// Stop the guest after SECS seconds (exit status 124).
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_hyphen_values = true)]
     timeout: Option<Duration>,
     /// Print boot times (kernel entry, boot marker, end) and exit counts (on stderr).
     #[arg(long)]
@@ -154,10 +154,10 @@ struct BootArgs {
 #[derive(Args)]
 struct ExecArgs {
     /// Guest memory: the program, its heap, mappings and stack.
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, allow_hyphen_values = true)]
     mem: u64,
     /// Stop the program after SECS seconds (exit status 124).
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_hyphen_values = true)]
     timeout: Option<Duration>,
     /// Let the program open this host file, or files under this directory, read-only
     /// (repeatable).
@@ -209,19 +209,19 @@ struct RunArgs {
     #[arg(long, value_name = "MODE")]
     mode: Option<CpuMode>,
     /// Guest-physical load address of a flat binary.
-    #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value = "0x1000")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value = "0x1000", allow_hyphen_values = true)]
     load: u64,
     /// Entry point of a flat binary (default: the load address).
-    #[arg(long, value_name = "ADDR", value_parser = parse_u64)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64, allow_hyphen_values = true)]
     entry: Option<u64>,
     /// Run at CPL3 (user mode; long mode only; implies --mode long for flat binaries).
     #[arg(long)]
     user: bool,
     /// Guest RAM, e.g. 64K, 2M, 1G.
-    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size, allow_hyphen_values = true)]
     mem: u64,
     /// Stop the guest after SECS seconds (exit status 124).
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_hyphen_values = true)]
     timeout: Option<Duration>,
     /// Preset a register, e.g. --reg rax=2 (repeatable).
     #[arg(long = "reg", value_name = "NAME=VALUE", value_parser = parse_reg)]
@@ -237,6 +237,15 @@ fn parse_u64(s: &str) -> Result<u64, String> {
         None => t.replace('_', "").parse(),
     };
     r.map_err(|_| format!("'{s}' is not a number (decimal or 0x-prefixed hex)"))
+}
+
+fn parse_cpus(s: &str) -> Result<u32, String> {
+    let max = rypervisor::boot::MAX_CPUS;
+    // The range itself is checked with the rest of the configuration (BootConfig::check).
+    match s.trim().parse::<u64>() {
+        Ok(n) if n <= u64::from(u32::MAX) => Ok(n as u32),
+        _ => Err(format!("'{s}' is not a vCPU count: give 1 to {max}")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -274,12 +283,38 @@ fn main() -> ExitCode {
     let status = match dispatch(cli) {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("rypervisor: error: {e:#}");
+            eprintln!("rypervisor: error: {}", error_text(&e));
             1
         }
     };
     let _ = std::io::stdout().flush();
     ExitCode::from(status)
+}
+
+/// The guest's console: a duplicate of stdout, so the thread that writes guest output to it
+/// never holds the lock of Rust's `Stdout` (a write blocked on a pipe nobody reads would
+/// otherwise block every later `println!` and the final flush).
+fn guest_stdout() -> Result<Box<dyn Write + Send>> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stdout for the guest console")?;
+    Ok(Box::new(std::fs::File::from(fd)))
+}
+
+/// The error and its causes, each said once: a cause whose text the message already holds
+/// (as "cannot read X: No such file or directory" holds its OS error) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let said = cause.to_string();
+        let core = said.split(" (os error").next().unwrap_or(&said);
+        if !text.contains(core) {
+            text = format!("{text}: {said}");
+        }
+    }
+    text
 }
 
 fn dispatch(cli: Cli) -> Result<u8> {
@@ -306,7 +341,6 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 load: Some(args.load),
                 entry: args.entry,
             };
-            let image = Image::from_file(&args.image, opts)?;
             let config = MachineConfig {
                 ram_base: 0,
                 ram_size: args.mem,
@@ -319,6 +353,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 timeout: args.timeout,
                 kvm_device: cli.kvm_device,
             };
+            // The RAM size first: the image is checked against it before it is read.
+            rypervisor::builder::check_ram(&config)?;
+            let image = Image::from_file(&args.image, opts, args.mem)?;
             run::run_guest(&config, &image, &args.narration, true)
         }
         Command::Exec(args) => exec::cmd_exec(args, &cli.kvm_device),

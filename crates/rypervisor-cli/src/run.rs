@@ -32,10 +32,7 @@ pub(crate) fn run_guest(
         &mut Silent
     };
     let mut machine: Machine = builder::build(config, image, obs)?;
-    machine.add_serial(
-        Box::new(std::io::stdout()),
-        Some(Box::new(std::io::stdin())),
-    )?;
+    machine.add_serial(crate::guest_stdout()?, Some(Box::new(std::io::stdin())))?;
     if exit_device {
         machine.add_exit_device()?;
     }

@@ -36,7 +36,7 @@ fn usage_error(r: &Run, needle: &str) {
 fn missing_file() {
     one_line_error(
         &rypervisor(&["run", "/nonexistent/guest.bin"], b""),
-        "cannot read /nonexistent/guest.bin",
+        "cannot read image /nonexistent/guest.bin: No such file or directory",
     );
 }
 
@@ -57,7 +57,7 @@ fn image_larger_than_memory() {
     let p = f.write("big.bin", &vec![0x90; 100 * 1024]);
     one_line_error(
         &rypervisor(&["run", "--mem", "64K", path_str(&p)], b""),
-        "do not fit in guest memory",
+        "is 100 KiB, larger than guest memory (--mem) (64 KiB)",
     );
 }
 

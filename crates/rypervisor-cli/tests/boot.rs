@@ -426,3 +426,28 @@ fn bad_input_is_refused_with_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn endless_console_input_costs_little_and_the_timeout_holds() {
+    require_kvm();
+    let kernel = guest_kernel().join("vmlinux");
+    let _one = one_at_a_time();
+    let zero = Stdio::from(std::fs::File::open("/dev/zero").unwrap());
+    let args = [
+        "boot",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem",
+        "64M",
+        "--timeout",
+        "8",
+    ];
+    let r = common::measured(&args, zero, Stdio::null());
+    assert_eq!(r.status, 124, "{}", r.stderr);
+    assert!(r.took < Duration::from_secs(20), "took {:?}", r.took);
+    assert!(
+        r.peak_mib < 64 + 48,
+        "peak RSS {} MiB with --mem 64M",
+        r.peak_mib
+    );
+}

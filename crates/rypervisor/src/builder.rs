@@ -86,11 +86,13 @@ pub fn build(
         mode: image.mode,
         timeout: config.timeout,
         serial: None,
+        give_up: crate::devices::output::GiveUp::new(),
     })
 }
 
-/// Validates sizes and placement without creating anything.
-fn check(config: &MachineConfig, image: &Image) -> Result<SystemArea, BuildError> {
+/// Checks the RAM size and placement alone (before an image is even read: its size is
+/// checked against this RAM).
+pub fn check_ram(config: &MachineConfig) -> Result<u64, BuildError> {
     let size = config.ram_size;
     if size == 0 {
         return Err(MemoryError::Zero.into());
@@ -102,16 +104,21 @@ fn check(config: &MachineConfig, image: &Image) -> Result<SystemArea, BuildError
         .ram_base
         .checked_add(size)
         .filter(|&e| e <= FOUR_GIB && size <= MAX_RAM);
-    let Some(ram_end) = end else {
-        return Err(MemoryError::TooLarge {
+    end.ok_or_else(|| {
+        MemoryError::TooLarge {
             size,
             why: format!(
                 "guests get at most {} of RAM, below 4 GiB (the top GiB is kept for MMIO devices)",
                 human_size(MAX_RAM)
             ),
         }
-        .into());
-    };
+        .into()
+    })
+}
+
+/// Validates sizes and placement without creating anything.
+fn check(config: &MachineConfig, image: &Image) -> Result<SystemArea, BuildError> {
+    let ram_end = check_ram(config)?;
     if config.privilege == Privilege::User && image.mode != CpuMode::Long {
         return Err(ArchError::UserNeedsLongMode.into());
     }
@@ -125,6 +132,13 @@ fn check(config: &MachineConfig, image: &Image) -> Result<SystemArea, BuildError
                 human_size(SYSTEM_AREA_SIZE)
             ),
         ),
+    };
+    let hint = if image.linux_program {
+        " (this looks like a Linux program, linked at the usual user address: run it with \
+         `rypervisor exec`, which gives it a Linux process; `run` is for bare guests)"
+            .to_string()
+    } else {
+        hint
     };
     image.check_fits(config.ram_base, usable_end, &hint)?;
     Ok(area)

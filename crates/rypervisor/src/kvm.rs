@@ -32,6 +32,9 @@ pub enum KvmError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The path exists, but opening it reaches no device.
+    #[error("{0} exists but is not the KVM device (opening it reaches no device): give --kvm-device /dev/kvm")]
+    NotADevice(PathBuf),
     /// The file opened but does not answer KVM ioctls.
     #[error("{0} is not a KVM device (KVM_GET_API_VERSION failed: {1})")]
     NotKvm(PathBuf, vmm_sys_util::errno::Error),
@@ -118,6 +121,8 @@ impl KvmSystem {
 /// Maps an `open(2)` errno on the KVM device to an error that tells the user what to do.
 pub fn open_error(path: &Path, errno: i32) -> KvmError {
     match errno {
+        // A device node whose driver is not there: not KVM, if the node itself exists.
+        libc::ENODEV | libc::ENXIO if path.exists() => KvmError::NotADevice(path.to_owned()),
         libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::Missing(path.to_owned()),
         libc::EACCES | libc::EPERM => KvmError::PermissionDenied(path.to_owned()),
         e => KvmError::Open {
@@ -139,6 +144,12 @@ mod tests {
             .contains("kvm_intel"));
         assert!(open_error(p, libc::EACCES).to_string().contains("group"));
         assert!(matches!(open_error(p, libc::EIO), KvmError::Open { .. }));
+        // /dev/tty without a controlling terminal: ENXIO on a node that exists.
+        let tty = open_error(Path::new("/dev/tty"), libc::ENXIO);
+        assert!(matches!(tty, KvmError::NotADevice(_)), "{tty}");
+        assert!(open_error(Path::new("/no/kvm"), libc::ENXIO)
+            .to_string()
+            .contains("does not exist"));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod cpu_template;
 pub mod devices;
 pub mod disasm;
 pub mod explain;
+pub mod hostfile;
 pub mod info;
 pub mod kvm;
 pub mod loader;

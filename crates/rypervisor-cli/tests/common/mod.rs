@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use iced_x86::code_asm::*;
 use object::write::elf::{FileHeader, ProgramHeader, Writer};
@@ -138,4 +139,54 @@ pub fn elf(is_64: bool, machine: u16, addr: u64, code: &[u8]) -> Vec<u8> {
     w.pad_until(offset);
     w.write(code);
     buf
+}
+
+/// How a measured run ended.
+#[derive(Debug)]
+pub struct Measured {
+    pub status: i32,
+    pub stderr: String,
+    /// Peak resident set of the VMM process, in MiB.
+    pub peak_mib: u64,
+    pub took: Duration,
+}
+
+/// Runs `rypervisor ARGS` with the given stdin and stdout, and measures it.
+pub fn measured(args: &[&str], stdin: Stdio, stdout: Stdio) -> Measured {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args(args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rypervisor");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let (mut status, mut usage) = (0, unsafe_zeroed_rusage());
+    // SAFETY: waiting for our own child with live out-parameters; the Child is not waited
+    // for again (it is dropped below without wait).
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    std::mem::forget(child);
+    assert!(
+        libc::WIFEXITED(status),
+        "rypervisor died by signal {}",
+        libc::WTERMSIG(status)
+    );
+    Measured {
+        status: libc::WEXITSTATUS(status),
+        stderr: reader.join().unwrap(),
+        peak_mib: usage.ru_maxrss as u64 / 1024,
+        took: started.elapsed(),
+    }
+}
+
+fn unsafe_zeroed_rusage() -> libc::rusage {
+    // SAFETY: rusage is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
 }

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -21,17 +22,22 @@ use crate::bus::{AddressSpace, Bus, SharedDevice};
 use crate::cpu_template;
 use crate::devices::i8042::{self, I8042};
 use crate::devices::misc::{BootMarker, Sink, BOOT_MARKER_PORT};
+use crate::devices::output::{BoundedOutput, GiveUp};
 use crate::devices::rtc::{self, Rtc};
 use crate::devices::serial::{EventFdTrigger, COM1, REGISTERS};
 use crate::devices::{SerialDevice, StopSignal};
+use crate::hostfile::{self, HostFileError};
 use crate::kvm::{ioctl, KvmSystem};
-use crate::loader::kernel::{detect, KernelFile, HEAD_BYTES};
+use crate::loader::kernel::{self, detect, KernelFile};
 use crate::memory::GuestRam;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 
 /// The UART's interrupt line (COM1).
 const SERIAL_IRQ: u32 = 4;
+/// How much of a kernel file is read to check it: the bzImage setup header, or an ELF's
+/// header and program headers.
+const ELF_HEAD_BYTES: usize = 64 << 10;
 
 /// Builds the VM for `config`, with the guest console going to `console`.
 pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<LinuxVm, BootError> {
@@ -39,7 +45,7 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
     config.check()?;
     let initrd = read_initrd(&config)?;
     let cmdline = command_line(&config)?;
-    let (mut kernel_file, kind) = open_kernel(&config.kernel)?;
+    let (mut kernel_file, kind) = open_kernel(&config.kernel, config.mem)?;
     // The VM, its interrupt controllers and memory.
     let kvm = KvmSystem::open(&config.kvm_device)?;
     let vm = create_vm(&kvm, config.cpus)?;
@@ -74,22 +80,27 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
     ))
 }
 
-/// The initrd's bytes, refused early when they cannot fit above the kernel.
+/// The initrd's bytes, refused before reading when they cannot fit above the kernel.
 fn read_initrd(config: &BootConfig) -> Result<Option<Vec<u8>>, BootError> {
     let Some(path) = &config.initrd else {
         return Ok(None);
     };
-    let bytes = std::fs::read(path).map_err(|source| BootError::ReadInitrd {
-        path: path.clone(),
-        source,
-    })?;
-    if bytes.len() as u64 >= config.mem - layout::HIGH_MEM {
+    let (file, size) = hostfile::open_regular("initrd", path, u64::MAX, "")?;
+    if size >= config.mem - layout::HIGH_MEM {
         return Err(BootError::InitrdTooLarge {
             path: path.clone(),
-            size: bytes.len() as u64,
+            size,
             mem: config.mem,
         });
     }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(size)
+        .read_to_end(&mut bytes)
+        .map_err(|source| HostFileError::Read {
+            what: "initrd",
+            path: path.clone(),
+            source,
+        })?;
     Ok(Some(bytes))
 }
 
@@ -109,16 +120,27 @@ fn command_line(config: &BootConfig) -> Result<String, BootError> {
     Ok(cmdline)
 }
 
-/// Opens the kernel and tells its format from its first bytes.
-fn open_kernel(path: &Path) -> Result<(File, KernelFile), BootError> {
-    let read_err = |source| BootError::ReadKernel {
-        path: path.to_path_buf(),
-        source,
+/// Opens the kernel (a regular file, never blocking), tells its format from its first bytes
+/// and checks its headers against the boot protocol and the guest's memory.
+fn open_kernel(path: &Path, mem: u64) -> Result<(File, KernelFile), BootError> {
+    // linux-loader reads only what it loads, so the file's size is not a limit by itself.
+    let (file, size) = hostfile::open_regular("kernel", path, u64::MAX, "")?;
+    let mut head = vec![0u8; (size as usize).min(ELF_HEAD_BYTES)];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|source| HostFileError::Read {
+            what: "kernel",
+            path: path.into(),
+            source,
+        })?;
+    let kind = detect(&head).ok_or_else(|| BootError::NotAKernel(path.to_path_buf()))?;
+    let checked = match kind {
+        KernelFile::BzImage => kernel::check_bzimage(&head, size, mem),
+        KernelFile::Elf => kernel::check_vmlinux(&head, mem),
     };
-    let mut file = File::open(path).map_err(read_err)?;
-    let mut head = vec![0u8; HEAD_BYTES];
-    let n = file.read(&mut head).map_err(read_err)?;
-    let kind = detect(&head[..n]).ok_or_else(|| BootError::NotAKernel(path.to_path_buf()))?;
+    checked.map_err(|source| BootError::BadKernel {
+        path: path.into(),
+        source,
+    })?;
     Ok((file, kind))
 }
 
@@ -233,9 +255,11 @@ fn create_devices(
     vm.fd
         .register_irqfd(&irq, SERIAL_IRQ)
         .map_err(ioctl("KVM_IRQFD"))?;
+    let give_up = GiveUp::new();
+    let console = BoundedOutput::new(console, give_up.clone()).map_err(BootError::Thread)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         EventFdTrigger(irq),
-        Box::new(ConsoleWatch::new(console, events.clone())),
+        Box::new(ConsoleWatch::new(Box::new(console), events.clone())),
         None,
     )));
     let marker = BootMarker::new(config.origin);
@@ -263,5 +287,6 @@ fn create_devices(
         events,
         serial,
         marker,
+        give_up,
     })
 }

@@ -20,11 +20,15 @@ pub struct ConsoleEvents {
     pub halted: AtomicBool,
     /// "Kernel panic - not syncing".
     pub panic: AtomicBool,
+    /// "reboot: Restarting system": a reset the guest asked for (`reboot`).
+    pub restarting: AtomicBool,
 }
 
 /// Lines that mean the guest stopped (printed by `kernel/reboot.c` before halting).
 const HALTED: [&str; 2] = ["reboot: System halted", "reboot: Power down"];
 const PANIC: &str = "Kernel panic - not syncing";
+/// Printed by `kernel_restart()` before a reboot the guest asked for.
+const RESTARTING: &str = "reboot: Restarting system";
 
 /// A writer that forwards to `out` and watches complete lines.
 pub struct ConsoleWatch {
@@ -51,6 +55,9 @@ impl ConsoleWatch {
         if text.contains(PANIC) {
             self.events.panic.store(true, Ordering::Release);
         }
+        if text.contains(RESTARTING) {
+            self.events.restarting.store(true, Ordering::Release);
+        }
         self.line.clear();
     }
 }
@@ -64,11 +71,8 @@ impl Write for ConsoleWatch {
                 self.line.push(b);
             }
         }
-        // The guest's console is unbuffered: flush at each write (one byte per UART write).
+        // The writer behind is a bounded output whose own thread writes promptly: no flush.
         self.out.write_all(buf)?;
-        if buf.contains(&b'\n') {
-            self.out.flush()?;
-        }
         Ok(buf.len())
     }
 
@@ -78,54 +82,86 @@ impl Write for ConsoleWatch {
 }
 
 /// Reads stdin-like `input` and feeds the guest console, handling the Ctrl-A escape:
-/// Ctrl-A x ends the VM, Ctrl-A Ctrl-A sends one Ctrl-A. Runs until `input` ends.
+/// Ctrl-A x ends the VM, Ctrl-A Ctrl-A sends one Ctrl-A. Runs until `input` ends or the VM
+/// is gone. Input the guest does not read waits in the UART's bounded queue, and this thread
+/// with it (it reads no more than the queue takes).
 pub fn console_input(
     mut input: Box<dyn Read + Send>,
     serial: Arc<Mutex<SerialDevice<EventFdTrigger>>>,
     stop: Arc<StopSignal>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let queue = serial
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .input_queue();
     std::thread::Builder::new()
         .name("console-input".into())
         .spawn(move || {
             let mut buf = [0u8; 256];
-            let mut escape = false;
+            let mut escape = Escape::default();
             loop {
                 let n = match input.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return queue.end(),
                     Ok(n) => n,
                 };
-                let mut out = Vec::with_capacity(n);
-                for &b in &buf[..n] {
-                    match (escape, b) {
-                        (false, 0x01) => escape = true,
-                        (false, b) => out.push(b),
-                        (true, b'x') | (true, b'X') => {
-                            stop.request(USER_QUIT);
-                            return;
-                        }
-                        (true, b) => {
-                            escape = false;
-                            out.push(0x01);
-                            if b != 0x01 {
-                                out.push(b);
-                            }
-                        }
-                    }
+                let Some(out) = escape.filter(&buf[..n]) else {
+                    stop.request(USER_QUIT);
+                    return;
+                };
+                // Wait for room without holding the device's lock, then let the UART take it.
+                if !queue.push(&out) {
+                    return;
                 }
-                if !out.is_empty() {
-                    serial
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_input(&out);
-                }
+                serial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pump_input();
             }
         })
+}
+
+/// The Ctrl-A escape state.
+#[derive(Debug, Default)]
+struct Escape {
+    pending: bool,
+}
+
+impl Escape {
+    /// The bytes for the guest, or `None` on Ctrl-A x.
+    fn filter(&mut self, input: &[u8]) -> Option<Vec<u8>> {
+        const CTRL_A: u8 = 0x01;
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            match (self.pending, b) {
+                (false, CTRL_A) => self.pending = true,
+                (false, b) => out.push(b),
+                (true, b'x') | (true, b'X') => return None,
+                (true, b) => {
+                    self.pending = false;
+                    out.push(CTRL_A);
+                    if b != CTRL_A {
+                        out.push(b);
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::SharedBuffer;
+
+    #[test]
+    fn ctrl_a_escapes() {
+        let mut e = Escape::default();
+        assert_eq!(e.filter(b"ab\x01\x01c"), Some(b"ab\x01c".to_vec()));
+        assert_eq!(e.filter(b"\x01"), Some(vec![]));
+        assert_eq!(e.filter(b"z"), Some(b"\x01z".to_vec()));
+        assert_eq!(e.filter(b"q\x01x"), None);
+    }
 
     #[test]
     fn notices_halt_and_panic_lines_and_passes_everything_on() {

@@ -29,7 +29,9 @@ pub use console::console_input;
 pub use run::LinuxVm;
 
 use crate::cpu_template::CpuTemplate;
+use crate::hostfile::{shown, HostFileError};
 use crate::kvm::{IoctlError, KvmError, DEFAULT_DEVICE};
+use crate::loader::kernel::KernelError;
 use crate::memory::{human_size, MemoryError};
 use crate::vcpu::kick::KickError;
 use crate::vcpu::{ExitStats, VcpuError};
@@ -45,29 +47,27 @@ pub const USER_QUIT: u8 = 0xfe;
 /// Errors preparing or running a Linux guest.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// The kernel file cannot be read.
-    #[error("cannot read kernel {path}: {source}")]
-    ReadKernel {
+    /// The kernel or initrd cannot be opened or read, or is not a regular file.
+    #[error(transparent)]
+    File(#[from] HostFileError),
+    /// The kernel's header says it cannot boot here.
+    #[error("cannot load kernel {}: {source}", shown(path))]
+    BadKernel {
         /// The path.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The initrd cannot be read.
-    #[error("cannot read initrd {path}: {source}")]
-    ReadInitrd {
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// What is wrong.
+        source: KernelError,
     },
     /// Neither a bzImage nor an ELF.
     #[error(
-        "{0} is not a Linux kernel: expected a bzImage (\"HdrS\" boot header) or an ELF vmlinux"
+        "{} is not a Linux kernel: expected a bzImage (\"HdrS\" boot header) or an ELF vmlinux", shown(.0)
     )]
     NotAKernel(PathBuf),
     /// linux-loader refused the image.
-    #[error("cannot load kernel {path} ({format}): {source} (truncated or corrupt?)")]
+    #[error(
+        "cannot load kernel {} ({format}): {source} (truncated or corrupt?)",
+        shown(path)
+    )]
     Load {
         /// The path.
         path: PathBuf,
@@ -77,7 +77,7 @@ pub enum BootError {
         source: linux_loader::loader::Error,
     },
     /// The initrd does not fit.
-    #[error("initrd {path} ({}) does not fit in guest memory ({}) above the kernel: raise --mem", human_size(*size), human_size(*mem))]
+    #[error("initrd {} ({}) does not fit in guest memory ({}) above the kernel: raise --mem", shown(path), human_size(*size), human_size(*mem))]
     InitrdTooLarge {
         /// The path.
         path: PathBuf,
@@ -224,7 +224,7 @@ pub enum Ending {
     /// The kernel halted after `poweroff`/`halt` ("reboot: System halted" / "Power down").
     PoweredOff,
     /// The guest reset the machine (i8042 reset, triple fault or a reset system event)
-    /// without a panic on the console.
+    /// after asking for it ("reboot: Restarting system" on the console).
     Reset,
     /// The console showed a kernel panic (and then the guest reset, with `panic=1`).
     Panic,

@@ -17,6 +17,7 @@ use super::{BootConfig, BootError, BootReport, Ending, KernelFormat, USER_QUIT};
 use crate::bus::Bus;
 use crate::cpu_template::{self, CpuTemplate, Workaround};
 use crate::devices::misc::BootMarker;
+use crate::devices::output::GiveUp;
 use crate::devices::serial::EventFdTrigger;
 use crate::devices::{SerialDevice, StopSignal};
 use crate::kvm::{ioctl, KvmSystem};
@@ -28,6 +29,8 @@ use crate::vm::Vm;
 
 /// How often the supervisor looks at the console, the stop signal and the clock.
 const POLL: Duration = Duration::from_millis(10);
+/// How long console output still buffered at the end may take to reach stdout.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// The devices a booted guest has, and the handles the supervisor watches.
 pub struct Devices {
@@ -41,6 +44,8 @@ pub struct Devices {
     pub serial: Arc<Mutex<SerialDevice<EventFdTrigger>>>,
     /// The boot-marker port.
     pub marker: BootMarker,
+    /// When console output stops waiting for a stdout that does not drain.
+    pub give_up: Arc<GiveUp>,
 }
 
 /// A prepared Linux VM.
@@ -159,7 +164,16 @@ impl LinuxVm {
             threads.push((kicker, handle));
         }
         drop(tx);
-        let ending = self.supervise(&rx);
+        let deadline = self.config.timeout.map(|t| Instant::now() + t);
+        if let Some(deadline) = deadline {
+            self.devices.give_up.at(deadline);
+        }
+        let ending = self.supervise(&rx, deadline);
+        // What is still buffered for the console gets a moment to drain, unless time is up.
+        match ending {
+            Ending::TimedOut => self.devices.give_up.now(),
+            _ => self.devices.give_up.at(Instant::now() + DRAIN),
+        }
         // Stop every vCPU: raise the flag, then kick each once (immediate_exit makes the kick
         // stick even when it lands between two KVM_RUNs).
         shared.stopping.store(true, Ordering::Release);
@@ -187,8 +201,7 @@ impl LinuxVm {
     }
 
     /// Waits for the guest's end: a vCPU's report, the console, the stop signal, the clock.
-    fn supervise(&self, rx: &mpsc::Receiver<Ending>) -> Ending {
-        let deadline = self.config.timeout.map(|t| Instant::now() + t);
+    fn supervise(&self, rx: &mpsc::Receiver<Ending>, deadline: Option<Instant>) -> Ending {
         loop {
             let message = rx.recv_timeout(POLL);
             match message {
@@ -214,11 +227,21 @@ impl LinuxVm {
         }
     }
 
+    /// A reset is the guest's own request only after "reboot: Restarting system" (or the
+    /// reboot a panic ends in); any other reset — a triple fault at entry, a kernel that
+    /// cannot run — is a crash.
     fn reset_ending(&self) -> Ending {
-        if self.devices.events.panic.load(Ordering::Acquire) {
+        let events = &self.devices.events;
+        if events.panic.load(Ordering::Acquire) {
             Ending::Panic
-        } else {
+        } else if events.restarting.load(Ordering::Acquire) {
             Ending::Reset
+        } else {
+            Ending::Crashed(
+                "the guest reset the machine without asking for it (no \"reboot: Restarting \
+                 system\" on the console): a triple fault, or a kernel that cannot run here"
+                    .into(),
+            )
         }
     }
 }

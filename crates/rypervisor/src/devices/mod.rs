@@ -1,10 +1,12 @@
 //! Device models. Each knows its registers and nothing of buses or ports: the machine maps
 //! it on the [`Bus`](crate::bus::Bus) and hands it what it needs to reach the outside world
-//! (an output stream, an interrupt trigger, a [`StopSignal`]).
+//! (an output stream, an interrupt trigger, a [`StopSignal`]). [`output`] keeps a slow or
+//! unread output stream from stalling a vCPU.
 
 pub mod exit;
 pub mod i8042;
 pub mod misc;
+pub mod output;
 pub mod rtc;
 pub mod serial;
 

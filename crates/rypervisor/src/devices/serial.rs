@@ -1,9 +1,11 @@
 //! The 8250/16550 UART: vm-superio's [`Serial`] on the bus, its output wired to a writer
-//! (stdout for `rypervisor run`) and its input, once the guest first reads the UART, fed
-//! from a reader (stdin) by a helper thread.
+//! (stdout for `rypervisor run`, through a [`BoundedOutput`](super::output::BoundedOutput))
+//! and its input, once the guest first reads the UART, fed from a reader (stdin) by a helper
+//! thread through a bounded [`InputQueue`].
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use vm_superio::{Serial, Trigger};
@@ -43,23 +45,109 @@ impl Trigger for EventFdTrigger {
     }
 }
 
+/// Host input waiting for the guest: a small bounded buffer between the thread that reads
+/// the host side (stdin) and the UART's 64-byte receive FIFO. The reading thread waits while
+/// it is full, so input the guest does not take costs at most [`INPUT_BUFFER`] bytes, like a
+/// real UART behind a terminal with flow control.
+#[derive(Debug, Default)]
+pub struct InputQueue {
+    state: Mutex<InputState>,
+    room: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct InputState {
+    bytes: VecDeque<u8>,
+    /// The host side ended (EOF): no more input.
+    ended: bool,
+    /// The device is gone: producers stop.
+    closed: bool,
+}
+
+/// Room for host input beyond the UART's FIFO.
+pub const INPUT_BUFFER: usize = 4096;
+
+impl InputQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InputState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `data`, waiting while the buffer is full. Returns false once the device is
+    /// gone (the producer should stop).
+    pub fn push(&self, mut data: &[u8]) -> bool {
+        let mut state = self.lock();
+        while !data.is_empty() {
+            if state.closed {
+                return false;
+            }
+            let room = INPUT_BUFFER.saturating_sub(state.bytes.len());
+            if room == 0 {
+                state = self.room.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let n = room.min(data.len());
+            state.bytes.extend(&data[..n]);
+            data = &data[n..];
+        }
+        !state.closed
+    }
+
+    /// The host side has no more input.
+    pub fn end(&self) {
+        self.lock().ended = true;
+    }
+
+    /// Moves up to `max` queued bytes into `sink` (which takes as many as it can and says
+    /// how many).
+    fn drain_into(&self, max: usize, sink: impl FnOnce(&[u8]) -> usize) {
+        let mut state = self.lock();
+        if state.bytes.is_empty() || max == 0 {
+            return;
+        }
+        let mut chunk = [0u8; 64];
+        let n = max.min(chunk.len()).min(state.bytes.len());
+        for (d, s) in chunk.iter_mut().zip(state.bytes.iter()) {
+            *d = *s;
+        }
+        let taken = sink(&chunk[..n]).min(n);
+        state.bytes.drain(..taken);
+        drop(state);
+        self.room.notify_all();
+    }
+
+    fn is_done(&self) -> bool {
+        let state = self.lock();
+        state.ended && state.bytes.is_empty()
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.room.notify_all();
+    }
+}
+
 enum Input {
     /// Not read yet: the source is untouched until the guest reads the UART.
     Idle(Box<dyn Read + Send>),
-    /// Bytes arrive from a reader thread.
-    Running(Receiver<Vec<u8>>),
-    /// No input (none configured, or end of file).
-    Closed,
+    /// Bytes arrive through the queue (from our reader thread, or pushed by the VMM).
+    Queued,
+    /// No input configured.
+    None,
 }
 
 /// A UART: vm-superio's register model plus host-side input and output.
 pub struct SerialDevice<T: Trigger = NoInterrupt> {
     uart: Serial<T, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
     input: Input,
-    /// Bytes received from the input but not yet taken by the FIFO.
-    pending: Vec<u8>,
+    queue: Arc<InputQueue>,
     /// Whether a failed output write was already reported (reported once, not per byte).
     output_failed: bool,
+}
+
+impl<T: Trigger> Drop for SerialDevice<T> {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl<T: Trigger> SerialDevice<T> {
@@ -68,42 +156,32 @@ impl<T: Trigger> SerialDevice<T> {
     pub fn new(irq: T, out: Box<dyn Write + Send>, input: Option<Box<dyn Read + Send>>) -> Self {
         Self {
             uart: Serial::new(irq, out),
-            input: input.map_or(Input::Closed, Input::Idle),
-            pending: Vec::new(),
+            input: input.map_or(Input::None, Input::Idle),
+            queue: Arc::default(),
             output_failed: false,
         }
     }
 
-    /// Moves available input into the UART's receive FIFO, without blocking.
-    fn pump_input(&mut self) {
-        self.input = match std::mem::replace(&mut self.input, Input::Closed) {
-            Input::Idle(source) => start_reader(source),
-            other => other,
-        };
-        if let Input::Running(rx) = &self.input {
-            loop {
-                match rx.try_recv() {
-                    Ok(bytes) => self.pending.extend_from_slice(&bytes),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.input = Input::Closed;
-                        break;
-                    }
-                }
-            }
-        }
-        if !self.pending.is_empty() {
-            if let Ok(n) = self.uart.enqueue_raw_bytes(&self.pending) {
-                self.pending.drain(..n);
-            }
-        }
+    /// The input queue, for a VMM that pushes host input itself (an interrupt-driven
+    /// console): push there (it waits while full; never hold the device's lock meanwhile),
+    /// then call [`SerialDevice::pump_input`].
+    pub fn input_queue(&mut self) -> Arc<InputQueue> {
+        self.input = Input::Queued;
+        self.queue.clone()
     }
 
-    /// Queues host input pushed by the VMM (an interrupt-driven console): as much as the
-    /// receive FIFO takes now (raising the interrupt), the rest when the guest drains it.
-    pub fn push_input(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-        self.pump_input();
+    /// Moves queued input into the UART's receive FIFO (raising the interrupt), without
+    /// blocking; starts the reader thread on the first call.
+    pub fn pump_input(&mut self) {
+        if let Input::Idle(source) = std::mem::replace(&mut self.input, Input::Queued) {
+            if start_reader(source, self.queue.clone()).is_err() {
+                self.input = Input::None;
+            }
+        }
+        let uart = &mut self.uart;
+        self.queue.drain_into(uart.fifo_capacity(), |bytes| {
+            uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+        });
     }
 
     /// Flushes the output stream.
@@ -112,34 +190,32 @@ impl<T: Trigger> SerialDevice<T> {
     }
 }
 
-/// Reads `source` on a helper thread, so a guest polling the UART never blocks the vCPU.
-fn start_reader(mut source: Box<dyn Read + Send>) -> Input {
-    let (tx, rx) = mpsc::channel();
-    let spawned = thread::Builder::new()
+/// Reads `source` on a helper thread into `queue`, so a guest polling the UART never blocks
+/// the vCPU.
+fn start_reader(mut source: Box<dyn Read + Send>, queue: Arc<InputQueue>) -> std::io::Result<()> {
+    thread::Builder::new()
         .name("serial-input".into())
         .spawn(move || {
             let mut buf = [0u8; 256];
             loop {
                 match source.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
+                    Ok(n) if !queue.push(&buf[..n]) => return,
+                    Ok(_) => {}
                 }
             }
-        });
-    if spawned.is_ok() {
-        Input::Running(rx)
-    } else {
-        Input::Closed
-    }
+            queue.end();
+        })
+        .map(drop)
 }
 
 impl<T: Trigger + Send> BusDevice for SerialDevice<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let input_possible = !matches!(self.input, Input::Closed) || !self.pending.is_empty();
+        let input_possible = match self.input {
+            Input::None => false,
+            Input::Idle(_) => true,
+            Input::Queued => !self.queue.is_done(),
+        };
         if (offset == LSR || offset == RBR) && input_possible {
             self.pump_input();
         }

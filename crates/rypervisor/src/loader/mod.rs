@@ -19,6 +19,7 @@ use object::Endianness;
 use serde::Serialize;
 
 use crate::arch::CpuMode;
+use crate::hostfile::{read_regular, HostFileError};
 
 /// Where flat binaries load when no address is given.
 pub const DEFAULT_LOAD: u64 = 0x1000;
@@ -26,14 +27,9 @@ pub const DEFAULT_LOAD: u64 = 0x1000;
 /// Errors reading or checking an image.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// Path.
-        path: String,
-        /// OS error.
-        source: std::io::Error,
-    },
+    /// The file cannot be read, is not a regular file, or does not fit.
+    #[error(transparent)]
+    File(#[from] HostFileError),
     /// The file is empty.
     #[error("{0}: the image is empty")]
     Empty(String),
@@ -114,6 +110,9 @@ pub struct Image {
     pub mode: CpuMode,
     /// Where it came from.
     pub format: ImageFormat,
+    /// It looks like a Linux program (a 64-bit ELF linked at the usual user address with a
+    /// GNU stack header), which `rypervisor exec` runs, rather than a bare guest.
+    pub linux_program: bool,
 }
 
 /// How to treat a flat binary (ignored for ELF, except for consistency checks).
@@ -148,15 +147,13 @@ impl Image {
             entry: entry.unwrap_or(load),
             mode,
             format: ImageFormat::Flat,
+            linux_program: false,
         })
     }
 
-    /// Reads an image file and detects its format.
-    pub fn from_file(path: &Path, opts: FlatOptions) -> Result<Self, LoaderError> {
-        let bytes = std::fs::read(path).map_err(|source| LoaderError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+    /// Reads an image file of at most `limit` bytes (guest RAM) and detects its format.
+    pub fn from_file(path: &Path, opts: FlatOptions, limit: u64) -> Result<Self, LoaderError> {
+        let bytes = read_regular("image", path, limit, "guest memory (--mem)")?;
         if bytes.is_empty() {
             return Err(LoaderError::Empty(path.display().to_string()));
         }
@@ -267,7 +264,12 @@ fn parse_elf<H: FileHeader<Endian = Endianness>>(
             "no loadable (PT_LOAD) segments".into(),
         ));
     }
+    let gnu_stack = phdrs
+        .iter()
+        .any(|ph| ph.p_type(endian) == elf::PT_GNU_STACK);
+    let lowest = segments.iter().map(|s| s.addr).min().unwrap_or(0);
     Ok(Image {
+        linux_program: mode == CpuMode::Long && gnu_stack && lowest >= 0x40_0000,
         segments,
         entry: header.e_entry(endian).into(),
         mode,

@@ -16,6 +16,7 @@ pub use report::{ExceptionInfo, Outcome, RunReport};
 use crate::arch::{self, CpuMode, ExceptionFrame, Gpr, Privilege, SystemArea};
 use crate::bus::{AddressSpace, Bus, BusError, SharedDevice};
 use crate::devices::exit::EXIT_PORT;
+use crate::devices::output::{BoundedOutput, GiveUp};
 use crate::devices::serial::{COM1, REGISTERS};
 use crate::devices::{ExitDevice, NoInterrupt, SerialDevice, StopSignal};
 use crate::disasm::{self, Decoded};
@@ -38,6 +39,9 @@ pub enum MachineError {
     /// The timeout watchdog could not be set up.
     #[error("cannot set up the timeout: {0}")]
     Watchdog(#[from] WatchdogError),
+    /// A device's thread could not start.
+    #[error("cannot start a device thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// What to build.
@@ -83,6 +87,8 @@ pub struct Machine {
     pub(crate) mode: CpuMode,
     pub(crate) timeout: Option<Duration>,
     pub(crate) serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// When the UART's output stops waiting for a stream that does not drain.
+    pub(crate) give_up: Arc<GiveUp>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -108,13 +114,20 @@ impl Machine {
         Ok(self.bus.insert(space, base, len, name, device)?)
     }
 
-    /// Adds a 16550 UART at COM1 (port 0x3f8) writing to `out` and reading from `input`.
+    /// Adds a 16550 UART at COM1 (port 0x3f8) writing to `out` (through a bounded buffer
+    /// drained by a thread of its own, so a stream that does not drain stalls the guest only
+    /// until the time limit) and reading from `input`.
     pub fn add_serial(
         &mut self,
         out: Box<dyn Write + Send>,
         input: Option<Box<dyn Read + Send>>,
     ) -> Result<(), MachineError> {
-        let serial = Arc::new(Mutex::new(SerialDevice::new(NoInterrupt, out, input)));
+        let out = BoundedOutput::new(out, self.give_up.clone()).map_err(MachineError::Thread)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            NoInterrupt,
+            Box::new(out),
+            input,
+        )));
         self.add_device(
             AddressSpace::Pio,
             u64::from(COM1),
@@ -174,6 +187,9 @@ impl Machine {
             Some(_) => Some(Watchdog::new()?),
             None => None,
         };
+        if let Some(limit) = self.timeout {
+            self.give_up.at(std::time::Instant::now() + limit);
+        }
         let kicker = self.vcpu.kicker();
         let watchdog = dog
             .as_ref()

@@ -17,6 +17,7 @@ use super::run::Sandbox;
 use super::usermem::UserMemory;
 use super::{layout, Policy, SandboxError, DEFAULT_MEM, MAX_STACK};
 use crate::arch::rflags;
+use crate::hostfile::read_regular;
 use crate::kvm::{ioctl, KvmSystem, DEFAULT_DEVICE};
 use crate::memory::PAGE_SIZE;
 use crate::vcpu::Vcpu;
@@ -27,7 +28,7 @@ use crate::watchdog::Watchdog;
 #[derive(Clone, Debug)]
 pub struct SandboxBuilder {
     name: String,
-    bytes: Vec<u8>,
+    program: Source,
     args: Vec<String>,
     env: Vec<String>,
     mem: u64,
@@ -40,9 +41,13 @@ pub struct SandboxBuilder {
 impl SandboxBuilder {
     /// A sandbox for the program in `bytes`, called `name` in messages and argv[0].
     pub fn new(name: &str, bytes: Vec<u8>) -> Self {
+        Self::with_source(name, Source::Bytes(bytes))
+    }
+
+    fn with_source(name: &str, program: Source) -> Self {
         Self {
             name: name.into(),
-            bytes,
+            program,
             args: vec![name.into()],
             env: Vec::new(),
             mem: DEFAULT_MEM,
@@ -53,13 +58,13 @@ impl SandboxBuilder {
         }
     }
 
-    /// A sandbox for the program file at `path`.
+    /// A sandbox for the program file at `path`. The file is read by [`build`](Self::build),
+    /// once the memory size is known: it must be a regular file no larger than that.
     pub fn from_file(path: &Path) -> Result<Self, SandboxError> {
-        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Ok(Self::new(&path.display().to_string(), bytes))
+        Ok(Self::with_source(
+            &path.display().to_string(),
+            Source::File(path.to_path_buf()),
+        ))
     }
 
     /// The whole argv, argv[0] included.
@@ -108,7 +113,11 @@ impl SandboxBuilder {
     pub fn build(self) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         // Cheap checks first: a bad program or size fails before any KVM work.
-        let program = Program::parse(&self.name, self.bytes)?;
+        let bytes = match self.program {
+            Source::Bytes(bytes) => bytes,
+            Source::File(path) => read_regular("program", &path, self.mem, "guest memory (--mem)")?,
+        };
+        let program = Program::parse(&self.name, bytes)?;
         layout::check_mem(self.mem)?;
         let stack_size = (self.mem / 8).min(MAX_STACK) & !(PAGE_SIZE - 1);
         program.check_fits(&self.name, self.mem - stack_size, self.mem)?;
@@ -157,6 +166,15 @@ impl SandboxBuilder {
             started.elapsed(),
         ))
     }
+}
+
+/// Where the program comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// Its bytes.
+    Bytes(Vec<u8>),
+    /// A file, read at build time.
+    File(PathBuf),
 }
 
 /// A CPUID leaf (index 0) of what KVM supports.

@@ -38,8 +38,6 @@ pub mod run;
 pub mod usermem;
 pub mod warm;
 
-use std::path::PathBuf;
-
 pub use builder::SandboxBuilder;
 pub use exit::{fault_status, Exit, Fault};
 pub use host::{BufferHost, Host, StdHost};
@@ -49,6 +47,7 @@ pub use program::{Program, ProgramError};
 pub use run::{RunStats, Sandbox};
 pub use warm::{Reply, ResetStats, Snapshot, WarmSandbox};
 
+use crate::hostfile::HostFileError;
 use crate::kvm::{IoctlError, KvmError};
 use crate::memory::MemoryError;
 use crate::vcpu::VcpuError;
@@ -76,14 +75,9 @@ pub enum SandboxError {
     /// The program cannot run here.
     #[error(transparent)]
     Program(#[from] ProgramError),
-    /// The program file cannot be read.
-    #[error("cannot read program {path}: {source}")]
-    Read {
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The program file cannot be read, is not a regular file, or is larger than memory.
+    #[error(transparent)]
+    File(#[from] HostFileError),
     /// An ioctl failed.
     #[error(transparent)]
     Ioctl(#[from] IoctlError),

@@ -6,6 +6,14 @@ use std::path::{Component, Path, PathBuf};
 /// Errors building a policy.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// An `--allow-read` path inside the host's pseudo file systems.
+    #[error("--allow-read {path}: {root} is the host's live kernel state, not files (/proc/self would be rypervisor itself): it cannot be allowed")]
+    Pseudo {
+        /// The path given.
+        path: PathBuf,
+        /// The pseudo file system it resolves into.
+        root: &'static str,
+    },
     /// An `--allow-read` path does not exist or cannot be resolved.
     #[error("--allow-read {path}: {source}")]
     BadPath {
@@ -26,6 +34,14 @@ pub struct Policy {
     pub strict: bool,
 }
 
+/// The host's pseudo file systems: never readable, even under an allowed root such as `/`.
+const PSEUDO_ROOTS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// The pseudo file system `path` (canonical) lies in, if any.
+fn pseudo_root(path: &Path) -> Option<&'static str> {
+    PSEUDO_ROOTS.into_iter().find(|root| path.starts_with(root))
+}
+
 /// Exit status of a program ended by `--strict` (128 + SIGSYS).
 pub const STRICT_STATUS: i32 = 128 + 31;
 
@@ -37,6 +53,13 @@ impl Policy {
             path: path.to_path_buf(),
             source,
         })?;
+        // The VMM's own /proc/<pid>/mem, device nodes and sysfs knobs are not data.
+        if let Some(root) = pseudo_root(&canonical) {
+            return Err(PolicyError::Pseudo {
+                path: path.to_path_buf(),
+                root,
+            });
+        }
         self.allow_read.push(canonical);
         Ok(())
     }
@@ -73,10 +96,11 @@ impl Policy {
             }
         }
         let resolved = std::fs::canonicalize(&normal).ok()?;
-        self.allow_read
+        let allowed = self
+            .allow_read
             .iter()
-            .any(|root| resolved.starts_with(root))
-            .then_some(resolved)
+            .any(|root| resolved.starts_with(root));
+        (allowed && pseudo_root(&resolved).is_none()).then_some(resolved)
     }
 }
 
@@ -110,6 +134,18 @@ mod tests {
         assert_eq!(policy.check_read(b"/etc/passwd"), None);
         assert_eq!(policy.check_read(b"\xff\xfe"), None);
         assert!(policy.allow_read(Path::new("/no/such/dir")).is_err());
+        let err = policy.allow_read(Path::new("/proc/self")).unwrap_err();
+        assert!(
+            matches!(err, PolicyError::Pseudo { root: "/proc", .. }),
+            "{err}"
+        );
+        let mut everything = Policy::default();
+        everything.allow_read(Path::new("/")).unwrap();
+        assert!(everything
+            .check_read(a.to_str().unwrap().as_bytes())
+            .is_some());
+        assert_eq!(everything.check_read(b"/proc/self/mem"), None);
+        assert_eq!(everything.check_read(b"/dev/zero"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,7 +21,7 @@ use crate::bus::Bus;
 use crate::devices::StopSignal;
 use crate::disasm;
 use crate::kvm::KvmSystem;
-use crate::vcpu::{handle_exit, ExitAction, ExitStats, Stop, Vcpu};
+use crate::vcpu::{handle_exit, ExitAction, ExitKind, ExitStats, Stop, Vcpu};
 use crate::vm::Vm;
 use crate::watchdog::Watchdog;
 
@@ -244,12 +244,51 @@ impl Sandbox {
             ExitAction::Stop(Stop::Unexpected(name)) => {
                 Exit::Crashed(format!("unexpected VM exit {name}"))
             }
-            // Nothing is on the bus: an access to it is as unexpected as any other exit.
+            // Port I/O the program did itself (the I/O bitmap lets only the system-call port
+            // through, and only its `out` is a call): on Linux it would be a #GP, so SIGSEGV.
+            ExitAction::Continue
+                if matches!(exits.last, Some(ExitKind::IoIn | ExitKind::IoOut)) =>
+            {
+                self.port_io_fault()?
+            }
+            // Nothing is on the bus: any other access is as unexpected as any other exit.
             _ => {
                 let name = exits.last.map_or("?", |k| k.kvm_name());
                 Exit::Crashed(format!("unexpected VM exit {name}"))
             }
         })
+    }
+
+    /// The program's own `in`/`out`: a general-protection fault, as Linux gives it.
+    fn port_io_fault(&mut self) -> Result<Exit, SandboxError> {
+        const GP: u8 = 13;
+        let (regs, _) = self.vcpu.state()?;
+        Ok(Exit::Fault(Fault {
+            vector: GP,
+            error_code: Some(0),
+            rip: regs.rip,
+            rsp: regs.rsp,
+            address: None,
+            instruction: self.instruction_at(regs.rip),
+        }))
+    }
+
+    /// The instruction at `rip` disassembled, if it lies in program memory (the program may
+    /// have jumped anywhere, up to the top of the address space).
+    fn instruction_at(&self, rip: u64) -> String {
+        let size = self.mem.size();
+        if !layout::is_user(rip, 1, size) {
+            return String::new();
+        }
+        let mut bytes = [0u8; 15];
+        let len = (size - rip).min(15) as usize;
+        match self.mem.ram().read(rip, &mut bytes[..len]) {
+            Ok(()) => {
+                let d = disasm::decode(&bytes[..len], 64, rip);
+                format!("{} [{}]", d.text, disasm::hex(&d.bytes))
+            }
+            Err(_) => String::new(),
+        }
     }
 
     /// Serves the system call in the registers and completes it: `None` to continue the
@@ -319,25 +358,14 @@ impl Sandbox {
         let frame = ExceptionFrame::decode(vector, true, regs.rsp, &sregs, |addr| {
             ram.read_u64(addr).unwrap_or(u64::MAX)
         });
-        // The faulting instruction, if it lies in program memory (the program may have jumped
-        // anywhere, up to the top of the address space).
-        let (rip, size) = (frame.rip, self.mem.size());
-        let mut instruction = String::new();
-        if layout::is_user(rip, 1, size) {
-            let mut bytes = [0u8; 15];
-            let len = (size - rip).min(15) as usize;
-            if ram.read(rip, &mut bytes[..len]).is_ok() {
-                let d = disasm::decode(&bytes[..len], 64, rip);
-                instruction = format!("{} [{}]", d.text, disasm::hex(&d.bytes));
-            }
-        }
+        let rip = frame.rip;
         Ok(Exit::Fault(Fault {
             vector,
             error_code: frame.error_code,
+            instruction: self.instruction_at(rip),
             rip,
             rsp: frame.rsp,
             address: frame.cr2,
-            instruction,
         }))
     }
 }

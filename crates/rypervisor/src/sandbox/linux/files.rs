@@ -296,13 +296,15 @@ impl Process {
         let fd = (3..MAX_FDS)
             .find(|fd| !self.files.files.contains_key(fd))
             .ok_or(Errno::EMFILE)?;
+        // Non-blocking, so a FIFO cannot hang the VMM in open(2); only regular files are
+        // kept (for those, O_NONBLOCK changes nothing).
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&host)
             .map_err(|e| Errno::from_io(&e))?;
         if !file.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(Errno::EACCES.into()); // directories, devices
+            return Err(Errno::EACCES.into()); // directories, devices, FIFOs
         }
         self.files.files.insert(fd, file);
         Ok(i64::from(fd))

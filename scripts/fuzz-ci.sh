@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a fixed time (default 60 s each) with seed corpora made from the
+# tests' own inputs, so a regression that panics fails CI. cargo-fuzz builds with sanitizer
+# flags that need a nightly compiler; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+#
+# Usage: scripts/fuzz-ci.sh [SECONDS] [TARGET...]
+# Seeds: static C programs from crates/rypervisor/tests/programs (program), the recipe
+# kernel's bzImage and vmlinux heads when guest/build-kernel.sh has cached them (kernel),
+# tiny flat and ELF guests (image), sizes (size), and random registers (syscall).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall)
+export RUSTC_BOOTSTRAP=1
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz
+fi
+
+seeds="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-seeds.XXXXXX")"
+trap 'rm -rf "$seeds"' EXIT
+mkdir -p "$seeds"/{size,image,program,kernel,syscall}
+printf '64M' >"$seeds/size/a"; printf '2G' >"$seeds/size/b"; printf '0x1000' >"$seeds/size/c"
+printf '\xba\xf8\x03\x00\xd8\x04\x30\xee\xb0\x0a\xee\xf4' >"$seeds/image/lwn"
+for prog in hello args files; do
+  gcc -static -O2 -o "$seeds/program/$prog-glibc" "crates/rypervisor/tests/programs/$prog.c"
+  if command -v musl-gcc >/dev/null; then
+    musl-gcc -static -O2 -o "$seeds/program/$prog-musl" "crates/rypervisor/tests/programs/$prog.c"
+  fi
+done
+cp "$seeds/program/hello-glibc" "$seeds/image/elf64"
+cache="${RYPERVISOR_CACHE:-$HOME/.cache/rypervisor}/guest-kernel"
+for k in "$cache"/*/vmlinux "$cache"/*/bzImage; do
+  [ -f "$k" ] && head -c 65536 "$k" >"$seeds/kernel/$(basename "$k")"
+done
+head -c 2048 /dev/urandom >"$seeds/syscall/random"
+
+status=0
+for t in "${targets[@]}"; do
+  corpus="fuzz/corpus/$t"
+  mkdir -p "$corpus"
+  echo "fuzz: $t for ${seconds}s" >&2
+  if ! (cd fuzz && cargo fuzz run "$t" "corpus/$t" "$seeds/$t" -- \
+      -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -print_final_stats=1); then
+    echo "fuzz: $t FAILED" >&2
+    status=1
+  fi
+done
+exit $status
