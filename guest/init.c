@@ -3,6 +3,7 @@
  * commands, then powers off. Kernel command-line switches:
  *   rypervisor.busybox   run a few busybox commands (needs build-initramfs.sh --busybox)
  *   rypervisor.panic     exit instead of powering off: the kernel panics ("Attempted to kill init")
+ *   rypervisor.rng       read /dev/hwrng twice and print the bytes and the rng in use
  * Build: gcc -static -O2 -o init init.c */
 #include <fcntl.h>
 #include <stdio.h>
@@ -36,6 +37,27 @@ static void show(const char *path, const char *prefix) {
   fclose(f);
 }
 
+/* Prints 32 bytes of /dev/hwrng as hex, twice, and which rng the kernel uses. */
+static void rng(void) {
+  FILE *cur = fopen("/sys/class/misc/hw_random/rng_current", "r");
+  char name[64] = "?";
+  if (cur) {
+    if (fgets(name, sizeof name, cur)) name[strcspn(name, "\n")] = 0;
+    fclose(cur);
+  }
+  printf("rypervisor-init: rng_current=%s\n", name);
+  mount("devtmpfs", "/dev", "devtmpfs", 0, NULL); /* the initramfs has only /dev/console */
+  int fd = open("/dev/hwrng", O_RDONLY);
+  for (int round = 0; round < 2; round++) {
+    unsigned char buf[32];
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf) : -1;
+    printf("rypervisor-init: hwrng%d=", round);
+    for (ssize_t i = 0; i < n; i++) printf("%02x", buf[i]);
+    printf(" (%zd bytes)\n", n);
+  }
+  if (fd >= 0) close(fd);
+}
+
 static void run(char *const argv[]) {
   pid_t pid = fork();
   if (pid == 0) {
@@ -67,6 +89,7 @@ int main(void) {
     run(uname);
     run(ls);
   }
+  if (strstr(cmdline, "rypervisor.rng")) rng();
   if (strstr(cmdline, "rypervisor.panic")) {
     printf("rypervisor-init: exiting on purpose\n");
     return 1;

@@ -5,7 +5,7 @@
 # Usage: scripts/bench-compare.sh OLD_DIR NEW_DIR [ROUNDS]     (default 5 rounds)
 # Runs, in each round and for each side: benches/vmm.rs (create → first exit, PIO and MMIO
 # exit round trips) and benches/sandbox.rs (create → first system call, reset → next system
-# call, a warm request, and whole `exec` processes of hello and getpid), with short
+# call, a warm request, and a whole `exec` process making 20 000 getpid calls), with short
 # criterion measurements. Prints, per benchmark, the median over rounds of each run's
 # median, the ratio new/old, and the spread of the ratios between rounds.
 set -euo pipefail
@@ -31,13 +31,13 @@ read -r old_vmm old_sandbox < <(build "$old")
 read -r new_vmm new_sandbox < <(build "$new")
 
 filter_vmm='create_to_first_exit|round_trip'
-filter_sandbox='sandbox/|process/(hello|getpid)/rypervisor'
+filter_sandbox='sandbox/|process/getpid/rypervisor'
 run_side() { # side dir vmm sandbox round
   local out="$work/$1/$5"
   mkdir -p "$out"
   for pair in "$3:$filter_vmm" "$4:$filter_sandbox"; do
     (cd "$2/crates/rypervisor" && CRITERION_HOME="$out" "${pair%%:*}" --bench \
-      --warm-up-time 1 --measurement-time 3 --noplot "${pair#*:}" >/dev/null 2>&1)
+      --warm-up-time 1 --measurement-time 2 --noplot "${pair#*:}" >/dev/null 2>&1)
   done
 }
 for r in $(seq 1 "$rounds"); do

@@ -42,9 +42,14 @@ for t in "${targets[@]}"; do
   corpus="fuzz/corpus/$t"
   mkdir -p "$corpus"
   echo "fuzz: $t for ${seconds}s" >&2
-  if ! (cd fuzz && cargo fuzz run "$t" "corpus/$t" "$seeds/$t" -- \
-      -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -print_final_stats=1); then
-    echo "fuzz: $t FAILED" >&2
+  log="$seeds/$t.log"
+  if (cd fuzz && cargo fuzz run "$t" "corpus/$t" "$seeds/$t" -- \
+      -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -print_final_stats=1) \
+      >"$log" 2>&1; then
+    grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$log" >&2 || true
+  else
+    tail -n 60 "$log" >&2
+    echo "fuzz: $t FAILED (the crashing input is in fuzz/artifacts/$t/)" >&2
     status=1
   fi
 done

@@ -23,6 +23,7 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
         timeout: args.timeout,
         kvm_device: device.to_path_buf(),
         origin: *PROCESS_START.get().unwrap_or(&Instant::now()),
+        rng: args.rng,
     };
     config.check()?;
     let notice;

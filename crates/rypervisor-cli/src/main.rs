@@ -146,6 +146,9 @@ struct BootArgs {
     /// Stop the guest after SECS seconds (exit status 124).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_hyphen_values = true)]
     timeout: Option<Duration>,
+    /// Add a virtio-rng device fed from the host's getrandom (/dev/hwrng in the guest).
+    #[arg(long)]
+    rng: bool,
     /// Print boot times (kernel entry, boot marker, end) and exit counts (on stderr).
     #[arg(long)]
     stats: bool,

@@ -93,7 +93,14 @@ fn boot_with(kernel: &Path, cpus: &str, extra: &[&str]) -> Run {
 
 #[test]
 fn the_recipe_kernel_boots_to_init_with_one_cpu() {
-    let r = boot_recipe("1", &["--cmdline", "loglevel=7 rypervisor.test=1"]);
+    let r = boot_recipe(
+        "1",
+        &[
+            "--rng",
+            "--cmdline",
+            "loglevel=7 rypervisor.test=1 rypervisor.rng",
+        ],
+    );
     assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     assert!(
         r.stdout.contains("rypervisor-init: hello from /init"),
@@ -112,6 +119,28 @@ fn the_recipe_kernel_boots_to_init_with_one_cpu() {
         r.stdout
     );
     assert!(r.stderr.contains("ELF vmlinux (PVH entry)"), "{}", r.stderr);
+    // virtio-rng: announced on the command line, used by the kernel, varied bytes.
+    assert!(
+        r.stdout.contains("virtio_mmio.device=4K@0xd0000000:5"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("rypervisor-init: rng_current=virtio_rng.0"),
+        "{}",
+        r.stdout
+    );
+    let hwrng: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split("rypervisor-init: hwrng").nth(1))
+        .map(|l| l[2..].split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(hwrng.len(), 2, "{}", r.stdout);
+    assert_eq!(hwrng[0].len(), 64, "32 bytes: {}", r.stdout);
+    assert_ne!(hwrng[0], hwrng[1], "two reads, two values");
+    assert_ne!(hwrng[0], "0".repeat(64));
     let marker = r
         .stderr
         .lines()

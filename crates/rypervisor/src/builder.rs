@@ -97,7 +97,7 @@ pub fn check_ram(config: &MachineConfig) -> Result<u64, BuildError> {
     if size == 0 {
         return Err(MemoryError::Zero.into());
     }
-    if size % crate::memory::PAGE_SIZE != 0 {
+    if !size.is_multiple_of(crate::memory::PAGE_SIZE) {
         return Err(MemoryError::Unaligned(size).into());
     }
     let end = config

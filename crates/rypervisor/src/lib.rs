@@ -49,6 +49,7 @@ pub mod memory;
 pub mod sandbox;
 pub mod seccomp;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 pub mod watchdog;
 

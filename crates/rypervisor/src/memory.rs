@@ -85,7 +85,7 @@ pub fn parse_size(text: &str) -> Result<u64, MemoryError> {
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (unit, shift) in UNITS {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }
@@ -124,7 +124,7 @@ impl GuestRam {
         if size == 0 {
             return Err(MemoryError::Zero);
         }
-        if size % PAGE_SIZE != 0 || base % PAGE_SIZE != 0 {
+        if !size.is_multiple_of(PAGE_SIZE) || !base.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::Unaligned(size));
         }
         let host = host_memory();
@@ -215,7 +215,10 @@ impl GuestRam {
         if len == 0 {
             return Ok(());
         }
-        if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || !self.contains(addr, len) {
+        if !addr.is_multiple_of(PAGE_SIZE)
+            || !len.is_multiple_of(PAGE_SIZE)
+            || !self.contains(addr, len)
+        {
             return Err(out_of_range());
         }
         let host = self.host_address() + (addr - self.base);

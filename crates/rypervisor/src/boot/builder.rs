@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::IoEventAddress;
 use linux_loader::loader::{load_cmdline, Cmdline};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
@@ -31,7 +32,12 @@ use crate::kvm::{ioctl, KvmSystem};
 use crate::loader::kernel::{self, detect, KernelFile};
 use crate::memory::GuestRam;
 use crate::vcpu::Vcpu;
+use crate::virtio::rng::Rng;
+use crate::virtio::{mmio, Interrupt, MmioTransport, VirtioDevice};
 use crate::vm::Vm;
+
+/// A virtio device, shared by its transport (vCPU threads) and the event loop.
+type SharedVirtio = Arc<Mutex<dyn VirtioDevice>>;
 
 /// The UART's interrupt line (COM1).
 const SERIAL_IRQ: u32 = 4;
@@ -44,7 +50,8 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
     // Input, checked before KVM is touched.
     config.check()?;
     let initrd = read_initrd(&config)?;
-    let cmdline = command_line(&config)?;
+    let virtio = virtio_devices(&config)?;
+    let cmdline = command_line(&config, virtio.len())?;
     let (mut kernel_file, kind) = open_kernel(&config.kernel, config.mem)?;
     // The VM, its interrupt controllers and memory.
     let kvm = KvmSystem::open(&config.kvm_device)?;
@@ -67,7 +74,7 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
     // The vCPUs, the boot vCPU at the entry point.
     let vcpus = create_vcpus(&kvm, &vm, &ram, &config, &kernel, entry)?;
     // The devices.
-    let devices = create_devices(&vm, console, &config)?;
+    let devices = create_devices(&vm, &ram, console, &config, virtio)?;
     Ok(LinuxVm::new(
         vcpus,
         devices,
@@ -105,8 +112,9 @@ fn read_initrd(config: &BootConfig) -> Result<Option<Vec<u8>>, BootError> {
 }
 
 /// The default command line, the template's options and the user's, within the x86 limit
-/// (the kernel's own limit is checked once it is loaded).
-fn command_line(config: &BootConfig) -> Result<String, BootError> {
+/// (the kernel's own limit is checked once it is loaded), then one `virtio_mmio.device=` per
+/// virtio device (linux-loader's helper puts them before any `--` init arguments).
+fn command_line(config: &BootConfig, virtio: usize) -> Result<String, BootError> {
     let cmdline = params::cmdline(
         cpu_template::kernel_options(config.template),
         config.cmdline.as_deref(),
@@ -117,7 +125,69 @@ fn command_line(config: &BootConfig) -> Result<String, BootError> {
             max: layout::CMDLINE_MAX - 1,
         });
     }
-    Ok(cmdline)
+    if virtio == 0 {
+        return Ok(cmdline);
+    }
+    let mut line = Cmdline::try_from(&cmdline, layout::CMDLINE_MAX).map_err(BootError::Cmdline)?;
+    for (i, irq) in layout::VIRTIO_IRQS.iter().take(virtio).enumerate() {
+        let base = GuestAddress(layout::VIRTIO_MMIO_BASE + i as u64 * mmio::WINDOW);
+        line.add_virtio_mmio_device(mmio::WINDOW, base, *irq, None)
+            .map_err(BootError::Cmdline)?;
+    }
+    let text = line.as_cstring().map_err(BootError::Cmdline)?;
+    Ok(text.to_string_lossy().into_owned())
+}
+
+/// The virtio devices the configuration asks for, in window order.
+fn virtio_devices(config: &BootConfig) -> Result<Vec<SharedVirtio>, BootError> {
+    let mut devices: Vec<SharedVirtio> = Vec::new();
+    if config.rng {
+        devices.push(Arc::new(Mutex::new(Rng::new()?)));
+    }
+    if devices.len() > layout::VIRTIO_IRQS.len() {
+        return Err(BootError::TooManyDevices(layout::VIRTIO_IRQS.len()));
+    }
+    Ok(devices)
+}
+
+/// Each virtio device on the bus: its 4 KiB window, an irqfd on its IRQ, and an ioeventfd per
+/// queue on QUEUE_NOTIFY (datamatch: the queue's index), so a kick never exits to the VMM.
+fn attach_virtio(
+    vm: &Vm,
+    ram: &GuestRam,
+    bus: &mut Bus,
+    virtio: &[SharedVirtio],
+) -> Result<(), BootError> {
+    for (i, device) in virtio.iter().enumerate() {
+        let base = layout::VIRTIO_MMIO_BASE + i as u64 * mmio::WINDOW;
+        let irq = layout::VIRTIO_IRQS[i];
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| BootError::EventFd { irq, source })?;
+        vm.fd
+            .register_irqfd(&irqfd, irq)
+            .map_err(ioctl("KVM_IRQFD"))?;
+        let (name, notify) = {
+            let d = device.lock().unwrap_or_else(|p| p.into_inner());
+            for (q, evt) in d.queue_events().iter().enumerate() {
+                let at = IoEventAddress::Mmio(base + mmio::NOTIFY_OFFSET);
+                vm.fd
+                    .register_ioevent(evt, &at, q as u32)
+                    .map_err(ioctl("KVM_IOEVENTFD"))?;
+            }
+            (d.name(), d.queue_events().len())
+        };
+        let interrupt = Arc::new(Interrupt::new(irqfd));
+        let transport = MmioTransport::new(device.clone(), ram.guest_memory().clone(), interrupt)?;
+        let label = format!("virtio-{name} ({notify} queues, IRQ {irq})");
+        bus.insert(
+            AddressSpace::Mmio,
+            base,
+            mmio::WINDOW,
+            &label,
+            Arc::new(Mutex::new(transport)),
+        )?;
+    }
+    Ok(())
 }
 
 /// Opens the kernel (a regular file, never blocking), tells its format from its first bytes
@@ -240,11 +310,13 @@ fn create_vcpus(
 }
 
 /// The legacy devices on the bus: UART (IRQ 4 through an irqfd), i8042, RTC, boot marker,
-/// and sinks for the POST and PCI configuration ports.
+/// and sinks for the POST and PCI configuration ports; then the virtio devices.
 fn create_devices(
     vm: &Vm,
+    ram: &GuestRam,
     console: Box<dyn Write + Send>,
     config: &BootConfig,
+    virtio: Vec<SharedVirtio>,
 ) -> Result<Devices, BootError> {
     let stop = StopSignal::new();
     let events = Arc::new(ConsoleEvents::default());
@@ -281,6 +353,7 @@ fn create_devices(
     // POST code and DMA page registers (Linux touches 0x80 for I/O delays, 0x87 early on).
     add("post", 0x80, 0x10, Arc::new(Mutex::new(Sink)))?;
     add("pci-config", 0xcf8, 8, Arc::new(Mutex::new(Sink)))?;
+    attach_virtio(vm, ram, &mut bus, &virtio)?;
     Ok(Devices {
         bus: Arc::new(bus),
         stop,
@@ -288,5 +361,6 @@ fn create_devices(
         serial,
         marker,
         give_up,
+        virtio,
     })
 }

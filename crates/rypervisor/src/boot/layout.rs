@@ -13,6 +13,7 @@
 //! | `0x20000` | kernel command line |
 //! | `0x9fc00` | EBDA: the MP table (`_MP_` floating pointer + configuration table) |
 //! | `0x100000` | the kernel (bzImage protected-mode part, or vmlinux segments at their addresses) |
+//! | `0xd0000000` | virtio-mmio windows, 4 KiB each (IRQs 5, 6, 7, 9, 10, 11) |
 //! | top of RAM | the initrd, page aligned, below the kernel's `initrd_addr_max` |
 
 /// Boot GDT.
@@ -41,6 +42,11 @@ pub const CMDLINE_MAX: usize = 2048;
 pub const EBDA: u64 = 0x9fc00;
 /// Where the kernel and high memory start.
 pub const HIGH_MEM: u64 = 0x10_0000;
+/// The first virtio-mmio window: one 4 KiB window per device from here (above any RAM).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// The ISA interrupt lines virtio devices get, in order (the MP table routes all 16 to the
+/// I/O APIC; 4 is the UART's, 8 the RTC's, 12–15 belong to the mouse, FPU and IDE).
+pub const VIRTIO_IRQS: [u32; 6] = [5, 6, 7, 9, 10, 11];
 /// The I/O APIC's MMIO base.
 pub const IOAPIC: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.

@@ -35,6 +35,7 @@ use crate::loader::kernel::KernelError;
 use crate::memory::{human_size, MemoryError};
 use crate::vcpu::kick::KickError;
 use crate::vcpu::{ExitStats, VcpuError};
+use crate::virtio::VirtioError;
 use crate::vm::VmError;
 
 /// Default guest memory.
@@ -143,6 +144,12 @@ pub enum BootError {
     /// A thread could not start.
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// More virtio devices than interrupt lines for them.
+    #[error("at most {0} virtio devices")]
+    TooManyDevices(usize),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
 }
 
 /// What to boot and how.
@@ -166,6 +173,8 @@ pub struct BootConfig {
     pub kvm_device: PathBuf,
     /// Where times are measured from (process start, for the CLI).
     pub origin: Instant,
+    /// Give the guest a virtio-rng device.
+    pub rng: bool,
 }
 
 impl BootConfig {
@@ -181,6 +190,7 @@ impl BootConfig {
             timeout: None,
             kvm_device: DEFAULT_DEVICE.into(),
             origin: Instant::now(),
+            rng: false,
         }
     }
 

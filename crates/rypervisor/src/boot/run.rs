@@ -25,6 +25,8 @@ use crate::memory::GuestRam;
 use crate::vcpu::{
     handle_exit, kick, report, ExitAction, ExitStats, Kicker, Stop, Vcpu, VcpuError,
 };
+use crate::virtio::event_loop::EventLoop;
+use crate::virtio::VirtioDevice;
 use crate::vm::Vm;
 
 /// How often the supervisor looks at the console, the stop signal and the clock.
@@ -46,6 +48,8 @@ pub struct Devices {
     pub marker: BootMarker,
     /// When console output stops waiting for a stdout that does not drain.
     pub give_up: Arc<GiveUp>,
+    /// The virtio devices, for the event loop.
+    pub virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 /// A prepared Linux VM.
@@ -145,6 +149,11 @@ impl LinuxVm {
             entered: Mutex::new(None),
             workarounds: AtomicU64::new(0),
         });
+        // The device event loop first: the guest may kick a queue as soon as it runs.
+        let event_loop = match self.devices.virtio.is_empty() {
+            true => None,
+            false => Some(EventLoop::start(self.devices.virtio.clone(), || {})?),
+        };
         let (tx, rx) = mpsc::channel::<Ending>();
         let mut threads: Vec<(Kicker, JoinHandle<(ExitStats, String)>)> = Vec::new();
         for (index, mut vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
@@ -184,6 +193,7 @@ impl LinuxVm {
             exits.push(stats);
             places.push(place);
         }
+        drop(event_loop);
         self.devices
             .serial
             .lock()

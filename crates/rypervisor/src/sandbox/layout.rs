@@ -101,7 +101,7 @@ pub fn check_mem(size: u64) -> Result<(), MemoryError> {
             ),
         });
     }
-    if size % MEM_ALIGN != 0 {
+    if !size.is_multiple_of(MEM_ALIGN) {
         return Err(MemoryError::TooSmall {
             size,
             why: "a sandbox's memory is a multiple of 2 MiB".into(),

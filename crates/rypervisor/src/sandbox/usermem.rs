@@ -152,7 +152,7 @@ impl UserMemory {
     /// Zeroes page-aligned program memory and gives it back to the host.
     pub fn discard(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
         self.check(addr, len)?;
-        if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         if len == 0 {

@@ -173,7 +173,7 @@ impl MemoryState {
         let floor = self.floor();
         let start = if flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0 {
             let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
-            if addr % PAGE_SIZE != 0 {
+            if !addr.is_multiple_of(PAGE_SIZE) {
                 return Err(Errno::EINVAL);
             }
             // Fixed mappings only inside the mmap area, never over the program, heap or stack.
@@ -197,7 +197,7 @@ impl MemoryState {
     pub(super) fn munmap(&mut self, addr: u64, len: u64, cx: &mut Context<'_>) -> SysResult {
         let len = page_up(len).filter(|l| *l > 0).ok_or(Errno::EINVAL)?;
         let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL.into());
         }
         for (s, e) in self.mappings.remove(addr, end) {
@@ -210,7 +210,7 @@ impl MemoryState {
         // Recorded as success when the range is program memory: protections inside the
         // program's memory are not enforced (see the layout module).
         let len = page_up(len).ok_or(Errno::ENOMEM)?;
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL.into());
         }
         if layout::is_user(addr, len, self.mem_size) {
@@ -231,7 +231,10 @@ impl MemoryState {
         let (Some(old_len), Some(new_len)) = (page_up(old_len), page_up(new_len)) else {
             return Err(Errno::EINVAL.into());
         };
-        if old % PAGE_SIZE != 0 || new_len == 0 || flags & !(libc::MREMAP_MAYMOVE as u64) != 0 {
+        if !old.is_multiple_of(PAGE_SIZE)
+            || new_len == 0
+            || flags & !(libc::MREMAP_MAYMOVE as u64) != 0
+        {
             return Err(Errno::EINVAL.into());
         }
         let old_end = old.checked_add(old_len).ok_or(Errno::EFAULT)?;
@@ -300,7 +303,7 @@ impl Process {
             None
         } else {
             let file = self.files.host_file(fd).ok_or(Errno::EBADF)?;
-            if offset % PAGE_SIZE != 0 {
+            if !offset.is_multiple_of(PAGE_SIZE) {
                 return Err(Errno::EINVAL.into());
             }
             Some(file)

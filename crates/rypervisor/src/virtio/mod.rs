@@ -1,0 +1,201 @@
+//! virtio devices for a booted Linux guest, on the rust-vmm crates: split rings through
+//! `virtio-queue`, constants from `virtio-bindings`.
+//!
+//! The parts, each a file:
+//! - [`VirtioDevice`] (here): what a device model provides — its type, queues, features,
+//!   configuration space, and what it does once the driver has set it up;
+//! - [`mmio`]: the virtio-mmio version 2 transport, the device's 4 KiB register window on the
+//!   bus (feature negotiation, the status state machine, queue setup, reset, interrupts);
+//! - [`event_loop`]: the one thread that serves every device's queue notifications
+//!   (ioeventfds: a guest's notify never exits to the VMM) and host sockets, so vCPU threads
+//!   never block on device I/O;
+//! - [`rng`]: virtio-rng, fed from the host's `getrandom`.
+//!
+//! Interrupts go to the guest through an irqfd ([`Interrupt`]), after the interrupt status
+//! bit is set, as the Linux driver reads it first.
+
+pub mod event_loop;
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use mmio::MmioTransport;
+
+/// Interrupt status bit: a used ring was updated.
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+
+/// Errors setting a device up.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// An eventfd could not be made.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// A queue size the device asked for is not valid.
+    #[error("invalid queue size {0}")]
+    QueueSize(u16),
+    /// The event loop could not start.
+    #[error("cannot start the device event loop: {0}")]
+    EventLoop(#[source] std::io::Error),
+}
+
+/// A device's line to the guest: the interrupt status register and the irqfd that raises
+/// the device's interrupt.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt that signals `irqfd` (registered with `KVM_IRQFD` for the device's line).
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Sets `bit` in the interrupt status, then raises the line.
+    pub fn signal(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!("virtio: cannot raise the interrupt: {e}");
+        }
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// INTERRUPT_ACK: the driver clears what it has seen.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Device reset: nothing pending.
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// A device model behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+
+    /// A short name for messages.
+    fn name(&self) -> &'static str;
+
+    /// The largest size of each of its queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits it offers beyond what the transport adds (VERSION_1, EVENT_IDX).
+    fn features(&self) -> u64;
+
+    /// Reads its configuration space at `offset` (bytes past the end read as zero).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// The driver set DRIVER_OK: the device takes its queues (set up, valid) and the
+    /// features acknowledged, and starts serving.
+    fn activate(&mut self, active: Active);
+
+    /// The driver reset the device (or the transport marked it broken): it drops its queues.
+    fn reset(&mut self);
+
+    /// One eventfd per queue: KVM signals it when the driver kicks the queue (an
+    /// ioeventfd on QUEUE_NOTIFY with the queue's index), the event loop waits on it.
+    fn queue_events(&self) -> &[EventFd];
+
+    /// The event loop saw queue `index`'s eventfd (already read): serve the queue.
+    fn process_queue(&mut self, index: usize);
+
+    /// Other descriptors the event loop should watch for this device (host sockets...).
+    fn other_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+
+    /// The event loop saw `other_fds()[index]` become ready.
+    fn process_fd(&mut self, _index: usize) {}
+
+    /// A kick that reached the transport instead of an ioeventfd: wake the event loop.
+    fn kick(&self, index: usize) {
+        match self.queue_events().get(index) {
+            Some(evt) => {
+                let _ = evt.write(1);
+            }
+            None => tracing::warn!(
+                "virtio-{}: kick of queue {index}, which does not exist",
+                self.name()
+            ),
+        }
+    }
+}
+
+/// One eventfd per queue, non-blocking, for [`VirtioDevice::queue_events`].
+pub fn queue_eventfds(count: usize) -> Result<Vec<EventFd>, VirtioError> {
+    (0..count)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd))
+        .collect()
+}
+
+/// A log line for the first few guest mistakes of a device, then quiet (they stay counted).
+#[derive(Debug, Default)]
+pub struct Complaints(u32);
+
+impl Complaints {
+    /// Logs `what` unless enough were logged already.
+    pub fn note(&mut self, device: &str, what: std::fmt::Arguments<'_>) {
+        self.0 = self.0.saturating_add(1);
+        if self.0 <= 8 {
+            tracing::warn!("virtio-{device}: {what}");
+        }
+    }
+
+    /// How many there were.
+    pub fn count(&self) -> u32 {
+        self.0
+    }
+}
+
+/// What a device gets when the driver has set it up.
+pub struct Active {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// Its queues, in order.
+    pub queues: Vec<Queue>,
+    /// The features the driver acknowledged.
+    pub features: u64,
+    /// The interrupt to signal used buffers with.
+    pub interrupt: std::sync::Arc<Interrupt>,
+}
+
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active")
+            .field("queues", &self.queues.len())
+            .field("features", &self.features)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signals the device's interrupt if the driver wants to hear about `queue`'s new used
+/// buffers (always without EVENT_IDX; with it, when the used index passed its mark).
+pub fn notify_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+    use virtio_queue::QueueT;
+    match queue.needs_notification(mem) {
+        Ok(false) => {}
+        Ok(true) => interrupt.signal(INT_VRING),
+        Err(e) => {
+            tracing::warn!("virtio: cannot read the driver's event index ({e:?}); interrupting");
+            interrupt.signal(INT_VRING);
+        }
+    }
+}
