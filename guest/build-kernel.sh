@@ -13,7 +13,7 @@ tarball=/usr/src/linux-source-6.1.tar.xz
 
 need=()
 [ -f "$tarball" ] || need+=(linux-source-6.1)
-for tool in bc flex bison make gcc cpio patch xz:xz-utils perl:perl-base; do
+for tool in bc flex bison make gcc cpio patch xz:xz-utils perl:perl-base lz4; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ -f /usr/include/libelf.h ] || need+=(libelf-dev)
@@ -44,6 +44,16 @@ patch -p1 --quiet < "$here/kernel/nested-pvm-syscall.patch"
 make -s tinyconfig >&2
 scripts/kconfig/merge_config.sh -m .config "$here/kernel/microvm.config" >/dev/null
 make -s olddefconfig >&2
+# olddefconfig silently drops options whose dependencies are unmet: every =y of the fragment
+# must have survived.
+missing=""
+for option in $(grep -E '^CONFIG_[A-Z0-9_]+=y' "$here/kernel/microvm.config" | cut -d= -f1); do
+  grep -q "^$option=y" .config || missing="$missing $option"
+done
+if [ -n "$missing" ]; then
+  echo "build-kernel: the final .config lacks options the fragment sets:$missing" >&2
+  exit 1
+fi
 make -s -j"${JOBS:-$(nproc)}" vmlinux bzImage >&2
 mkdir -p "$out.tmp"
 cp vmlinux "$out.tmp/vmlinux"

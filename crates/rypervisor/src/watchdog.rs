@@ -118,7 +118,10 @@ impl Watchdog {
         state.armed = Some((Instant::now() + timeout, ThisThread::get(), vcpu));
         state.fired = false;
         cv.notify_all();
-        Armed { dog: self }
+        Armed {
+            dog: self,
+            _here: std::marker::PhantomData,
+        }
     }
 
     /// Stops the kicking. The fired flag stays readable until the next `arm`.
@@ -157,10 +160,12 @@ impl Drop for Watchdog {
     }
 }
 
-/// An armed watchdog; disarms it when dropped.
+/// An armed watchdog; disarms it when dropped. It stays on the thread it was armed for
+/// (not `Send`): the watchdog may signal that thread until the guard is gone.
 #[must_use = "the watchdog disarms when this guard is dropped"]
 pub struct Armed<'a> {
     dog: &'a Watchdog,
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 impl Armed<'_> {

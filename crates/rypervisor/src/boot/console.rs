@@ -83,8 +83,9 @@ impl Write for ConsoleWatch {
 
 /// Reads stdin-like `input` and feeds the guest console, handling the Ctrl-A escape:
 /// Ctrl-A x ends the VM, Ctrl-A Ctrl-A sends one Ctrl-A. Runs until `input` ends or the VM
-/// is gone. Input the guest does not read waits in the UART's bounded queue, and this thread
-/// with it (it reads no more than the queue takes).
+/// is gone. Input waits in the UART's bounded queue; when the guest does not read it for a
+/// while, what does not fit is dropped (said once), so this thread keeps reading and Ctrl-A x
+/// always works.
 pub fn console_input(
     mut input: Box<dyn Read + Send>,
     serial: Arc<Mutex<SerialDevice<EventFdTrigger>>>,
@@ -99,6 +100,7 @@ pub fn console_input(
         .spawn(move || {
             let mut buf = [0u8; 256];
             let mut escape = Escape::default();
+            let mut dropped = false;
             loop {
                 let n = match input.read(&mut buf) {
                     Ok(0) | Err(_) => return queue.end(),
@@ -109,8 +111,15 @@ pub fn console_input(
                     return;
                 };
                 // Wait for room without holding the device's lock, then let the UART take it.
-                if !queue.push(&out) {
-                    return;
+                match queue.push_for(&out, PATIENCE) {
+                    None => return,
+                    Some(n) if n < out.len() && !dropped => {
+                        dropped = true;
+                        tracing::warn!(
+                            "console input dropped: the guest is not reading its console"
+                        );
+                    }
+                    Some(_) => {}
                 }
                 serial
                     .lock()
@@ -119,6 +128,9 @@ pub fn console_input(
             }
         })
 }
+
+/// How long console input waits for the guest to make room before it is dropped.
+const PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The Ctrl-A escape state.
 #[derive(Debug, Default)]

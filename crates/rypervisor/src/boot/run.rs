@@ -33,6 +33,9 @@ use crate::vm::Vm;
 const POLL: Duration = Duration::from_millis(10);
 /// How long console output still buffered at the end may take to reach stdout.
 const DRAIN: Duration = Duration::from_secs(2);
+/// The same after the time limit: a moment, so the last lines of a hung guest still show
+/// (unless stdout itself is stuck).
+const GRACE: Duration = Duration::from_millis(200);
 
 /// The devices a booted guest has, and the handles the supervisor watches.
 pub struct Devices {
@@ -179,10 +182,11 @@ impl LinuxVm {
         }
         let ending = self.supervise(&rx, deadline);
         // What is still buffered for the console gets a moment to drain, unless time is up.
-        match ending {
-            Ending::TimedOut => self.devices.give_up.now(),
-            _ => self.devices.give_up.at(Instant::now() + DRAIN),
-        }
+        let drain = match ending {
+            Ending::TimedOut => GRACE,
+            _ => DRAIN,
+        };
+        self.devices.give_up.at(Instant::now() + drain);
         // Stop every vCPU: raise the flag, then kick each once (immediate_exit makes the kick
         // stick even when it lands between two KVM_RUNs).
         shared.stopping.store(true, Ordering::Release);
@@ -249,7 +253,8 @@ impl LinuxVm {
         } else {
             Ending::Crashed(
                 "the guest reset the machine without asking for it (no \"reboot: Restarting \
-                 system\" on the console): a triple fault, or a kernel that cannot run here"
+                 system\" on the console): a triple fault, a kernel that cannot run here, or \
+                 a reboot with its console messages suppressed"
                     .into(),
             )
         }

@@ -92,6 +92,36 @@ impl InputQueue {
         !state.closed
     }
 
+    /// Queues `data`, waiting at most `patience` for room; returns how many bytes were queued
+    /// (the rest is the caller's to drop or retry), or `None` once the device is gone.
+    pub fn push_for(&self, data: &[u8], patience: std::time::Duration) -> Option<usize> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut state = self.lock();
+        let mut done = 0;
+        while done < data.len() {
+            if state.closed {
+                return None;
+            }
+            let room = INPUT_BUFFER.saturating_sub(state.bytes.len());
+            if room > 0 {
+                let n = room.min(data.len() - done);
+                state.bytes.extend(&data[done..done + n]);
+                done += n;
+                continue;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .room
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Some(done)
+    }
+
     /// The host side has no more input.
     pub fn end(&self) {
         self.lock().ended = true;

@@ -178,6 +178,29 @@ pub fn check_bzimage(head: &[u8], file_len: u64, mem: u64) -> Result<(), KernelE
     Ok(())
 }
 
+/// Whether an ELF note segment holds Xen's PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`).
+fn has_pvh_note(mut notes: &[u8]) -> bool {
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    while let (Some(namesz), Some(descsz), Some(kind)) =
+        (word(notes, 0), word(notes, 4), word(notes, 8))
+    {
+        let name_end = 12 + namesz as usize;
+        if kind == XEN_ELFNOTE_PHYS32_ENTRY && notes.get(12..name_end) == Some(b"Xen\0") {
+            return true;
+        }
+        let next = 12 + (namesz as usize).div_ceil(4) * 4 + (descsz as usize).div_ceil(4) * 4;
+        match notes.get(next..) {
+            Some(rest) if next > 12 => notes = rest,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Refuses an ELF whose loadable segments are linked at user addresses (a program, not a
 /// vmlinux) or do not fit in `mem` bytes of RAM. `head` holds the ELF header and program
 /// headers (the first 64 KiB suffice).
@@ -200,9 +223,14 @@ pub fn check_vmlinux(head: &[u8], mem: u64) -> Result<(), KernelError> {
             .filter(|p| p.p_type(endian) == object::elf::PT_LOAD)
     };
     // A vmlinux links its text in the kernel half (its per-CPU segment sits at 0, so look at
-    // the highest segment); a program has nothing there.
+    // the highest segment); a program has nothing there. A kernel with a PVH entry note
+    // (a unikernel linked low, say) is a kernel whatever its addresses.
+    let pvh = phdrs
+        .iter()
+        .filter(|p| p.p_type(endian) == object::elf::PT_NOTE)
+        .any(|p| p.data(endian, head).is_ok_and(has_pvh_note));
     if let Some(vaddr) = loads().map(|p| p.p_vaddr(endian)).max() {
-        if vaddr < 0xffff_8000_0000_0000 {
+        if vaddr < 0xffff_8000_0000_0000 && !pvh {
             return Err(KernelError::UserProgram { vaddr });
         }
     }
@@ -275,5 +303,22 @@ mod tests {
         ));
         let small = check_bzimage(&good, 1 << 20, 8 << 20).unwrap_err();
         assert!(small.to_string().contains("raise --mem"), "{small}");
+    }
+
+    #[test]
+    fn pvh_notes_are_found() {
+        let mut note = Vec::new();
+        note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+        note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+        note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&0x100_0000u32.to_le_bytes());
+        let mut other = note.clone();
+        other[8] = 5;
+        assert!(has_pvh_note(&note));
+        assert!(!has_pvh_note(&other));
+        let both = [other.clone(), note].concat();
+        assert!(has_pvh_note(&both));
+        assert!(!has_pvh_note(&other[..7]), "truncated: no panic");
     }
 }

@@ -222,6 +222,11 @@ impl Machine {
             }
         };
         self.vcpu.finish(&mut stats);
+        if stop.is_none() {
+            // Timed out: a moment for what the guest printed last (unless stdout is stuck).
+            self.give_up
+                .at(std::time::Instant::now() + std::time::Duration::from_millis(200));
+        }
         drop(watchdog);
         if let Some(serial) = &self.serial {
             serial.lock().unwrap_or_else(|p| p.into_inner()).flush();

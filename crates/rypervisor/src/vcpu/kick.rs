@@ -108,12 +108,14 @@ pub fn interrupt(thread: &impl Killable) {
 
 /// The calling thread, as a target for kicks ([`Killable`] is implemented by vmm-sys-util for
 /// `JoinHandle`s; this is the same for a thread that was not spawned by us, e.g. `main`).
+/// Crate-private: only the watchdog holds one, and only while the thread is running (see
+/// the `Killable` impl).
 #[derive(Clone, Copy, Debug)]
-pub struct ThisThread(libc::pthread_t);
+pub(crate) struct ThisThread(libc::pthread_t);
 
 impl ThisThread {
     /// The calling thread.
-    pub fn get() -> Self {
+    pub(crate) fn get() -> Self {
         // SAFETY: pthread_self has no preconditions and cannot fail.
         Self(unsafe { libc::pthread_self() })
     }

@@ -306,7 +306,12 @@ impl BusDevice for MmioTransport {
             | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue(offset as u32, value),
             // Without an ioeventfd for it (or for another value), the kick comes here: pass
             // it to the device's event, which the event loop serves.
-            VIRTIO_MMIO_QUEUE_NOTIFY => self.device().kick(value as usize),
+            VIRTIO_MMIO_QUEUE_NOTIFY if (value as usize) < self.device().queue_events().len() => {
+                self.device().kick(value as usize)
+            }
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
+                self.mistake(format_args!("kick of queue {value}, which does not exist"))
+            }
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
             VIRTIO_MMIO_STATUS => self.write_status(value),
             _ => self.mistake(format_args!("write of {value:#x} to {offset:#x}")),

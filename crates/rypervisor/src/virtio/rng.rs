@@ -75,6 +75,8 @@ impl VirtioDevice for Rng {
     fn activate(&mut self, active: Active) {
         tracing::debug!("virtio-rng: activated ({:?})", active);
         self.active = Some(active);
+        // Some drivers queue a request before DRIVER_OK (Linux 5.17/5.18 in probe): look once.
+        self.kick(0);
     }
 
     fn reset(&mut self) {
@@ -98,10 +100,14 @@ impl VirtioDevice for Rng {
         let mem = &active.mem;
         let mut entropy = vec![0u8; MAX_REQUEST];
         // With EVENT_IDX the driver kicks only when told to (avail_event): re-enable
-        // notifications after draining, and drain again if buffers came meanwhile.
+        // notifications after draining, and drain again if buffers came meanwhile. A driver
+        // that keeps refilling gets one round of the queue's size per turn, then the event
+        // loop comes back (the kick below), so nobody waits on this device's lock for long.
+        let mut budget = usize::from(queue.size()).max(1);
         loop {
             let _ = queue.disable_notification(mem);
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                budget = budget.saturating_sub(1);
                 let head = chain.head_index();
                 let n = match fill(chain, mem, &mut entropy) {
                     Ok(n) => n,
@@ -116,6 +122,10 @@ impl VirtioDevice for Rng {
                     let what = format_args!("used ring outside guest memory");
                     return self.complaints.note("rng", what);
                 }
+            }
+            if budget == 0 {
+                let _ = self.events[0].write(1);
+                break;
             }
             match queue.enable_notification(mem) {
                 Ok(true) => continue,
