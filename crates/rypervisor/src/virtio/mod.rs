@@ -17,6 +17,7 @@
 pub mod event_loop;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
