@@ -24,6 +24,7 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
         kvm_device: device.to_path_buf(),
         origin: *PROCESS_START.get().unwrap_or(&Instant::now()),
         rng: args.rng,
+        seccomp: !args.no_seccomp,
     };
     config.check()?;
     let notice;
@@ -37,8 +38,14 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
         eprintln!("{notice}");
     }
     let raw = crate::terminal::RawMode::enable_if_tty();
-    boot::console_input(Box::new(std::io::stdin()), vm.serial(), vm.stop_handle())
-        .context("starting the console input thread")?;
+    let filter = vm.console_input_filter();
+    boot::console_input(
+        Box::new(std::io::stdin()),
+        vm.serial(),
+        vm.stop_handle(),
+        filter,
+    )
+    .context("starting the console input thread")?;
     let report = vm.run();
     drop(raw);
     let report = report?;

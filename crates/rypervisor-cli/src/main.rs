@@ -149,6 +149,9 @@ struct BootArgs {
     /// Add a virtio-rng device fed from the host's getrandom (/dev/hwrng in the guest).
     #[arg(long)]
     rng: bool,
+    /// Do not confine rypervisor's threads with seccomp (for debugging the VMM).
+    #[arg(long, hide = true)]
+    no_seccomp: bool,
     /// Print boot times (kernel entry, boot marker, end) and exit counts (on stderr).
     #[arg(long)]
     stats: bool,

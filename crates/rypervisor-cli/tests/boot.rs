@@ -480,3 +480,67 @@ fn endless_console_input_costs_little_and_the_timeout_holds() {
         r.peak_mib
     );
 }
+
+#[test]
+fn every_vmm_thread_is_confined_by_seccomp_during_a_boot() {
+    require_kvm();
+    let kernel = guest_kernel().join("vmlinux");
+    let _one = one_at_a_time();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args([
+            "boot",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--rng",
+            "--cpus",
+            "2",
+        ])
+        .args(["--mem", "64M", "--timeout", "60"])
+        .stdin(Stdio::piped()) // kept open: the console input thread stays alive
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tasks = format!("/proc/{}/task", child.id());
+    let want = [
+        "rypervisor",
+        "console-input",
+        "console-output",
+        "virtio",
+        "vcpu0",
+        "vcpu1",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen = std::fs::read_dir(&tasks)
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let name = std::fs::read_to_string(t.join("comm")).ok()?;
+                let status = std::fs::read_to_string(t.join("status")).ok()?;
+                let mode = status
+                    .lines()
+                    .find(|l| l.starts_with("Seccomp:"))?
+                    .to_string();
+                Some((name.trim().to_string(), mode))
+            })
+            .collect();
+        let all_there = want.iter().all(|w| seen.iter().any(|(n, _)| n == w));
+        if all_there && seen.iter().all(|(_, m)| m.ends_with('2')) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for w in want {
+        assert!(
+            seen.iter().any(|(n, _)| n == w),
+            "no {w} thread in {seen:?}"
+        );
+    }
+    for (name, mode) in &seen {
+        assert!(mode.ends_with('2'), "{name} is not confined: {mode}");
+    }
+}

@@ -31,10 +31,14 @@ use crate::hostfile::{self, HostFileError};
 use crate::kvm::{ioctl, KvmSystem};
 use crate::loader::kernel::{self, detect, KernelFile};
 use crate::memory::GuestRam;
+use crate::seccomp::boot::boot_filters;
 use crate::vcpu::Vcpu;
 use crate::virtio::rng::Rng;
 use crate::virtio::{mmio, Interrupt, MmioTransport, VirtioDevice};
 use crate::vm::Vm;
+
+use super::run::confine_role;
+use seccompiler::BpfProgram;
 
 /// A virtio device, shared by its transport (vCPU threads) and the event loop.
 type SharedVirtio = Arc<Mutex<dyn VirtioDevice>>;
@@ -49,6 +53,10 @@ const ELF_HEAD_BYTES: usize = 64 << 10;
 pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<LinuxVm, BootError> {
     // Input, checked before KVM is touched.
     config.check()?;
+    let filters = match config.seccomp {
+        true => Some(boot_filters()?),
+        false => None,
+    };
     let initrd = read_initrd(&config)?;
     let virtio = virtio_devices(&config)?;
     let cmdline = command_line(&config, virtio.len())?;
@@ -74,17 +82,11 @@ pub fn prepare(config: BootConfig, console: Box<dyn Write + Send>) -> Result<Lin
     // The vCPUs, the boot vCPU at the entry point.
     let vcpus = create_vcpus(&kvm, &vm, &ram, &config, &kernel, entry)?;
     // The devices.
-    let devices = create_devices(&vm, &ram, console, &config, virtio)?;
-    Ok(LinuxVm::new(
-        vcpus,
-        devices,
-        kernel.format,
-        cmdline,
-        config,
-        vm,
-        kvm,
-        ram,
-    ))
+    let output_filter = filters.as_ref().map(|f| f.console_output.clone());
+    let devices = create_devices(&vm, &ram, (console, output_filter), &config, virtio)?;
+    let mut linux = LinuxVm::new(vcpus, devices, kernel.format, cmdline, config, vm, kvm, ram);
+    linux.filters = filters;
+    Ok(linux)
 }
 
 /// The initrd's bytes, refused before reading when they cannot fit above the kernel.
@@ -314,7 +316,7 @@ fn create_vcpus(
 fn create_devices(
     vm: &Vm,
     ram: &GuestRam,
-    console: Box<dyn Write + Send>,
+    (console, filter): (Box<dyn Write + Send>, Option<BpfProgram>),
     config: &BootConfig,
     virtio: Vec<SharedVirtio>,
 ) -> Result<Devices, BootError> {
@@ -328,7 +330,10 @@ fn create_devices(
         .register_irqfd(&irq, SERIAL_IRQ)
         .map_err(ioctl("KVM_IRQFD"))?;
     let give_up = GiveUp::new();
-    let console = BoundedOutput::new(console, give_up.clone()).map_err(BootError::Thread)?;
+    let confine: Box<dyn FnOnce() + Send> =
+        Box::new(move || confine_role("console output", filter));
+    let console =
+        BoundedOutput::with_start(console, give_up.clone(), confine).map_err(BootError::Thread)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         EventFdTrigger(irq),
         Box::new(ConsoleWatch::new(Box::new(console), events.clone())),

@@ -90,6 +90,7 @@ pub fn console_input(
     mut input: Box<dyn Read + Send>,
     serial: Arc<Mutex<SerialDevice<EventFdTrigger>>>,
     stop: Arc<StopSignal>,
+    filter: Option<seccompiler::BpfProgram>,
 ) -> std::io::Result<JoinHandle<()>> {
     let queue = serial
         .lock()
@@ -98,6 +99,7 @@ pub fn console_input(
     std::thread::Builder::new()
         .name("console-input".into())
         .spawn(move || {
+            super::run::confine_role("console input", filter);
             let mut buf = [0u8; 256];
             let mut escape = Escape::default();
             let mut dropped = false;

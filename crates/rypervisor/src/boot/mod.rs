@@ -147,6 +147,9 @@ pub enum BootError {
     /// More virtio devices than interrupt lines for them.
     #[error("at most {0} virtio devices")]
     TooManyDevices(usize),
+    /// The seccomp filters could not be built or applied.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] VirtioError),
@@ -175,6 +178,8 @@ pub struct BootConfig {
     pub origin: Instant,
     /// Give the guest a virtio-rng device.
     pub rng: bool,
+    /// Confine every VMM thread with the seccomp filter of its role once the VM is built.
+    pub seccomp: bool,
 }
 
 impl BootConfig {
@@ -191,6 +196,7 @@ impl BootConfig {
             kvm_device: DEFAULT_DEVICE.into(),
             origin: Instant::now(),
             rng: false,
+            seccomp: true,
         }
     }
 

@@ -22,12 +22,14 @@ use crate::devices::serial::EventFdTrigger;
 use crate::devices::{SerialDevice, StopSignal};
 use crate::kvm::{ioctl, KvmSystem};
 use crate::memory::GuestRam;
+use crate::seccomp::boot::BootFilters;
 use crate::vcpu::{
     handle_exit, kick, report, ExitAction, ExitStats, Kicker, Stop, Vcpu, VcpuError,
 };
 use crate::virtio::event_loop::EventLoop;
 use crate::virtio::VirtioDevice;
 use crate::vm::Vm;
+use seccompiler::BpfProgram;
 
 /// How often the supervisor looks at the console, the stop signal and the clock.
 const POLL: Duration = Duration::from_millis(10);
@@ -57,6 +59,8 @@ pub struct Devices {
 
 /// A prepared Linux VM.
 pub struct LinuxVm {
+    /// The seccomp filters of the VMM's threads (none with `--no-seccomp`).
+    pub(super) filters: Option<BootFilters>,
     vcpus: Vec<Vcpu>,
     devices: Devices,
     report: BootReport,
@@ -114,6 +118,7 @@ impl LinuxVm {
             last_places: Vec::new(),
         };
         Self {
+            filters: None,
             vcpus,
             devices,
             report,
@@ -132,6 +137,11 @@ impl LinuxVm {
     /// The serial device, to push console input into (`push_input`).
     pub fn serial(&self) -> Arc<Mutex<SerialDevice<EventFdTrigger>>> {
         self.devices.serial.clone()
+    }
+
+    /// The console input thread's seccomp filter, for [`console_input`](super::console_input).
+    pub fn console_input_filter(&self) -> Option<BpfProgram> {
+        self.filters.as_ref().map(|f| f.console_input.clone())
     }
 
     /// A handle that ends the VM (status 0) when requested, e.g. on Ctrl-A x.
@@ -153,18 +163,25 @@ impl LinuxVm {
             workarounds: AtomicU64::new(0),
         });
         // The device event loop first: the guest may kick a queue as soon as it runs.
+        let filters = self.filters.take();
         let event_loop = match self.devices.virtio.is_empty() {
             true => None,
-            false => Some(EventLoop::start(self.devices.virtio.clone(), || {})?),
+            false => {
+                let filter = filters.as_ref().map(|f| f.devices.clone());
+                let confine = move || confine_role("devices", filter);
+                Some(EventLoop::start(self.devices.virtio.clone(), confine)?)
+            }
         };
         let (tx, rx) = mpsc::channel::<Ending>();
         let mut threads: Vec<(Kicker, JoinHandle<(ExitStats, String)>)> = Vec::new();
         for (index, mut vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let (shared, tx) = (shared.clone(), tx.clone());
             let kicker = vcpu.kicker();
+            let filter = filters.as_ref().map(|f| f.vcpu.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    confine_role("vcpu", filter);
                     let mut stats = ExitStats::default();
                     if let Some(ending) = vcpu_loop(index, &mut vcpu, &shared, &mut stats) {
                         let _ = tx.send(ending);
@@ -176,6 +193,9 @@ impl LinuxVm {
             threads.push((kicker, handle));
         }
         drop(tx);
+        if let Some(f) = &filters {
+            crate::seccomp::confine_thread(&f.supervisor)?;
+        }
         let deadline = self.config.timeout.map(|t| Instant::now() + t);
         if let Some(deadline) = deadline {
             self.devices.give_up.at(deadline);
@@ -257,6 +277,17 @@ impl LinuxVm {
                  a reboot with its console messages suppressed"
                     .into(),
             )
+        }
+    }
+}
+
+/// Applies a thread's seccomp filter (if any) to the calling thread. A filter that cannot be
+/// applied ends the process: running unconfined when confinement was asked for is worse.
+pub(crate) fn confine_role(role: &str, filter: Option<BpfProgram>) {
+    if let Some(filter) = filter {
+        if let Err(e) = crate::seccomp::confine_thread(&filter) {
+            eprintln!("rypervisor: cannot confine the {role} thread: {e}");
+            std::process::exit(1);
         }
     }
 }

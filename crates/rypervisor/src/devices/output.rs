@@ -98,6 +98,15 @@ impl std::fmt::Debug for BoundedOutput {
 impl BoundedOutput {
     /// Starts the thread that writes to `out`; writers wait for room until `give_up`.
     pub fn new(out: Box<dyn Write + Send>, give_up: Arc<GiveUp>) -> std::io::Result<Self> {
+        Self::with_start(out, give_up, Box::new(|| {}))
+    }
+
+    /// [`BoundedOutput::new`], with `on_start` run first on the thread (its seccomp filter).
+    pub fn with_start(
+        out: Box<dyn Write + Send>,
+        give_up: Arc<GiveUp>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -106,7 +115,10 @@ impl BoundedOutput {
         let theirs = shared.clone();
         std::thread::Builder::new()
             .name("console-output".into())
-            .spawn(move || drain(&theirs, out))?;
+            .spawn(move || {
+                on_start();
+                drain(&theirs, out)
+            })?;
         Ok(Self { shared })
     }
 

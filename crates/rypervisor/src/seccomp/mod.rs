@@ -3,7 +3,10 @@
 //!
 //! If a bug in the system-call dispatcher ever let a program steer the VMM, the VMM still
 //! could not open sockets, start processes or write files: any system call outside this list
-//! kills the whole VMM process with SIGSYS.
+//! kills the whole VMM process with SIGSYS. [`boot`] has the filters of `rypervisor boot`'s
+//! threads, one per role.
+
+pub mod boot;
 
 use std::collections::BTreeMap;
 
@@ -26,18 +29,18 @@ pub enum SeccompError {
 /// The rules of one filter, by system call: an empty list allows the call whatever its
 /// arguments, otherwise any one matching rule does.
 #[derive(Default)]
-struct Rules(BTreeMap<i64, Vec<SeccompRule>>);
+pub(crate) struct Rules(BTreeMap<i64, Vec<SeccompRule>>);
 
 impl Rules {
     /// Allows `calls` with any arguments.
-    fn allow(&mut self, calls: &[i64]) {
+    pub(crate) fn allow(&mut self, calls: &[i64]) {
         for &nr in calls {
             self.0.insert(nr, Vec::new());
         }
     }
 
     /// Allows `nr` when argument `arg` (32-bit) compares to `value` by `op`.
-    fn allow_when(
+    pub(crate) fn allow_when(
         &mut self,
         nr: i64,
         arg: u8,
@@ -52,7 +55,7 @@ impl Rules {
     }
 
     /// Kills the process on anything else.
-    fn compile(self) -> Result<BpfProgram, SeccompError> {
+    pub(crate) fn compile(self) -> Result<BpfProgram, SeccompError> {
         let filter = SeccompFilter::new(
             self.0,
             SeccompAction::KillProcess,
@@ -65,7 +68,7 @@ impl Rules {
 }
 
 /// The KVM ioctls a running sandbox issues.
-fn kvm_ioctls() -> Vec<u64> {
+pub(crate) fn kvm_ioctls() -> Vec<u64> {
     use kvm_bindings::*;
     // _IO/_IOR/_IOW numbers, computed the way <linux/kvm.h> does (kvm-ioctls keeps its own
     // copies private).
@@ -91,7 +94,7 @@ fn kvm_ioctls() -> Vec<u64> {
 }
 
 /// What every VMM thread needs: its own memory, the standard streams, time, the kick signal.
-const VMM_BASICS: [i64; 24] = [
+pub(crate) const VMM_BASICS: [i64; 24] = [
     libc::SYS_read,  // stdin for the program
     libc::SYS_write, // stdout/stderr, traces
     libc::SYS_writev,

@@ -1,0 +1,151 @@
+//! The seccomp filters of `rypervisor boot`, one per thread role, each applied by the thread
+//! itself once the VM is built (as Firecracker does): a vCPU runs KVM_RUN and a few
+//! register ioctls and signals irqfds; the device event loop waits on epoll and reads and
+//! writes eventfds (and takes entropy for virtio-rng); the console threads read stdin or
+//! write stdout; the supervisor (the main thread) waits, kicks and joins. Everything else
+//! kills the process with SIGSYS.
+
+use seccompiler::{BpfProgram, SeccompCmpOp};
+
+use super::{kvm_ioctls, Rules, SeccompError, VMM_BASICS};
+
+/// One filter per thread role.
+#[derive(Clone, Debug)]
+pub struct BootFilters {
+    /// vCPU threads.
+    pub vcpu: BpfProgram,
+    /// The virtio event loop.
+    pub devices: BpfProgram,
+    /// The console input thread (stdin → UART).
+    pub console_input: BpfProgram,
+    /// The console output thread (UART → stdout).
+    pub console_output: BpfProgram,
+    /// The supervisor: the thread that called `LinuxVm::run`.
+    pub supervisor: BpfProgram,
+}
+
+/// The ioctls a boot vCPU issues beyond the sandbox's: `KVM_TRANSLATE` and the vCPU events
+/// (where it stopped; stepping over an emulation failure).
+fn boot_vcpu_ioctls() -> Vec<u64> {
+    use kvm_bindings::{kvm_translation, kvm_vcpu_events};
+    const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+        (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+    }
+    const W: u64 = 1;
+    const R: u64 = 2;
+    let mut all = kvm_ioctls();
+    all.extend([
+        ioc(R | W, 0x85, std::mem::size_of::<kvm_translation>()), // KVM_TRANSLATE
+        ioc(R, 0x9f, std::mem::size_of::<kvm_vcpu_events>()),     // KVM_GET_VCPU_EVENTS
+        ioc(W, 0xa0, std::mem::size_of::<kvm_vcpu_events>()),     // KVM_SET_VCPU_EVENTS
+    ]);
+    all
+}
+
+/// What every thread of a boot needs: its own memory (never executable), time, locks,
+/// the kick signal, logging to stderr, its own end.
+fn base() -> Result<Rules, SeccompError> {
+    let mut rules = Rules::default();
+    rules.allow(&VMM_BASICS);
+    let exec = SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64);
+    rules.allow_when(libc::SYS_mmap, 2, exec.clone(), 0)?;
+    rules.allow_when(libc::SYS_mprotect, 2, exec, 0)?;
+    rules.allow_when(libc::SYS_fcntl, 1, SeccompCmpOp::Eq, libc::F_GETFD as u64)?;
+    Ok(rules)
+}
+
+/// Builds the five filters.
+pub fn boot_filters() -> Result<BootFilters, SeccompError> {
+    let mut vcpu = base()?;
+    for nr in boot_vcpu_ioctls() {
+        vcpu.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, nr)?;
+    }
+    let mut devices = base()?;
+    devices.allow(&[libc::SYS_epoll_wait, libc::SYS_epoll_pwait]);
+    let console_input = base()?;
+    let console_output = base()?;
+    let mut supervisor = base()?;
+    // Restoring the terminal (tcsetattr) and re-raising a signal after it, at the end.
+    for request in [libc::TCGETS, libc::TCSETS, libc::TCSETSW] {
+        supervisor.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, request)?;
+    }
+    supervisor.allow(&[libc::SYS_rt_sigaction]);
+    Ok(BootFilters {
+        vcpu: vcpu.compile()?,
+        devices: devices.compile()?,
+        console_input: console_input.compile()?,
+        console_output: console_output.compile()?,
+        supervisor: supervisor.compile()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seccomp::confine_thread;
+
+    /// Runs `f` in a forked child confined by `filter`; returns how the child ended.
+    fn confined(filter: &BpfProgram, f: fn() -> i32) -> i32 {
+        // SAFETY: fork in a test: the child applies a filter, runs `f` (plain system calls)
+        // and _exits, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = if confine_thread(filter).is_ok() {
+                f()
+            } else {
+                10
+            };
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    fn socket() -> i32 {
+        // SAFETY: a plain system call.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        12
+    }
+
+    fn own_work() -> i32 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: plain system calls on live locals.
+        let ok = unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) == 0
+                && libc::write(2, [].as_ptr(), 0) == 0
+        };
+        if ok {
+            0
+        } else {
+            11
+        }
+    }
+
+    #[test]
+    fn every_role_does_its_work_and_is_killed_by_anything_else() {
+        let f = boot_filters().unwrap();
+        for (role, filter) in [
+            ("vcpu", &f.vcpu),
+            ("devices", &f.devices),
+            ("console input", &f.console_input),
+            ("console output", &f.console_output),
+            ("supervisor", &f.supervisor),
+        ] {
+            let status = confined(filter, own_work);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{role}"
+            );
+            let status = confined(filter, socket);
+            assert!(libc::WIFSIGNALED(status), "{role}: socket() was allowed");
+            assert_eq!(libc::WTERMSIG(status), libc::SIGSYS, "{role}");
+        }
+    }
+}
