@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall)
+[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -21,7 +21,7 @@ fi
 
 seeds="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-seeds.XXXXXX")"
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds"/{size,image,program,kernel,syscall}
+mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio}
 printf '64M' >"$seeds/size/a"; printf '2G' >"$seeds/size/b"; printf '0x1000' >"$seeds/size/c"
 printf '\xba\xf8\x03\x00\xd8\x04\x30\xee\xb0\x0a\xee\xf4' >"$seeds/image/lwn"
 for prog in hello args files; do
@@ -36,6 +36,15 @@ for k in "$cache"/*/vmlinux "$cache"/*/bzImage; do
   [ -f "$k" ] && head -c 65536 "$k" >"$seeds/kernel/$(basename "$k")"
 done
 head -c 2048 /dev/urandom >"$seeds/syscall/random"
+# A driver's set-up of the rng's one queue: status steps, features, queue registers, kick.
+python3 - "$seeds/virtio_mmio/setup" <<'PY'
+import struct, sys
+ops = [(0x70, 0), (0x70, 1), (0x70, 3), (0x24, 1), (0x20, 1), (0x24, 0), (0x20, 0), (0x70, 11),
+       (0x30, 0), (0x38, 16), (0x80, 0x1000), (0x84, 0), (0x90, 0x2000), (0x94, 0), (0xa0, 0x3000),
+       (0xa4, 0), (0x44, 1), (0x70, 15), (0x50, 0)]
+out = b"".join(struct.pack("<HBI", off, 2 | 0x40, v) for off, v in ops)
+open(sys.argv[1], "wb").write(out)
+PY
 
 status=0
 for t in "${targets[@]}"; do
