@@ -1,7 +1,6 @@
 //! How a sandboxed program ended ([`Exit`]), and the one-line report a shell user expects
 //! (a CPU exception is reported as the signal Linux would have sent).
 
-use super::layout;
 use super::linux::sysno;
 use super::policy::STRICT_STATUS;
 
@@ -91,7 +90,7 @@ impl std::fmt::Display for Fault {
         write!(
             f,
             "program killed by {signal}: {} at rip {:#x}",
-            layout::exception_name(self.vector),
+            crate::arch::exception_name(self.vector),
             self.rip
         )?;
         if !self.instruction.is_empty() {

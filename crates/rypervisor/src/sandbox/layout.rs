@@ -189,11 +189,6 @@ pub fn is_kernel_cs(sregs: &kvm_sregs) -> bool {
     sregs.cs.selector & 3 == 0
 }
 
-/// The name of the exception with `vector`.
-pub fn exception_name(vector: u8) -> &'static str {
-    crate::arch::exception_name(vector)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,23 +86,10 @@ mod tests {
 
     /// Runs `f` in a forked child confined by `filter`; returns how the child ended.
     fn confined(filter: &BpfProgram, f: fn() -> i32) -> i32 {
-        // SAFETY: fork in a test: the child applies a filter, runs `f` (plain system calls)
-        // and _exits, never returning into the test harness.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let code = if confine_thread(filter).is_ok() {
-                f()
-            } else {
-                10
-            };
-            // SAFETY: ends the child without running the parent's destructors.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for the child just forked.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        status
+        crate::seccomp::tests::in_child(|| match confine_thread(filter) {
+            Ok(()) => f(),
+            Err(_) => 10,
+        })
     }
 
     fn socket() -> i32 {

@@ -169,11 +169,11 @@ pub fn confine_thread(filter: &BpfProgram) -> Result<(), SeccompError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Runs `f` in a forked child and returns how the child ended (wait status).
-    fn in_child(f: impl FnOnce() -> i32) -> i32 {
+    pub(super) fn in_child(f: impl FnOnce() -> i32) -> i32 {
         // SAFETY: fork in a test: the child only runs `f` (async-signal-safe system calls on
         // pre-built data) and then _exit, never returning into the test harness.
         let pid = unsafe { libc::fork() };

@@ -19,7 +19,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Active, Interrupt, VirtioDevice, VirtioError, INT_CONFIG};
+use super::{Active, Complaints, Interrupt, VirtioDevice, VirtioError, INT_CONFIG};
 use crate::bus::BusDevice;
 
 /// "virt", little-endian.
@@ -41,9 +41,6 @@ const STEPS: [u32; 4] = [
     VIRTIO_CONFIG_S_DRIVER_OK,
 ];
 
-/// How many driver mistakes are logged per device before it goes quiet.
-const LOGGED_MISTAKES: u32 = 8;
-
 /// One device's transport.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -56,7 +53,7 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     queue_sel: u32,
     status: u32,
-    mistakes: u32,
+    complaints: Complaints,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -98,7 +95,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             queue_sel: 0,
             status: 0,
-            mistakes: 0,
+            complaints: Complaints::default(),
         })
     }
 
@@ -112,11 +109,9 @@ impl MmioTransport {
     }
 
     fn mistake(&mut self, what: std::fmt::Arguments<'_>) {
-        self.mistakes = self.mistakes.saturating_add(1);
-        if self.mistakes <= LOGGED_MISTAKES {
-            let name = self.device().name();
-            tracing::warn!("virtio-{name}: driver error, ignored: {what}");
-        }
+        let name = self.device().name();
+        self.complaints
+            .note(name, format_args!("driver error, ignored: {what}"));
     }
 
     fn register(&self, offset: u32) -> u32 {

@@ -57,8 +57,7 @@ impl Errno {
 
     /// The C library's description ("No such file or directory").
     pub fn description(self) -> String {
-        let text = std::io::Error::from_raw_os_error(self.0).to_string();
-        text.split(" (os error").next().unwrap_or("").to_string()
+        crate::hostfile::os_text(&std::io::Error::from_raw_os_error(self.0))
     }
 }
 
