@@ -4,14 +4,22 @@
  *   rypervisor.busybox   run a few busybox commands (needs build-initramfs.sh --busybox)
  *   rypervisor.panic     exit instead of powering off: the kernel panics ("Attempted to kill init")
  *   rypervisor.rng       read /dev/hwrng twice and print the bytes and the rng in use
+ *   rypervisor.vsock     serve an echo on vsock port 1234 (any number of connections), connect
+ *                        to the host's port 5000 (say hello, print the answer) and 5001 (print
+ *                        why it failed), print "vsock ready", then wait for one connection on
+ *                        port 1235 to end before powering off
  * Build: gcc -static -O2 -o init init.c */
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/vm_sockets.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/io.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,6 +66,79 @@ static void rng(void) {
   if (fd >= 0) close(fd);
 }
 
+static int vsock_listen(unsigned port) {
+  struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
+  int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+  if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64)) {
+    printf("rypervisor-init: vsock listen on %u: %s\n", port, strerror(errno));
+    return -1;
+  }
+  return s;
+}
+
+/* Echoes until EOF, then closes. */
+static void echo(int c) {
+  static char buf[64 << 10];
+  ssize_t n;
+  while ((n = read(c, buf, sizeof buf)) > 0)
+    for (ssize_t off = 0, w; off < n; off += w)
+      if ((w = write(c, buf + off, n - off)) <= 0) return;
+}
+
+/* Connects to the host's port; -1 with errno on failure. */
+static int vsock_connect(unsigned port) {
+  struct sockaddr_vm h = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = port};
+  int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+  if (s < 0 || connect(s, (struct sockaddr *)&h, sizeof h) == 0) return s;
+  int e = errno;
+  close(s);
+  errno = e;
+  return -1;
+}
+
+static void vsock(void) {
+  int l = vsock_listen(1234);
+  if (l < 0) return;
+  pid_t server = fork();
+  if (server == 0) {
+    signal(SIGCHLD, SIG_IGN); /* no zombies */
+    for (;;) {
+      int c = accept(l, NULL, NULL);
+      if (c < 0) continue;
+      if (fork() == 0) {
+        echo(c);
+        _exit(0);
+      }
+      close(c);
+    }
+  }
+  close(l);
+  int s = vsock_connect(5000);
+  if (s >= 0) {
+    char reply[128] = "";
+    const char *hello = "hello from the guest\n";
+    write(s, hello, strlen(hello));
+    shutdown(s, SHUT_WR);
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof reply - 1 && (n = read(s, reply + got, sizeof reply - 1 - got)) > 0) got += n;
+    reply[got] = 0;
+    printf("rypervisor-init: vsock host said: %s", reply);
+    close(s);
+  } else {
+    printf("rypervisor-init: vsock connect 5000: %s\n", strerror(errno));
+  }
+  s = vsock_connect(5001);
+  printf("rypervisor-init: vsock connect 5001: %s\n", s < 0 ? strerror(errno) : "connected");
+  int ctl = vsock_listen(1235);
+  printf("rypervisor-init: vsock ready\n");
+  int c = ctl >= 0 ? accept(ctl, NULL, NULL) : -1;
+  char byte;
+  while (c >= 0 && read(c, &byte, 1) > 0) {}
+  printf("rypervisor-init: vsock done\n");
+  kill(server, SIGKILL);
+}
+
 static void run(char *const argv[]) {
   pid_t pid = fork();
   if (pid == 0) {
@@ -90,6 +171,7 @@ int main(void) {
     run(ls);
   }
   if (strstr(cmdline, "rypervisor.rng")) rng();
+  if (strstr(cmdline, "rypervisor.vsock")) vsock();
   if (strstr(cmdline, "rypervisor.panic")) {
     printf("rypervisor-init: exiting on purpose\n");
     return 1;

@@ -6,13 +6,14 @@
 # Usage: scripts/fuzz-ci.sh [SECONDS] [TARGET...]
 # Seeds: static C programs from crates/rypervisor/tests/programs (program), the recipe
 # kernel's bzImage and vmlinux heads when guest/build-kernel.sh has cached them (kernel),
-# tiny flat and ELF guests (image), sizes (size), and random registers (syscall).
+# tiny flat and ELF guests (image), sizes (size), random registers (syscall), a driver's
+# set-up (virtio_mmio) and a vsock session (vsock_tx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio)
+[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio vsock_tx)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -21,7 +22,7 @@ fi
 
 seeds="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-seeds.XXXXXX")"
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio}
+mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio,vsock_tx}
 printf '64M' >"$seeds/size/a"; printf '2G' >"$seeds/size/b"; printf '0x1000' >"$seeds/size/c"
 printf '\xba\xf8\x03\x00\xd8\x04\x30\xee\xb0\x0a\xee\xf4' >"$seeds/image/lwn"
 for prog in hello args files; do
@@ -44,6 +45,18 @@ ops = [(0x70, 0), (0x70, 1), (0x70, 3), (0x24, 1), (0x20, 1), (0x24, 0), (0x20, 
        (0xa4, 0), (0x44, 1), (0x70, 15), (0x50, 0)]
 out = b"".join(struct.pack("<HBI", off, 2 | 0x40, v) for off, v in ops)
 open(sys.argv[1], "wb").write(out)
+PY
+
+# vsock: a guest connects to host port 80 and sends bytes; a host program connects to guest
+# port 1234; the guest answers; the device's packets are collected.
+python3 - "$seeds/vsock_tx/session" <<'PY'
+import struct, sys
+def hdr(op, sport, dport, length=0, flags=0):
+    return struct.pack("<QQIIIHHIII", 3, 2, sport, dport, length, 1, op, flags, 65536, 0)
+recs = [(0x80, hdr(1, 7, 80)), (0xc0, hdr(5, 7, 80, 5) + b"hello"), (4, b""),
+        (2, b"CONNECT 1234\n"), (4, b""), (0x80, hdr(2, 1234, 1 << 30)), (3, b"data"), (4, b""),
+        (0x80, hdr(4, 7, 80, 0, 3)), (4, b"")]
+open(sys.argv[1], "wb").write(b"".join(bytes([k, len(b)]) + b for k, b in recs))
 PY
 
 status=0

@@ -15,5 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let ram = GuestRam::new(0, 32 << 20).unwrap();
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(data).unwrap();
-    let _ = load_kernel(ram.guest_memory(), std::path::Path::new("fuzz"), &mut file, kind);
+    let _ = load_kernel(
+        ram.guest_memory(),
+        std::path::Path::new("fuzz"),
+        &mut file,
+        kind,
+    );
 });

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rypervisor::sandbox::layout::{MIN_MEM, USER_BASE};
 use rypervisor::sandbox::host::BufferHost;
+use rypervisor::sandbox::layout::{MIN_MEM, USER_BASE};
 use rypervisor::sandbox::linux::{Context, Next, Process, SyscallArgs};
 use rypervisor::sandbox::usermem::UserMemory;
 use rypervisor::sandbox::Policy;
@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     // The tail of the input becomes program memory (where pointers will often land).
     let split = data.len().min(7 * 8 * 16);
     let (calls, memory) = data.split_at(split);
-    let _ = mem.write(USER_BASE, &memory[..memory.len().min((MIN_MEM - USER_BASE) as usize)]);
+    let _ = mem.write(
+        USER_BASE,
+        &memory[..memory.len().min((MIN_MEM - USER_BASE) as usize)],
+    );
     let tables_before = {
         let mut b = vec![0u8; USER_BASE as usize];
         mem.ram().read(0, &mut b).unwrap();
@@ -52,5 +55,8 @@ fuzz_target!(|data: &[u8]| {
     // The VMM's tables (page tables, GDT, IDT, TSS, stubs) are never written by a call.
     let mut after = vec![0u8; USER_BASE as usize];
     mem.ram().read(0, &mut after).unwrap();
-    assert!(tables_before == after, "a system call wrote below USER_BASE");
+    assert!(
+        tables_before == after,
+        "a system call wrote below USER_BASE"
+    );
 });

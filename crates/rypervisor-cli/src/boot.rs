@@ -24,6 +24,7 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
         kvm_device: device.to_path_buf(),
         origin: *PROCESS_START.get().unwrap_or(&Instant::now()),
         rng: args.rng,
+        vsock: args.vsock.as_deref().map(str::parse).transpose()?,
         seccomp: !args.no_seccomp,
     };
     config.check()?;

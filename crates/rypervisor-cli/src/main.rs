@@ -71,6 +71,8 @@ enum Command {
     Demo {
         #[command(flatten)]
         narration: Narration,
+        #[command(flatten)]
+        confinement: Confinement,
     },
     /// Run a guest program (flat binary or ELF) with a serial port and an exit device.
     #[command(
@@ -149,6 +151,12 @@ struct BootArgs {
     /// Add a virtio-rng device fed from the host's getrandom (/dev/hwrng in the guest).
     #[arg(long)]
     rng: bool,
+    /// Add a virtio-vsock device, host side as Firecracker's: the guest has CID N (≥ 3); a
+    /// host program connects to the Unix socket PATH and writes "CONNECT <port>\n" to reach
+    /// a guest port (answer: "OK <host_port>\n"); a guest connect() to CID 2 port P reaches
+    /// the Unix socket PATH_P. See docs/devices.md.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<String>,
     /// Do not confine rypervisor's threads with seccomp (for debugging the VMM).
     #[arg(long, hide = true)]
     no_seccomp: bool,
@@ -208,6 +216,13 @@ struct Narration {
 }
 
 #[derive(Args)]
+struct Confinement {
+    /// Do not confine rypervisor's threads with seccomp (for debugging the VMM).
+    #[arg(long, hide = true)]
+    no_seccomp: bool,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// Guest image: flat binary or ELF.
     image: PathBuf,
@@ -234,6 +249,8 @@ struct RunArgs {
     registers: Vec<(Gpr, u64)>,
     #[command(flatten)]
     narration: Narration,
+    #[command(flatten)]
+    confinement: Confinement,
 }
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -326,13 +343,17 @@ fn error_text(e: &anyhow::Error) -> String {
 fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Info { json } => info::cmd_info(&cli.kvm_device, json),
-        Command::Demo { narration } => {
+        Command::Demo {
+            narration,
+            confinement,
+        } => {
             let image = Image::flat(LWN_PROGRAM.to_vec(), 0x1000, None, CpuMode::Real)?;
             let config = MachineConfig {
                 ram_base: 0x1000,
                 ram_size: 0x1000,
                 registers: vec![(Gpr::Rax, 2), (Gpr::Rbx, 2)],
                 kvm_device: cli.kvm_device,
+                seccomp: !confinement.no_seccomp,
                 ..MachineConfig::default()
             };
             run::run_guest(&config, &image, &narration, false)
@@ -358,6 +379,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 registers: args.registers,
                 timeout: args.timeout,
                 kvm_device: cli.kvm_device,
+                seccomp: !args.confinement.no_seccomp,
             };
             // The RAM size first: the image is checked against it before it is read.
             rypervisor::builder::check_ram(&config)?;

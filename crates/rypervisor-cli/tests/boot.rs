@@ -1,6 +1,8 @@
 //! `rypervisor boot` against real /dev/kvm: the repository's guest kernel recipe
-//! (guest/build-kernel.sh, cached after the first build) with its initramfs, 1 and 2 vCPUs;
-//! Debian's stock cloud kernel as a bzImage; a panicking guest; and bad input.
+//! (guest/build-kernel.sh, cached after the first build) with its initramfs on 2 vCPUs, as a
+//! vmlinux without PVH and as a bzImage; Debian's stock cloud kernel as a bzImage; a
+//! panicking guest; the console; and bad input. The one-vCPU boot that also checks the
+//! virtio devices and seccomp is in devices.rs.
 //!
 //! Boots are serialised (one guest at a time): on a nested host guest ring 0 is emulated and
 //! CPU-bound, so parallel boots would only slow each other down.
@@ -8,56 +10,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::guest::{guest_kernel, initramfs, one_at_a_time, script};
 use common::{require_kvm, rypervisor, Run};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn script(name: &str, args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(repo().join("guest").join(name))
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run guest/{name}: {e}"));
-    assert!(out.status.success(), "guest/{name} failed ({})", out.status);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or("")
-        .to_string()
-}
-
-/// The recipe kernel's directory (vmlinux, bzImage), built once per machine.
-fn guest_kernel() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| PathBuf::from(script("build-kernel.sh", &[])))
-}
-
-fn initramfs() -> &'static Path {
-    static FILE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &FILE
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("initramfs.cpio");
-            script("build-initramfs.sh", &[path.to_str().unwrap()]);
-            (dir, path)
-        })
-        .1
-}
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn boot(args: &[&str]) -> Run {
     require_kvm();
@@ -89,68 +47,6 @@ fn boot_with(kernel: &Path, cpus: &str, extra: &[&str]) -> Run {
     ];
     args.extend_from_slice(extra);
     boot(&args)
-}
-
-#[test]
-fn the_recipe_kernel_boots_to_init_with_one_cpu() {
-    let r = boot_recipe(
-        "1",
-        &[
-            "--rng",
-            "--cmdline",
-            "loglevel=7 rypervisor.test=1 rypervisor.rng",
-        ],
-    );
-    assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains("rypervisor-init: hello from /init"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("rypervisor-init: cpus=1\n")
-            || r.stdout.contains("rypervisor-init: cpus=1\r\n"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("reboot: System halted") || r.stdout.contains("reboot: Power down"),
-        "{}",
-        r.stdout
-    );
-    assert!(r.stderr.contains("ELF vmlinux (PVH entry)"), "{}", r.stderr);
-    // virtio-rng: announced on the command line, used by the kernel, varied bytes.
-    assert!(
-        r.stdout.contains("virtio_mmio.device=4K@0xd0000000:5"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout
-            .contains("rypervisor-init: rng_current=virtio_rng.0"),
-        "{}",
-        r.stdout
-    );
-    let hwrng: Vec<&str> = r
-        .stdout
-        .lines()
-        .filter_map(|l| l.split("rypervisor-init: hwrng").nth(1))
-        .map(|l| l[2..].split(' ').next().unwrap_or(""))
-        .collect();
-    assert_eq!(hwrng.len(), 2, "{}", r.stdout);
-    assert_eq!(hwrng[0].len(), 64, "32 bytes: {}", r.stdout);
-    assert_ne!(hwrng[0], hwrng[1], "two reads, two values");
-    assert_ne!(hwrng[0], "0".repeat(64));
-    let marker = r
-        .stderr
-        .lines()
-        .find(|l| l.trim_start().starts_with("boot marker"))
-        .unwrap_or("");
-    assert!(
-        marker.ends_with(" s") && !marker.contains('-'),
-        "the marker was seen: {}",
-        r.stderr
-    );
 }
 
 #[test]
@@ -479,68 +375,4 @@ fn endless_console_input_costs_little_and_the_timeout_holds() {
         "peak RSS {} MiB with --mem 64M",
         r.peak_mib
     );
-}
-
-#[test]
-fn every_vmm_thread_is_confined_by_seccomp_during_a_boot() {
-    require_kvm();
-    let kernel = guest_kernel().join("vmlinux");
-    let _one = one_at_a_time();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
-        .args([
-            "boot",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--rng",
-            "--cpus",
-            "2",
-        ])
-        .args(["--mem", "64M", "--timeout", "60"])
-        .stdin(Stdio::piped()) // kept open: the console input thread stays alive
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tasks = format!("/proc/{}/task", child.id());
-    let want = [
-        "rypervisor",
-        "console-input",
-        "console-output",
-        "virtio",
-        "vcpu0",
-        "vcpu1",
-    ];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        seen = std::fs::read_dir(&tasks)
-            .unwrap()
-            .filter_map(|t| {
-                let t = t.ok()?.path();
-                let name = std::fs::read_to_string(t.join("comm")).ok()?;
-                let status = std::fs::read_to_string(t.join("status")).ok()?;
-                let mode = status
-                    .lines()
-                    .find(|l| l.starts_with("Seccomp:"))?
-                    .to_string();
-                Some((name.trim().to_string(), mode))
-            })
-            .collect();
-        let all_there = want.iter().all(|w| seen.iter().any(|(n, _)| n == w));
-        if all_there && seen.iter().all(|(_, m)| m.ends_with('2')) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    for w in want {
-        assert!(
-            seen.iter().any(|(n, _)| n == w),
-            "no {w} thread in {seen:?}"
-        );
-    }
-    for (name, mode) in &seen {
-        assert!(mode.ends_with('2'), "{name} is not confined: {mode}");
-    }
 }

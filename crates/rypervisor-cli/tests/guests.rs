@@ -449,3 +449,53 @@ fn emulation_failures_are_reported_with_the_instruction() {
         assert_eq!(r.status, 0, "{}", r.stderr);
     }
 }
+
+#[test]
+fn every_thread_of_run_is_confined_by_seccomp() {
+    require_kvm();
+    let files = Files::new();
+    let code = assemble(64, 0x1000, |a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.jmp(l)
+    });
+    let p = files.write("spin.bin", &code);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args(["run", "--user", "--timeout", "20", path_str(&p)])
+        .stdin(std::process::Stdio::piped()) // the UART's reader waits, parked
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let want = ["rypervisor", "console-output", "serial-input", "watchdog"];
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+        seen = tasks
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let name = std::fs::read_to_string(t.join("comm")).ok()?;
+                let status = std::fs::read_to_string(t.join("status")).ok()?;
+                let mode = status.lines().find(|l| l.starts_with("Seccomp:"))?;
+                Some((name.trim().to_string(), mode.to_string()))
+            })
+            .collect();
+        let all_there = want.iter().all(|w| seen.iter().any(|(n, _)| n == w));
+        if all_there && seen.iter().all(|(_, m)| m.ends_with('2')) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for w in want {
+        assert!(
+            seen.iter().any(|(n, _)| n == w),
+            "no {w} thread in {seen:?}"
+        );
+    }
+    for (name, mode) in &seen {
+        assert!(mode.ends_with('2'), "{name} is not confined: {mode}");
+    }
+}

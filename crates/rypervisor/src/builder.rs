@@ -28,6 +28,9 @@ pub const MAX_RAM: u64 = 3 << 30;
 /// Errors while building a machine.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The seccomp filters could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Opening or checking KVM.
     #[error(transparent)]
     Kvm(#[from] KvmError),
@@ -87,6 +90,10 @@ pub fn build(
         timeout: config.timeout,
         serial: None,
         give_up: crate::devices::output::GiveUp::new(),
+        filters: match config.seccomp {
+            true => Some(crate::seccomp::run::run_filters()?),
+            false => None,
+        },
     })
 }
 

@@ -58,6 +58,11 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Watchdog {
     /// Installs the kick signal's handler (once per process) and starts the thread, disarmed.
     pub fn new() -> Result<Self, WatchdogError> {
+        Self::with_start(Box::new(|| {}))
+    }
+
+    /// [`Watchdog::new`], with `on_start` run first on its thread (its seccomp filter).
+    pub fn with_start(on_start: Box<dyn FnOnce() + Send>) -> Result<Self, WatchdogError> {
         kick::install_handler()?;
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let theirs = shared.clone();
@@ -65,6 +70,7 @@ impl Watchdog {
         let thread = std::thread::Builder::new()
             .name("watchdog".into())
             .spawn(move || {
+                on_start();
                 let _ = started.send(());
                 Self::watch(&theirs)
             })

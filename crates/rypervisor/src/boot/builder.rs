@@ -34,10 +34,11 @@ use crate::memory::GuestRam;
 use crate::seccomp::boot::boot_filters;
 use crate::vcpu::Vcpu;
 use crate::virtio::rng::Rng;
+use crate::virtio::vsock::Vsock;
 use crate::virtio::{mmio, Interrupt, MmioTransport, VirtioDevice};
 use crate::vm::Vm;
 
-use super::run::confine_role;
+use crate::seccomp::confine_role;
 use seccompiler::BpfProgram;
 
 /// A virtio device, shared by its transport (vCPU threads) and the event loop.
@@ -145,6 +146,9 @@ fn virtio_devices(config: &BootConfig) -> Result<Vec<SharedVirtio>, BootError> {
     let mut devices: Vec<SharedVirtio> = Vec::new();
     if config.rng {
         devices.push(Arc::new(Mutex::new(Rng::new()?)));
+    }
+    if let Some(v) = &config.vsock {
+        devices.push(Arc::new(Mutex::new(Vsock::new(v.cid, v.uds.clone())?)));
     }
     if devices.len() > layout::VIRTIO_IRQS.len() {
         return Err(BootError::TooManyDevices(layout::VIRTIO_IRQS.len()));

@@ -99,7 +99,7 @@ pub fn console_input(
     std::thread::Builder::new()
         .name("console-input".into())
         .spawn(move || {
-            super::run::confine_role("console input", filter);
+            crate::seccomp::confine_role("console input", filter);
             let mut buf = [0u8; 256];
             let mut escape = Escape::default();
             let mut dropped = false;

@@ -153,6 +153,9 @@ pub enum BootError {
     /// A virtio device could not be set up.
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    /// The vsock device could not be set up (its socket path, its CID).
+    #[error(transparent)]
+    Vsock(#[from] crate::virtio::vsock::VsockError),
 }
 
 /// What to boot and how.
@@ -178,6 +181,8 @@ pub struct BootConfig {
     pub origin: Instant,
     /// Give the guest a virtio-rng device.
     pub rng: bool,
+    /// Give the guest a virtio-vsock device with this CID and host socket.
+    pub vsock: Option<crate::virtio::vsock::VsockConfig>,
     /// Confine every VMM thread with the seccomp filter of its role once the VM is built.
     pub seccomp: bool,
 }
@@ -196,6 +201,7 @@ impl BootConfig {
             kvm_device: DEFAULT_DEVICE.into(),
             origin: Instant::now(),
             rng: false,
+            vsock: None,
             seccomp: true,
         }
     }

@@ -168,7 +168,7 @@ impl LinuxVm {
             true => None,
             false => {
                 let filter = filters.as_ref().map(|f| f.devices.clone());
-                let confine = move || confine_role("devices", filter);
+                let confine = move || crate::seccomp::confine_role("devices", filter);
                 Some(EventLoop::start(self.devices.virtio.clone(), confine)?)
             }
         };
@@ -181,7 +181,7 @@ impl LinuxVm {
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    confine_role("vcpu", filter);
+                    crate::seccomp::confine_role("vcpu", filter);
                     let mut stats = ExitStats::default();
                     if let Some(ending) = vcpu_loop(index, &mut vcpu, &shared, &mut stats) {
                         let _ = tx.send(ending);
@@ -277,17 +277,6 @@ impl LinuxVm {
                  a reboot with its console messages suppressed"
                     .into(),
             )
-        }
-    }
-}
-
-/// Applies a thread's seccomp filter (if any) to the calling thread. A filter that cannot be
-/// applied ends the process: running unconfined when confinement was asked for is worse.
-pub(crate) fn confine_role(role: &str, filter: Option<BpfProgram>) {
-    if let Some(filter) = filter {
-        if let Err(e) = crate::seccomp::confine_thread(&filter) {
-            eprintln!("rypervisor: cannot confine the {role} thread: {e}");
-            std::process::exit(1);
         }
     }
 }

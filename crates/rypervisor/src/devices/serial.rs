@@ -62,6 +62,8 @@ struct InputState {
     ended: bool,
     /// The device is gone: producers stop.
     closed: bool,
+    /// The guest has read the UART: a parked reader may start reading.
+    wanted: bool,
 }
 
 /// Room for host input beyond the UART's FIFO.
@@ -120,6 +122,25 @@ impl InputQueue {
                 .0;
         }
         Some(done)
+    }
+
+    /// The guest wants input: wakes a parked reader (once).
+    fn want(&self) {
+        let mut state = self.lock();
+        if !state.wanted {
+            state.wanted = true;
+            drop(state);
+            self.room.notify_all();
+        }
+    }
+
+    /// Waits until the guest wants input; false if the device went away first.
+    fn wait_until_wanted(&self) -> bool {
+        let mut state = self.lock();
+        while !state.wanted && !state.closed {
+            state = self.room.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        !state.closed
     }
 
     /// The host side has no more input.
@@ -200,14 +221,36 @@ impl<T: Trigger> SerialDevice<T> {
         self.queue.clone()
     }
 
+    /// Starts the input reader now, parked until the guest first reads the UART (so input
+    /// the guest never asks for is never read), with `on_start` run first on its thread
+    /// (its seccomp filter): a confined vCPU thread cannot start threads later.
+    pub fn start_input_parked(
+        &mut self,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<()> {
+        if let Input::Idle(source) = std::mem::replace(&mut self.input, Input::Queued) {
+            let queue = self.queue.clone();
+            let parked = Box::new(move || {
+                on_start();
+                queue.wait_until_wanted()
+            });
+            if let Err(e) = start_reader(source, self.queue.clone(), parked) {
+                self.input = Input::None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Moves queued input into the UART's receive FIFO (raising the interrupt), without
-    /// blocking; starts the reader thread on the first call.
+    /// blocking; starts the reader thread on the first call (or wakes the parked one).
     pub fn pump_input(&mut self) {
         if let Input::Idle(source) = std::mem::replace(&mut self.input, Input::Queued) {
-            if start_reader(source, self.queue.clone()).is_err() {
+            if start_reader(source, self.queue.clone(), Box::new(|| true)).is_err() {
                 self.input = Input::None;
             }
         }
+        self.queue.want();
         let uart = &mut self.uart;
         self.queue.drain_into(uart.fifo_capacity(), |bytes| {
             uart.enqueue_raw_bytes(bytes).unwrap_or(0)
@@ -221,11 +264,18 @@ impl<T: Trigger> SerialDevice<T> {
 }
 
 /// Reads `source` on a helper thread into `queue`, so a guest polling the UART never blocks
-/// the vCPU.
-fn start_reader(mut source: Box<dyn Read + Send>, queue: Arc<InputQueue>) -> std::io::Result<()> {
+/// the vCPU; `first` runs first on the thread (false: stop without reading).
+fn start_reader(
+    mut source: Box<dyn Read + Send>,
+    queue: Arc<InputQueue>,
+    first: Box<dyn FnOnce() -> bool + Send>,
+) -> std::io::Result<()> {
     thread::Builder::new()
         .name("serial-input".into())
         .spawn(move || {
+            if !first() {
+                return;
+            }
             let mut buf = [0u8; 256];
             loop {
                 match source.read(&mut buf) {

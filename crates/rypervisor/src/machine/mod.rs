@@ -23,6 +23,7 @@ use crate::disasm::{self, Decoded};
 use crate::explain::Observer;
 use crate::kvm::{KvmSystem, DEFAULT_DEVICE};
 use crate::memory::GuestRam;
+use crate::seccomp::run::{confine_hook, RunFilters};
 use crate::vcpu::{handle_exit, ExitAction, ExitStats, Stop, Vcpu, VcpuError};
 use crate::vm::Vm;
 use crate::watchdog::{Watchdog, WatchdogError};
@@ -39,6 +40,9 @@ pub enum MachineError {
     /// The timeout watchdog could not be set up.
     #[error("cannot set up the timeout: {0}")]
     Watchdog(#[from] WatchdogError),
+    /// The seccomp filters could not be built or applied.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A device's thread could not start.
     #[error("cannot start a device thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -59,6 +63,11 @@ pub struct MachineConfig {
     pub timeout: Option<Duration>,
     /// The KVM device node.
     pub kvm_device: PathBuf,
+    /// Confine every thread with the seccomp filter of its role once the VM is built (see
+    /// [`crate::seccomp::run`]). The thread that calls [`Machine::run`] is the vCPU's and
+    /// stays confined after it returns, so this suits a process that ends with the guest
+    /// (the CLI), not a library caller that goes on to other work: off by default.
+    pub seccomp: bool,
 }
 
 impl Default for MachineConfig {
@@ -70,6 +79,7 @@ impl Default for MachineConfig {
             registers: Vec::new(),
             timeout: None,
             kvm_device: PathBuf::from(DEFAULT_DEVICE),
+            seccomp: false,
         }
     }
 }
@@ -89,6 +99,8 @@ pub struct Machine {
     pub(crate) serial: Option<Arc<Mutex<SerialDevice>>>,
     /// When the UART's output stops waiting for a stream that does not drain.
     pub(crate) give_up: Arc<GiveUp>,
+    /// The threads' seccomp filters (with `MachineConfig::seccomp`).
+    pub(crate) filters: Option<RunFilters>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -122,7 +134,10 @@ impl Machine {
         out: Box<dyn Write + Send>,
         input: Option<Box<dyn Read + Send>>,
     ) -> Result<(), MachineError> {
-        let out = BoundedOutput::new(out, self.give_up.clone()).map_err(MachineError::Thread)?;
+        let filter = self.filters.as_ref().map(|f| f.console_output.clone());
+        let hook = confine_hook("console output", filter);
+        let out = BoundedOutput::with_start(out, self.give_up.clone(), hook)
+            .map_err(MachineError::Thread)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             NoInterrupt,
             Box::new(out),
@@ -183,10 +198,24 @@ impl Machine {
 
     /// Runs the vCPU until the guest stops (LWN step 7: the `KVM_RUN` loop).
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunReport, MachineError> {
+        let filters = self.filters.take();
         let dog = match self.timeout {
-            Some(_) => Some(Watchdog::new()?),
+            Some(_) => {
+                let filter = filters.as_ref().map(|f| f.watchdog.clone());
+                Some(Watchdog::with_start(confine_hook("watchdog", filter))?)
+            }
             None => None,
         };
+        if let (Some(f), Some(serial)) = (&filters, &self.serial) {
+            let hook = confine_hook("console input", Some(f.console_input.clone()));
+            let mut serial = serial.lock().unwrap_or_else(|p| p.into_inner());
+            serial
+                .start_input_parked(hook)
+                .map_err(MachineError::Thread)?;
+        }
+        if let Some(f) = &filters {
+            crate::seccomp::confine_thread(&f.vcpu)?;
+        }
         if let Some(limit) = self.timeout {
             self.give_up.at(std::time::Instant::now() + limit);
         }

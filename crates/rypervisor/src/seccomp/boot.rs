@@ -1,7 +1,9 @@
 //! The seccomp filters of `rypervisor boot`, one per thread role, each applied by the thread
 //! itself once the VM is built (as Firecracker does): a vCPU runs KVM_RUN and a few
 //! register ioctls and signals irqfds; the device event loop waits on epoll and reads and
-//! writes eventfds (and takes entropy for virtio-rng); the console threads read stdin or
+//! writes eventfds, takes entropy for virtio-rng and serves vsock's Unix sockets (accept,
+//! connect to Unix sockets only, stream I/O, shutdown, unlink of its own socket file at the
+//! end); the console threads read stdin or
 //! write stdout; the supervisor (the main thread) waits, kicks and joins. Everything else
 //! kills the process with SIGSYS.
 
@@ -26,7 +28,7 @@ pub struct BootFilters {
 
 /// The ioctls a boot vCPU issues beyond the sandbox's: `KVM_TRANSLATE` and the vCPU events
 /// (where it stopped; stepping over an emulation failure).
-fn boot_vcpu_ioctls() -> Vec<u64> {
+pub(super) fn boot_vcpu_ioctls() -> Vec<u64> {
     use kvm_bindings::{kvm_translation, kvm_vcpu_events};
     const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
         (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
@@ -44,7 +46,7 @@ fn boot_vcpu_ioctls() -> Vec<u64> {
 
 /// What every thread of a boot needs: its own memory (never executable), time, locks,
 /// the kick signal, logging to stderr, its own end.
-fn base() -> Result<Rules, SeccompError> {
+pub(super) fn base() -> Result<Rules, SeccompError> {
     let mut rules = Rules::default();
     rules.allow(&VMM_BASICS);
     let exec = SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64);
@@ -61,7 +63,24 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
         vcpu.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, nr)?;
     }
     let mut devices = base()?;
-    devices.allow(&[libc::SYS_epoll_wait, libc::SYS_epoll_pwait]);
+    devices.allow(&[
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_ctl,
+    ]);
+    // vsock's host side: accept host programs on PATH, connect to PATH_<port> (Unix
+    // sockets only), stream I/O, half-closes, its deadline timer, removing PATH at the end.
+    devices.allow(&[
+        libc::SYS_accept4,
+        libc::SYS_connect,
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+        libc::SYS_shutdown,
+        libc::SYS_timerfd_settime,
+        libc::SYS_unlink,
+    ]);
+    devices.allow_when(libc::SYS_socket, 0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?;
+    devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::FIONBIO)?;
     let console_input = base()?;
     let console_output = base()?;
     let mut supervisor = base()?;
@@ -113,6 +132,103 @@ mod tests {
         } else {
             11
         }
+    }
+
+    /// The device thread's filter serves a whole vsock exchange: a host program connects
+    /// (in the parent), the model guest accepts and echoes, connects out to PATH_5000, and
+    /// the socket file is removed at the end.
+    #[test]
+    fn the_device_filter_serves_vsock() {
+        use crate::virtio::vsock::model::GuestDriver;
+        use crate::virtio::vsock::packet::{OP_REQUEST, OP_RESPONSE, OP_RW};
+        use crate::virtio::VirtioDevice;
+        use std::io::{Read, Write};
+        let f = boot_filters().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let mut g = GuestDriver::new(3, path.clone(), 4096).unwrap();
+        let out = crate::virtio::vsock::unix::port_path(&path, 5000);
+        let out = std::os::unix::net::UnixListener::bind(out).unwrap();
+        let parent = std::thread::spawn(move || {
+            let mut host = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            host.write_all(b"CONNECT 1234\nping").unwrap();
+            let mut got = [0u8; 18];
+            host.read_exact(&mut got).unwrap();
+            let (mut peer, _) = out.accept().unwrap();
+            let mut hello = [0u8; 5];
+            peer.read_exact(&mut hello).unwrap();
+            (got, hello)
+        });
+        let status = crate::seccomp::tests::in_child(move || {
+            if confine_thread(&f.devices).is_err() {
+                return 10;
+            }
+            g.send(g.header(OP_REQUEST, 7, 5000, 0), &[]);
+            g.send(g.header(OP_RW, 7, 5000, 5), b"hello");
+            for _ in 0..400 {
+                for (h, data) in g.receive() {
+                    let (op, port, host_port) = (h.op, h.dst_port, h.src_port);
+                    match op {
+                        OP_REQUEST => g.send(g.header(OP_RESPONSE, port, host_port, 0), &[]),
+                        OP_RW if port == 1234 => {
+                            let reply = g.header(OP_RW, port, host_port, data.len() as u32);
+                            g.send(reply, &data);
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            g.device.stop();
+                            return 0;
+                        }
+                        _ => {}
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            11
+        });
+        assert!(
+            libc::WIFEXITED(status),
+            "killed by signal {}",
+            libc::WTERMSIG(status)
+        );
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+        let (got, hello) = parent.join().unwrap();
+        assert_eq!(&got, b"OK 1073741824\nping");
+        assert_eq!(&hello, b"hello");
+        assert!(
+            !dir.path().join("v.sock").exists(),
+            "removed under the filter"
+        );
+    }
+
+    /// A driver's reset reaches the device on a vCPU thread: with live connections, the
+    /// device must not touch its sockets there.
+    #[test]
+    fn a_vsock_reset_on_a_vcpu_thread_stays_within_the_vcpu_filter() {
+        use crate::virtio::vsock::model::GuestDriver;
+        use crate::virtio::vsock::packet::OP_REQUEST;
+        use crate::virtio::VirtioDevice;
+        let f = boot_filters().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let mut g = GuestDriver::new(3, path.clone(), 4096).unwrap();
+        let _out = std::os::unix::net::UnixListener::bind(crate::virtio::vsock::unix::port_path(
+            &path, 80,
+        ))
+        .unwrap();
+        g.send(g.header(OP_REQUEST, 7, 80, 0), &[]);
+        assert_eq!(g.device.connections(), 1);
+        let status = crate::seccomp::tests::in_child(move || {
+            if confine_thread(&f.vcpu).is_err() {
+                return 10;
+            }
+            g.device.reset();
+            std::mem::forget(g); // its drop (closing sockets) belongs to the parent
+            0
+        });
+        assert!(
+            libc::WIFEXITED(status),
+            "killed by signal {}",
+            libc::WTERMSIG(status)
+        );
     }
 
     #[test]

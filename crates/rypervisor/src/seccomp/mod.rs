@@ -7,6 +7,7 @@
 //! threads, one per role.
 
 pub mod boot;
+pub mod run;
 
 use std::collections::BTreeMap;
 
@@ -166,6 +167,17 @@ pub fn confine_process(filter: &BpfProgram) -> Result<(), SeccompError> {
 /// Applies `filter` to the calling thread only.
 pub fn confine_thread(filter: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(filter).map_err(SeccompError::Apply)
+}
+
+/// Applies a thread's seccomp filter (if any) to the calling thread. A filter that cannot be
+/// applied ends the process: running unconfined when confinement was asked for is worse.
+pub(crate) fn confine_role(role: &str, filter: Option<BpfProgram>) {
+    if let Some(filter) = filter {
+        if let Err(e) = crate::seccomp::confine_thread(&filter) {
+            eprintln!("rypervisor: cannot confine the {role} thread: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -102,7 +102,12 @@ fn serve(epoll: &Epoll, devices: &Devices) {
         };
         for event in &events[..n] {
             match source(event.data()) {
-                Source::Stop => return,
+                Source::Stop => {
+                    for device in devices {
+                        device.lock().unwrap_or_else(|p| p.into_inner()).stop();
+                    }
+                    return;
+                }
                 Source::Queue(d, i) => {
                     let mut device = devices[d].lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(evt) = device.queue_events().get(i) {

@@ -9,11 +9,14 @@
 //! - [`event_loop`]: the one thread that serves every device's queue notifications
 //!   (ioeventfds: a guest's notify never exits to the VMM) and host sockets, so vCPU threads
 //!   never block on device I/O;
-//! - [`rng`]: virtio-rng, fed from the host's `getrandom`.
+//! - [`rng`]: virtio-rng, fed from the host's `getrandom`;
+//! - [`vsock`]: virtio-vsock with Firecracker's hybrid host side (Unix sockets);
+//! - [`driver`]: a model of a guest driver's side of a queue, for tests, benchmarks, fuzzing.
 //!
 //! Interrupts go to the guest through an irqfd ([`Interrupt`]), after the interrupt status
 //! bit is set, as the Linux driver reads it first.
 
+pub mod driver;
 pub mod event_loop;
 pub mod mmio;
 pub mod rng;
@@ -105,10 +108,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
 
     /// The driver set DRIVER_OK: the device takes its queues (set up, valid) and the
-    /// features acknowledged, and starts serving.
+    /// features acknowledged, and starts serving. Called on a vCPU thread (a register write):
+    /// no host I/O here (the vCPU's seccomp filter forbids it); kick the event loop instead.
     fn activate(&mut self, active: Active);
 
     /// The driver reset the device (or the transport marked it broken): it drops its queues.
+    /// Called on a vCPU thread, as `activate`: host resources are released by the event loop.
     fn reset(&mut self);
 
     /// One eventfd per queue: KVM signals it when the driver kicks the queue (an
@@ -125,6 +130,9 @@ pub trait VirtioDevice: Send {
 
     /// The event loop saw `other_fds()[index]` become ready.
     fn process_fd(&mut self, _index: usize) {}
+
+    /// The VM is ending (called on the event loop's thread): close host resources.
+    fn stop(&mut self) {}
 
     /// A kick that reached the transport instead of an ioeventfd: wake the event loop.
     fn kick(&self, index: usize) {
@@ -184,6 +192,50 @@ impl std::fmt::Debug for Active {
             .field("queues", &self.queues.len())
             .field("features", &self.features)
             .finish_non_exhaustive()
+    }
+}
+
+/// How [`serve_chains`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Nothing more is available (and with EVENT_IDX the driver will kick for more).
+    Done,
+    /// A queue's worth was served: the caller kicks its own eventfd, so the event loop
+    /// comes back after serving the others.
+    OutOfBudget,
+    /// The rings are outside guest memory.
+    BadRing,
+}
+
+/// Pops every available chain, hands it to `serve` (which returns the bytes it wrote for the
+/// used ring) and returns it used. With EVENT_IDX the driver kicks only when told to
+/// (`avail_event`): notifications are re-enabled after draining, and the queue drained again
+/// if buffers came meanwhile. At most the queue's size per call.
+pub fn serve_chains(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Served {
+    use virtio_queue::QueueT;
+    let mut budget = usize::from(queue.size()).max(1);
+    loop {
+        let _ = queue.disable_notification(mem);
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = serve(chain);
+            if queue.add_used(mem, head, len).is_err() {
+                return Served::BadRing;
+            }
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                return Served::OutOfBudget;
+            }
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => return Served::Done,
+            Err(_) => return Served::BadRing,
+        }
     }
 }
 

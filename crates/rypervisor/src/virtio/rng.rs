@@ -6,7 +6,10 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{notify_used, queue_eventfds, Active, Complaints, VirtioDevice, VirtioError};
+use super::{
+    notify_used, queue_eventfds, serve_chains, Active, Complaints, Served, VirtioDevice,
+    VirtioError,
+};
 use crate::sandbox::host::fill_random;
 
 /// Bytes given per request at most (as Firecracker does).
@@ -99,42 +102,29 @@ impl VirtioDevice for Rng {
         };
         let mem = &active.mem;
         let mut entropy = vec![0u8; MAX_REQUEST];
-        // With EVENT_IDX the driver kicks only when told to (avail_event): re-enable
-        // notifications after draining, and drain again if buffers came meanwhile. A driver
-        // that keeps refilling gets one round of the queue's size per turn, then the event
-        // loop comes back (the kick below), so nobody waits on this device's lock for long.
-        let mut budget = usize::from(queue.size()).max(1);
-        loop {
-            let _ = queue.disable_notification(mem);
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                budget = budget.saturating_sub(1);
-                let head = chain.head_index();
-                let n = match fill(chain, mem, &mut entropy) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let what = format_args!("buffer {head} unusable ({e}): returned empty");
-                        self.complaints.note("rng", what);
-                        0
-                    }
-                };
-                self.served += n as u64;
-                if queue.add_used(mem, head, n as u32).is_err() {
-                    let what = format_args!("used ring outside guest memory");
-                    return self.complaints.note("rng", what);
+        let (complaints, served) = (&mut self.complaints, &mut self.served);
+        let outcome = serve_chains(queue, mem, |chain| {
+            let head = chain.head_index();
+            match fill(chain, mem, &mut entropy) {
+                Ok(n) => {
+                    *served += n as u64;
+                    n as u32
                 }
-            }
-            if budget == 0 {
-                let _ = self.events[0].write(1);
-                break;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
                 Err(e) => {
-                    let what = format_args!("avail ring unreadable ({e:?})");
-                    return self.complaints.note("rng", what);
+                    let what = format_args!("buffer {head} unusable ({e}): returned empty");
+                    complaints.note("rng", what);
+                    0
                 }
             }
+        });
+        match outcome {
+            Served::Done => {}
+            // A driver that keeps refilling gets a queue's worth per turn, so nobody waits
+            // on this device's lock for long.
+            Served::OutOfBudget => {
+                let _ = self.events[0].write(1);
+            }
+            Served::BadRing => self.complaints.note("rng", format_args!("bad rings")),
         }
         tracing::debug!("virtio-rng: {} bytes served so far", self.served);
         notify_used(queue, mem, &active.interrupt);

@@ -1,0 +1,166 @@
+//! A model of a guest driver's side of one split virtqueue, on guest memory: it lays out the
+//! descriptor table and both rings, offers buffers (chains of descriptors) and takes used
+//! ones back, as a Linux driver would. Unit tests, the device benchmarks and the fuzz
+//! targets drive devices with it, with no guest and no KVM.
+//!
+//! virtio-queue's own `mock` module does the same for its tests, but only behind a feature
+//! meant for tests, reuses descriptor 0 for every chain and lays the used ring over the
+//! avail ring; a benchmark needs buffers that come and go, so this one keeps a free list.
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+/// One buffer of a chain: guest address, length, whether the device writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    /// Guest-physical address.
+    pub addr: u64,
+    /// Bytes.
+    pub len: u32,
+    /// The device writes it (an RX buffer); otherwise it reads it.
+    pub writable: bool,
+}
+
+/// The driver's side of a queue.
+#[derive(Debug)]
+pub struct DriverQueue {
+    mem: GuestMemoryMmap,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+    free: Vec<u16>,
+}
+
+impl DriverQueue {
+    /// A queue of `size` (a power of two) entries whose rings start at `base` (which must be
+    /// 16-byte aligned and leave `Self::footprint(size)` bytes of guest memory).
+    pub fn new(mem: &GuestMemoryMmap, size: u16, base: u64) -> Self {
+        let desc = base;
+        let avail = desc + 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
+        Self {
+            mem: mem.clone(),
+            size,
+            desc,
+            avail,
+            used,
+            avail_idx: 0,
+            used_seen: 0,
+            free: (0..size).rev().collect(),
+        }
+    }
+
+    /// Bytes the rings take.
+    pub fn footprint(size: u16) -> u64 {
+        let s = u64::from(size);
+        ((16 * s + 6 + 2 * s + 3) & !3) + 6 + 8 * s
+    }
+
+    /// The device's view of the queue, set up and ready (as after the driver's QUEUE_READY).
+    pub fn device_queue(&self, event_idx: bool) -> Queue {
+        let mut q = Queue::new(self.size).expect("a power-of-two size");
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = split(self.desc);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(self.avail);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(self.used);
+        q.set_used_ring_address(lo, hi);
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        q
+    }
+
+    /// Offers a chain; its head index, or `None` when the table is full.
+    pub fn offer(&mut self, chain: &[Buffer]) -> Option<u16> {
+        if chain.is_empty() || chain.len() > self.free.len() {
+            return None;
+        }
+        let ids: Vec<u16> = (0..chain.len()).filter_map(|_| self.free.pop()).collect();
+        for (i, (b, id)) in chain.iter().zip(&ids).enumerate() {
+            let mut flags = if b.writable { VRING_DESC_F_WRITE } else { 0 } as u16;
+            let next = ids.get(i + 1).copied().unwrap_or(0);
+            if i + 1 < chain.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let at = GuestAddress(self.desc + 16 * u64::from(*id));
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&b.addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&b.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..].copy_from_slice(&next.to_le_bytes());
+            self.mem.write_slice(&raw, at).ok()?;
+        }
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
+        self.mem.write_obj(ids[0], GuestAddress(slot)).ok()?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        let idx = GuestAddress(self.avail).checked_add(2)?;
+        self.mem.write_obj(self.avail_idx, idx).ok()?;
+        Some(ids[0])
+    }
+
+    /// The next used entry (head index, bytes written), its descriptors freed.
+    pub fn take_used(&mut self) -> Option<(u16, u32)> {
+        let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).ok()?;
+        if idx == self.used_seen {
+            return None;
+        }
+        let at = self.used + 4 + 8 * u64::from(self.used_seen % self.size);
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).ok()?;
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).ok()?;
+        self.used_seen = self.used_seen.wrapping_add(1);
+        let mut d = id as u16;
+        for _ in 0..self.size {
+            if d >= self.size || self.free.contains(&d) {
+                break;
+            }
+            self.free.push(d);
+            let base = GuestAddress(self.desc + 16 * u64::from(d));
+            let flags: u16 = self.mem.read_obj(base.unchecked_add(12)).ok()?;
+            if flags & VRING_DESC_F_NEXT as u16 == 0 {
+                break;
+            }
+            d = self.mem.read_obj(base.unchecked_add(14)).ok()?;
+        }
+        Some((id as u16, len))
+    }
+
+    /// Descriptors not in use.
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_go_out_and_come_back_with_their_descriptors() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut d = DriverQueue::new(&mem, 8, 0x1000);
+        assert!(DriverQueue::footprint(8) < 0x1000);
+        let mut q = d.device_queue(false);
+        let b = |addr, writable| Buffer {
+            addr,
+            len: 100,
+            writable,
+        };
+        let head = d.offer(&[b(0x8000, false), b(0x9000, true)]).unwrap();
+        assert_eq!(d.free(), 6);
+        let chain = q.pop_descriptor_chain(&mem).unwrap();
+        assert_eq!(chain.head_index(), head);
+        let descs: Vec<_> = chain.collect();
+        assert_eq!(descs.len(), 2);
+        assert!(!descs[0].is_write_only() && descs[1].is_write_only());
+        q.add_used(&mem, head, 42).unwrap();
+        assert_eq!(d.take_used(), Some((head, 42)));
+        assert_eq!(d.take_used(), None);
+        assert_eq!(d.free(), 8);
+        assert!(q.ready());
+    }
+}

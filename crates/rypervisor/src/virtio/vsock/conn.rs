@@ -1,0 +1,459 @@
+//! One vsock stream between a guest port and a host Unix stream: its state, what it owes the
+//! guest (a REQUEST, RESPONSE, payload, SHUTDOWN, CREDIT_UPDATE or RST), and the guest's
+//! bytes not yet taken by the host program.
+//!
+//! The host stream is non-blocking and watched edge-triggered: `readable` stays set until a
+//! read says `WouldBlock`, so no wakeup is lost while the guest has no credit or no buffers
+//! (the bytes then wait in the host socket, and the host writer blocks, as a slow reader
+//! should make it). The guest's bytes that the host socket does not take at once are kept,
+//! at most the [`HOST_BUF_ALLOC`] we advertised; a guest that sends more is reset.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use super::credit::Credit;
+use super::packet::{
+    OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV,
+    SHUTDOWN_SEND,
+};
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// A host program asked (CONNECT line); our REQUEST goes or went to the guest.
+    HostConnecting,
+    /// Both sides agreed; bytes flow.
+    Established,
+    /// An RST is owed to the guest; then the connection is gone.
+    Resetting,
+}
+
+/// Packets owed to the guest (bits).
+const OWE_REQUEST: u8 = 1;
+const OWE_RESPONSE: u8 = 2;
+const OWE_SHUTDOWN: u8 = 4;
+const OWE_CREDIT: u8 = 8;
+
+/// What a connection sends the guest next: operation, flags, payload bytes in the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// `OP_*`.
+    pub op: u16,
+    /// SHUTDOWN flags.
+    pub flags: u32,
+    /// Payload bytes written to the caller's buffer.
+    pub len: usize,
+    /// Our credit numbers (buf_alloc, fwd_cnt).
+    pub credit: (u32, u32),
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    state: State,
+    credit: Credit,
+    /// Bytes the host socket has not taken yet: the guest's, after `control` bytes of ours
+    /// (the `OK` line).
+    pending: VecDeque<u8>,
+    control: usize,
+    owed: u8,
+    /// SHUTDOWN flags to send (what the host will no longer do).
+    shutdown_flags: u32,
+    /// The host stream may have bytes (or EOF) to read.
+    readable: bool,
+    /// The host program will send no more.
+    host_eof: bool,
+    /// What the guest said it will no longer do (SHUTDOWN flags).
+    guest_shut: u32,
+    /// The host stream's write side was shut (after the guest's SHUTDOWN_SEND).
+    host_write_shut: bool,
+    /// Until when a host-initiated REQUEST waits for the guest's answer.
+    pub deadline: Option<Instant>,
+    /// In the device's list of connections that owe the guest something.
+    pub queued: bool,
+}
+
+impl Connection {
+    /// A connection a host program asked for: a REQUEST is owed to the guest.
+    pub fn host_initiated(stream: UnixStream, deadline: Instant) -> Self {
+        let mut c = Self::new(stream, State::HostConnecting);
+        c.owed = OWE_REQUEST;
+        c.deadline = Some(deadline);
+        c
+    }
+
+    /// A connection the guest asked for and the host accepted: a RESPONSE is owed.
+    pub fn guest_initiated(stream: UnixStream, buf_alloc: u32, fwd_cnt: u32) -> Self {
+        let mut c = Self::new(stream, State::Established);
+        c.credit.peer_says(buf_alloc, fwd_cnt);
+        c.owed = OWE_RESPONSE;
+        c
+    }
+
+    fn new(stream: UnixStream, state: State) -> Self {
+        Self {
+            stream,
+            state,
+            credit: Credit::default(),
+            pending: VecDeque::new(),
+            control: 0,
+            owed: 0,
+            shutdown_flags: 0,
+            readable: true,
+            host_eof: false,
+            guest_shut: 0,
+            host_write_shut: false,
+            deadline: None,
+            queued: false,
+        }
+    }
+
+    /// The host stream, to watch.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Its state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Guest bytes held for the host socket.
+    pub fn held(&self) -> usize {
+        self.pending.len() - self.control
+    }
+
+    /// Ends the connection: an RST is owed to the guest, the host stream is closed at once.
+    pub fn reset(&mut self) {
+        self.state = State::Resetting;
+        self.pending.clear();
+        self.control = 0;
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Whether it owes the guest a packet now.
+    pub fn owes(&self) -> bool {
+        self.state == State::Resetting || self.owed != 0 || self.can_send_data()
+    }
+
+    fn can_send_data(&self) -> bool {
+        self.state == State::Established
+            && self.readable
+            && !self.host_eof
+            && self.guest_shut & SHUTDOWN_RCV == 0
+            && self.credit.peer_credit() > 0
+    }
+
+    /// The host stream is ready (epoll): readable, writable or hung up.
+    pub fn host_ready(&mut self, readable: bool, writable: bool) {
+        if readable {
+            self.readable = true;
+        }
+        if writable {
+            self.flush();
+        }
+    }
+
+    /// The guest's numbers, from any packet it sent.
+    pub fn peer_credit(&mut self, buf_alloc: u32, fwd_cnt: u32) {
+        self.credit.peer_says(buf_alloc, fwd_cnt);
+    }
+
+    /// The guest accepted our REQUEST: the host program hears `OK <host_port>\n`.
+    pub fn accepted(&mut self, host_port: u32) {
+        if self.state != State::HostConnecting {
+            return self.reset();
+        }
+        self.state = State::Established;
+        self.deadline = None;
+        let line = format!("OK {host_port}\n");
+        self.control = line.len();
+        self.pending.extend(line.bytes());
+        self.flush();
+    }
+
+    /// Payload from the guest for the host program.
+    pub fn guest_data(&mut self, payload: &[u8]) {
+        if self.state != State::Established || self.guest_shut & SHUTDOWN_SEND != 0 {
+            return self.reset();
+        }
+        if !self
+            .credit
+            .guest_may_send(self.held() as u32, payload.len() as u32)
+        {
+            tracing::warn!("vsock: the guest sent past its credit: connection reset");
+            return self.reset();
+        }
+        if self.pending.is_empty() {
+            match write_some(&mut self.stream, payload) {
+                Ok(n) => {
+                    self.credit.forwarded(n as u32);
+                    self.pending.extend(&payload[n..]);
+                }
+                Err(_) => return self.reset(),
+            }
+        } else {
+            self.pending.extend(payload);
+            self.flush();
+        }
+        self.note_credit();
+    }
+
+    /// The guest's SHUTDOWN: what it will no longer do.
+    pub fn guest_shutdown(&mut self, flags: u32) {
+        self.guest_shut |= flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+        self.close_write_if_done();
+        self.finish_if_done();
+    }
+
+    /// The guest asked for our numbers.
+    pub fn credit_requested(&mut self) {
+        self.owed |= OWE_CREDIT;
+    }
+
+    /// Writes what is held to the host socket, as far as it takes it.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            let (front, _) = self.pending.as_slices();
+            match write_some(&mut self.stream, front) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    let ours = n.min(self.control);
+                    self.control -= ours;
+                    self.credit.forwarded((n - ours) as u32);
+                }
+                Err(_) => return self.reset(),
+            }
+        }
+        self.note_credit();
+        self.close_write_if_done();
+        self.finish_if_done();
+    }
+
+    fn note_credit(&mut self) {
+        if self.credit.update_due() {
+            self.owed |= OWE_CREDIT;
+        }
+    }
+
+    /// The guest will send no more and all it sent reached the host: the host program
+    /// reads EOF.
+    fn close_write_if_done(&mut self) {
+        if self.guest_shut & SHUTDOWN_SEND != 0 && self.pending.is_empty() && !self.host_write_shut
+        {
+            self.host_write_shut = true;
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+    }
+
+    /// Nothing more can flow either way: an RST ends it (Linux waits for it after its
+    /// SHUTDOWN of both directions).
+    fn finish_if_done(&mut self) {
+        let no_more_from_guest = self.guest_shut & SHUTDOWN_SEND != 0 && self.pending.is_empty();
+        let no_more_to_guest = self.host_eof || self.guest_shut & SHUTDOWN_RCV != 0;
+        if self.state == State::Established && no_more_from_guest && no_more_to_guest {
+            self.reset();
+        }
+    }
+
+    /// The next packet for the guest, its payload (if any) read from the host stream into
+    /// `buf` (at most `buf.len()` bytes and the guest's credit). `None`: nothing after all.
+    pub fn next_packet(&mut self, buf: &mut [u8]) -> Option<Outgoing> {
+        let packet = |op, flags, len, credit: &mut Credit| Outgoing {
+            op,
+            flags,
+            len,
+            credit: credit.tell(),
+        };
+        if self.state == State::Resetting {
+            return Some(packet(OP_RST, 0, 0, &mut self.credit));
+        }
+        for (bit, op) in [(OWE_REQUEST, OP_REQUEST), (OWE_RESPONSE, OP_RESPONSE)] {
+            if self.owed & bit != 0 {
+                self.owed &= !bit;
+                return Some(packet(op, 0, 0, &mut self.credit));
+            }
+        }
+        if self.can_send_data() && !buf.is_empty() {
+            let room = buf.len().min(self.credit.peer_credit() as usize);
+            match read_some(&mut self.stream, &mut buf[..room]) {
+                Ok(Some(0)) => {
+                    self.host_eof = true;
+                    self.shutdown_flags |= SHUTDOWN_SEND;
+                    self.owed |= OWE_SHUTDOWN;
+                }
+                Ok(Some(n)) => {
+                    self.credit.sent(n as u32);
+                    self.owed &= !OWE_CREDIT;
+                    return Some(packet(OP_RW, 0, n, &mut self.credit));
+                }
+                Ok(None) => self.readable = false,
+                Err(_) => {
+                    self.reset();
+                    return Some(packet(OP_RST, 0, 0, &mut self.credit));
+                }
+            }
+        }
+        if self.owed & OWE_SHUTDOWN != 0 {
+            self.owed &= !(OWE_SHUTDOWN | OWE_CREDIT);
+            let flags = self.shutdown_flags;
+            let p = packet(OP_SHUTDOWN, flags, 0, &mut self.credit);
+            self.finish_if_done();
+            return Some(p);
+        }
+        if self.owed & OWE_CREDIT != 0 {
+            self.owed &= !OWE_CREDIT;
+            return Some(packet(OP_CREDIT_UPDATE, 0, 0, &mut self.credit));
+        }
+        None
+    }
+}
+
+/// Writes what the socket takes now (0 when it takes nothing).
+fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.write(bytes) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads what the socket has now (`None`: nothing yet; `Some(0)`: end of stream).
+fn read_some(stream: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    loop {
+        match stream.read(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::vsock::credit::HOST_BUF_ALLOC;
+
+    fn pair() -> (Connection, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (Connection::guest_initiated(ours, 64 << 10, 0), theirs)
+    }
+
+    #[test]
+    fn a_guest_connection_answers_then_carries_bytes_both_ways() {
+        let (mut c, mut host) = pair();
+        let mut buf = [0u8; 4096];
+        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_RESPONSE);
+        assert_eq!(c.next_packet(&mut buf), None, "nothing from the host yet");
+        assert!(!c.owes());
+        host.write_all(b"hello").unwrap();
+        c.host_ready(true, false);
+        let p = c.next_packet(&mut buf).unwrap();
+        assert_eq!((p.op, p.len, &buf[..5]), (OP_RW, 5, &b"hello"[..]));
+        c.guest_data(b"world");
+        let mut got = [0u8; 5];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"world");
+    }
+
+    #[test]
+    fn host_eof_becomes_a_shutdown_and_the_guests_close_an_rst() {
+        let (mut c, host) = pair();
+        let mut buf = [0u8; 64];
+        c.next_packet(&mut buf); // RESPONSE
+        host.shutdown(Shutdown::Write).unwrap();
+        c.host_ready(true, false);
+        let p = c.next_packet(&mut buf).unwrap();
+        assert_eq!((p.op, p.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+        assert_eq!(c.state(), State::Established, "the guest may still send");
+        c.guest_shutdown(SHUTDOWN_RCV | SHUTDOWN_SEND);
+        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_RST);
+    }
+
+    #[test]
+    fn a_guest_half_close_is_an_eof_for_the_host_program() {
+        let (mut c, mut host) = pair();
+        c.guest_data(b"last words");
+        c.guest_shutdown(SHUTDOWN_SEND);
+        let mut all = String::new();
+        host.read_to_string(&mut all).unwrap();
+        assert_eq!(all, "last words");
+        assert_eq!(c.state(), State::Established, "the host may still answer");
+    }
+
+    #[test]
+    fn no_credit_no_data_and_a_credit_update_when_the_guest_is_nearly_out() {
+        let (ours, mut host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut c = Connection::guest_initiated(ours, 0, 0);
+        let mut buf = [0u8; 64];
+        c.next_packet(&mut buf); // RESPONSE
+        host.write_all(b"waiting").unwrap();
+        assert!(!c.owes(), "a guest with no buffer space gets nothing");
+        c.peer_credit(3, 0);
+        let p = c.next_packet(&mut buf).unwrap();
+        assert_eq!((p.op, p.len), (OP_RW, 3), "at most the credit");
+        // The guest sends nearly all of what we advertised; the host takes it.
+        let mut reader = host.try_clone().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut v = vec![0u8; (HOST_BUF_ALLOC - 100) as usize];
+            reader.read_exact(&mut v).unwrap();
+        });
+        for _ in 0..(HOST_BUF_ALLOC - 100) / 1000 {
+            c.guest_data(&[7u8; 1000]);
+            while c.held() > 0 {
+                c.host_ready(false, true);
+            }
+        }
+        c.guest_data(&vec![7u8; ((HOST_BUF_ALLOC - 100) % 1000) as usize]);
+        while c.held() > 0 {
+            c.host_ready(false, true);
+        }
+        t.join().unwrap();
+        let p = c.next_packet(&mut buf).unwrap();
+        assert_eq!(p.op, OP_CREDIT_UPDATE);
+        assert_eq!(p.credit, (HOST_BUF_ALLOC, HOST_BUF_ALLOC - 100));
+    }
+
+    #[test]
+    fn a_guest_that_sends_past_its_credit_is_reset() {
+        let (mut c, _host) = pair(); // nobody reads the host side
+        let chunk = vec![1u8; 16 << 10];
+        for _ in 0..64 {
+            c.guest_data(&chunk);
+            if c.state() == State::Resetting {
+                break;
+            }
+        }
+        assert_eq!(c.state(), State::Resetting);
+        assert!(c.held() == 0, "nothing held after a reset");
+        let mut buf = [0u8; 8];
+        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_RST);
+    }
+
+    #[test]
+    fn a_host_connection_sends_a_request_and_ok_on_acceptance() {
+        let (ours, mut host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut c = Connection::host_initiated(ours, Instant::now());
+        let mut buf = [0u8; 8];
+        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_REQUEST);
+        c.accepted(1 << 30);
+        let mut line = [0u8; 14];
+        host.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"OK 1073741824\n");
+        assert_eq!(c.deadline, None);
+        c.accepted(5); // a second RESPONSE: the guest is confused
+        assert_eq!(c.state(), State::Resetting);
+    }
+}

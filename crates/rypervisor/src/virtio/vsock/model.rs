@@ -1,0 +1,229 @@
+//! A guest's vsock driver, modelled on guest memory with [`DriverQueue`]s: it keeps the RX
+//! queue full of buffers, sends packets on TX and collects what the device gave it. Unit
+//! tests, the device benchmark and the fuzz target drive a real [`Vsock`] (and real host
+//! Unix sockets) with it; there is no guest kernel and no KVM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{RX, TX};
+use super::packet::{Header, HEADER_SIZE, MAX_PAYLOAD, TYPE_STREAM};
+use super::{Vsock, VsockError, HOST_CID};
+use crate::virtio::driver::{Buffer, DriverQueue};
+use crate::virtio::{Active, Interrupt, VirtioDevice};
+
+const MEM: u64 = 24 << 20;
+const RING_BASE: [u64; 3] = [0x1000, 0x5000, 0x9000];
+const QUEUE: u16 = 256;
+const RX_BUFFERS: usize = 64;
+const RX_BASE: u64 = 0x10_0000;
+const TX_BUFFERS: u64 = 32;
+const TX_BASE: u64 = 0x60_0000;
+const TX_STRIDE: u64 = 0x1_1000; // a header and the largest payload
+
+/// The model driver and its device.
+pub struct GuestDriver {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The device under test.
+    pub device: Vsock,
+    /// The guest's CID.
+    pub cid: u64,
+    rx: DriverQueue,
+    tx: DriverQueue,
+    rx_payload: u32,
+    rx_free: Vec<u64>,
+    tx_free: Vec<u64>,
+    /// The device's interrupt line.
+    pub irq: EventFd,
+}
+
+impl std::fmt::Debug for GuestDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestDriver")
+            .field("cid", &self.cid)
+            .finish()
+    }
+}
+
+impl GuestDriver {
+    /// A device listening on `path`, activated with EVENT_IDX off, its RX queue given
+    /// buffers of `rx_payload` payload bytes (Linux uses 4 KiB) after the header.
+    pub fn new(cid: u64, path: PathBuf, rx_payload: u32) -> Result<Self, VsockError> {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)])
+            .expect("model memory");
+        let mut device = Vsock::new(cid, path)?;
+        let queues: Vec<DriverQueue> = RING_BASE
+            .iter()
+            .map(|&b| DriverQueue::new(&mem, QUEUE, b))
+            .collect();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(crate::virtio::VirtioError::EventFd)?;
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().expect("an eventfd clone")));
+        device.activate(Active {
+            mem: mem.clone(),
+            queues: queues.iter().map(|q| q.device_queue(false)).collect(),
+            features: 0,
+            interrupt,
+        });
+        let [rx, tx, _events]: [DriverQueue; 3] = queues.try_into().expect("three queues");
+        let rx_payload = rx_payload.min(MAX_PAYLOAD);
+        let stride = (u64::from(rx_payload) + HEADER_SIZE as u64 + 0xfff) & !0xfff;
+        let rx_free = (0..RX_BUFFERS as u64)
+            .map(|i| RX_BASE + i * stride)
+            .collect();
+        let tx_free = (0..TX_BUFFERS).map(|i| TX_BASE + i * TX_STRIDE).collect();
+        assert!(
+            RX_BASE + RX_BUFFERS as u64 * stride <= TX_BASE,
+            "RX buffers fit"
+        );
+        let mut driver = Self {
+            mem,
+            device,
+            cid,
+            rx,
+            tx,
+            rx_payload,
+            rx_free,
+            tx_free,
+            irq,
+        };
+        driver.refill_rx();
+        driver.device.process_queue(TX); // the activation's kick
+        Ok(driver)
+    }
+
+    /// A header from the guest's `port` to the host's `host_port`.
+    pub fn header(&self, op: u16, port: u32, host_port: u32, len: u32) -> Header {
+        Header {
+            src_cid: self.cid,
+            dst_cid: HOST_CID,
+            src_port: port,
+            dst_port: host_port,
+            len,
+            kind: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 256 << 10,
+            fwd_cnt: 0,
+        }
+    }
+
+    fn refill_rx(&mut self) {
+        while let Some(addr) = self.rx_free.pop() {
+            let len = HEADER_SIZE as u32 + self.rx_payload;
+            let buf = Buffer {
+                addr,
+                len,
+                writable: true,
+            };
+            if self.rx.offer(&[buf]).is_none() {
+                self.rx_free.push(addr);
+                break;
+            }
+        }
+    }
+
+    /// Sends one packet (header and payload in two descriptors, as Linux does) and lets the
+    /// device serve it.
+    pub fn send(&mut self, header: Header, payload: &[u8]) {
+        self.send_raw(header.as_slice(), payload);
+    }
+
+    /// Sends any bytes as a packet's header and payload descriptors (for fuzzing).
+    pub fn send_raw(&mut self, header: &[u8], payload: &[u8]) {
+        self.reclaim_tx();
+        let Some(addr) = self.tx_free.pop() else {
+            return;
+        };
+        let payload = &payload[..payload.len().min(TX_STRIDE as usize - 0x100)];
+        let _ = self.mem.write_slice(header, GuestAddress(addr));
+        let at = addr + 0x100;
+        let _ = self.mem.write_slice(payload, GuestAddress(at));
+        let mut chain = vec![Buffer {
+            addr,
+            len: header.len() as u32,
+            writable: false,
+        }];
+        if !payload.is_empty() {
+            chain.push(Buffer {
+                addr: at,
+                len: payload.len() as u32,
+                writable: false,
+            });
+        }
+        if self.tx.offer(&chain).is_none() {
+            self.tx_free.push(addr);
+            return;
+        }
+        self.device.process_queue(TX);
+        self.reclaim_tx();
+    }
+
+    /// Offers any chain on TX (descriptors anywhere, any direction) and lets the device
+    /// serve it.
+    pub fn send_chain(&mut self, chain: &[Buffer]) {
+        if self.tx.offer(chain).is_some() {
+            self.device.process_queue(TX);
+        }
+        self.reclaim_tx();
+    }
+
+    fn reclaim_tx(&mut self) {
+        while let Some((head, _)) = self.tx.take_used() {
+            let addr = self.head_address(TX, head);
+            let ours = (TX_BASE..TX_BASE + TX_BUFFERS * TX_STRIDE).contains(&addr)
+                && (addr - TX_BASE).is_multiple_of(TX_STRIDE);
+            if ours && !self.tx_free.contains(&addr) {
+                self.tx_free.push(addr);
+            }
+        }
+    }
+
+    /// The address of a chain's first descriptor (still in the table after its use).
+    fn head_address(&self, queue: usize, head: u16) -> u64 {
+        let at = GuestAddress(RING_BASE[queue] + 16 * u64::from(head));
+        self.mem.read_obj(at).unwrap_or(u64::MAX)
+    }
+
+    /// Lets the device serve its host sockets, then takes every packet it gave the guest
+    /// (and gives the buffers back).
+    pub fn receive(&mut self) -> Vec<(Header, Vec<u8>)> {
+        self.device.process_fd(0);
+        self.collect()
+    }
+
+    /// Takes the packets already in used RX buffers (without serving host sockets).
+    pub fn collect(&mut self) -> Vec<(Header, Vec<u8>)> {
+        let mut got = Vec::new();
+        while let Some((head, len)) = self.rx.take_used() {
+            let addr = self.head_address(RX, head);
+            let mut header = Header::default();
+            let ok = self
+                .mem
+                .read_slice(header.as_mut_slice(), GuestAddress(addr))
+                .is_ok();
+            let n = (len as usize).saturating_sub(HEADER_SIZE);
+            let mut payload = vec![0u8; n];
+            let _ = self
+                .mem
+                .read_slice(&mut payload, GuestAddress(addr + HEADER_SIZE as u64));
+            if ok && len as usize >= HEADER_SIZE {
+                got.push((header, payload));
+            }
+            self.rx_free.push(addr);
+        }
+        self.refill_rx();
+        if !got.is_empty() {
+            self.device.process_queue(RX); // the driver's kick after refilling
+        }
+        got
+    }
+
+    /// How many RX buffers the device holds.
+    pub fn rx_offered(&self) -> usize {
+        RX_BUFFERS - self.rx_free.len()
+    }
+}

@@ -1,0 +1,441 @@
+//! The host side of the device: the listener at `PATH`, host programs still writing their
+//! `CONNECT` line, the table of connections, and which of them owe the guest a packet.
+//!
+//! Every host descriptor is watched by one epoll of the muxer's own (the device hands the
+//! event loop that one descriptor), plus a timer for the deadlines: a CONNECT line must
+//! arrive within [`CONNECT_TIMEOUT`], and the guest must answer our REQUEST within it.
+//! Everything a host program or the guest can make us hold is bounded: at most
+//! [`MAX_CONNECTIONS`] connections and lines in progress, each holding at most the credit we
+//! advertised; RSTs for packets that match no connection are capped too (beyond, dropped:
+//! the guest gave a packet no connection to answer it on, and it will time out).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::conn::{Connection, State};
+use super::connect::{ConnectLine, Step};
+use super::packet::{
+    Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+    OP_SHUTDOWN, TYPE_STREAM,
+};
+use super::{unix, VsockError, HOST_CID};
+
+/// Connections (and CONNECT lines being read) at most.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a host program has to send its CONNECT line, and the guest to answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// RSTs for stray packets held at most.
+const MAX_STRAY_RSTS: usize = 256;
+/// Host ports given to host-initiated connections start here (as Firecracker's).
+const FIRST_HOST_PORT: u32 = 1 << 30;
+const TICK: Duration = Duration::from_millis(250);
+
+const LISTENER: u64 = u64::MAX;
+const TIMER: u64 = u64::MAX - 1;
+
+/// A connection's key: (host port, guest port).
+type Key = (u32, u32);
+
+struct PendingLine {
+    stream: UnixStream,
+    line: ConnectLine,
+    deadline: Instant,
+}
+
+/// The muxer.
+pub struct Muxer {
+    guest_cid: u64,
+    path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    timer: TimerFd,
+    ticking: bool,
+    conns: HashMap<Key, Connection>,
+    lines: HashMap<u64, PendingLine>,
+    /// Epoll token → connection.
+    tokens: HashMap<u64, Key>,
+    next_token: u64,
+    next_host_port: u32,
+    /// Connections that owe the guest a packet, in turn.
+    owing: VecDeque<Key>,
+    stray_rsts: VecDeque<Header>,
+    /// The socket file was removed.
+    removed: bool,
+}
+
+impl std::fmt::Debug for Muxer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Muxer")
+            .field("path", &self.path)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Muxer {
+    /// Listens on `path` (see [`unix::listen`]) for a guest with `guest_cid`.
+    pub fn new(guest_cid: u64, path: PathBuf) -> Result<Self, VsockError> {
+        let listener = unix::listen(&path)?;
+        let epoll = Epoll::new().map_err(VsockError::Epoll)?;
+        let timer = TimerFd::new()
+            .map_err(|e| VsockError::Timer(std::io::Error::from_raw_os_error(e.errno())))?;
+        // SAFETY: a plain fcntl on a descriptor we own: a read after a re-arm never waits.
+        unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let m = Self {
+            guest_cid,
+            path,
+            listener,
+            epoll,
+            timer,
+            ticking: false,
+            conns: HashMap::new(),
+            lines: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 0,
+            next_host_port: FIRST_HOST_PORT,
+            owing: VecDeque::new(),
+            stray_rsts: VecDeque::new(),
+            removed: false,
+        };
+        m.watch(m.listener.as_raw_fd(), LISTENER, EventSet::IN)?;
+        m.watch(m.timer.as_raw_fd(), TIMER, EventSet::IN)?;
+        Ok(m)
+    }
+
+    /// The descriptor the event loop waits on for all of the muxer's host descriptors.
+    pub fn fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// How many connections are open.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn watch(&self, fd: RawFd, token: u64, events: EventSet) -> Result<(), VsockError> {
+        let event = EpollEvent::new(events, token);
+        self.epoll
+            .ctl(ControlOperation::Add, fd, event)
+            .map_err(VsockError::Epoll)
+    }
+
+    fn unwatch(&self, fd: RawFd) {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    /// Serves whatever the host side has ready (never waits).
+    pub fn process_host(&mut self) {
+        let mut events = [EpollEvent::default(); 32];
+        loop {
+            let n = match self.epoll.wait(0, &mut events) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return tracing::error!("vsock: epoll_wait failed: {e}"),
+            };
+            for event in &events[..n] {
+                let set = event.event_set();
+                match event.data() {
+                    LISTENER => self.accept(),
+                    TIMER => self.tick(),
+                    token => self.stream_ready(token, set),
+                }
+            }
+            if n < events.len() {
+                return;
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return tracing::warn!("vsock: accept on {}: {e}", self.path.display()),
+            };
+            if self.conns.len() + self.lines.len() >= MAX_CONNECTIONS {
+                tracing::warn!("vsock: {MAX_CONNECTIONS} connections open: a new one is closed");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = self.token();
+            if self.watch(stream.as_raw_fd(), token, EventSet::IN).is_err() {
+                continue;
+            }
+            let deadline = Instant::now() + CONNECT_TIMEOUT;
+            let line = ConnectLine::default();
+            self.lines.insert(
+                token,
+                PendingLine {
+                    stream,
+                    line,
+                    deadline,
+                },
+            );
+            self.start_ticking();
+            self.read_line(token);
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token = (self.next_token + 1) % TIMER;
+        self.next_token
+    }
+
+    fn stream_ready(&mut self, token: u64, set: EventSet) {
+        if self.lines.contains_key(&token) {
+            return self.read_line(token);
+        }
+        let Some(&key) = self.tokens.get(&token) else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(&key) {
+            let hup = EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR;
+            conn.host_ready(
+                set.intersects(EventSet::IN | hup),
+                set.contains(EventSet::OUT),
+            );
+        }
+        self.requeue(key);
+    }
+
+    /// Reads more of a CONNECT line; a whole one becomes a connection and a REQUEST.
+    fn read_line(&mut self, token: u64) {
+        let Some(pending) = self.lines.get_mut(&token) else {
+            return;
+        };
+        let step = pending.line.read_from(&mut pending.stream);
+        let port = match step {
+            Step::More => return,
+            Step::Refused(why) => {
+                tracing::info!("vsock: host connection closed: {why}");
+                return self.drop_line(token);
+            }
+            Step::Port(port) => port,
+        };
+        let Some(pending) = self.lines.remove(&token) else {
+            return;
+        };
+        self.unwatch(pending.stream.as_raw_fd());
+        let host_port = self.free_host_port(port);
+        let conn = Connection::host_initiated(pending.stream, Instant::now() + CONNECT_TIMEOUT);
+        self.insert(token, (host_port, port), conn);
+    }
+
+    fn drop_line(&mut self, token: u64) {
+        if let Some(p) = self.lines.remove(&token) {
+            self.unwatch(p.stream.as_raw_fd());
+        }
+    }
+
+    fn free_host_port(&mut self, guest_port: u32) -> u32 {
+        loop {
+            let port = self.next_host_port;
+            self.next_host_port = self
+                .next_host_port
+                .checked_add(1)
+                .unwrap_or(FIRST_HOST_PORT);
+            if !self.conns.contains_key(&(port, guest_port)) {
+                return port;
+            }
+        }
+    }
+
+    /// Adds a connection, watched edge-triggered, and queues what it owes the guest.
+    fn insert(&mut self, token: u64, key: Key, conn: Connection) {
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        if let Err(e) = self.watch(conn.stream().as_raw_fd(), token, events) {
+            return tracing::warn!("vsock: cannot watch a host stream: {e}");
+        }
+        self.tokens.insert(token, key);
+        self.conns.insert(key, conn);
+        self.requeue(key);
+    }
+
+    fn remove(&mut self, key: Key) {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.unwatch(conn.stream().as_raw_fd());
+            self.tokens.retain(|_, k| *k != key);
+        }
+    }
+
+    /// Puts a connection in the queue of those owing the guest, once.
+    fn requeue(&mut self, key: Key) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            if conn.owes() && !conn.queued {
+                conn.queued = true;
+                self.owing.push_back(key);
+            }
+        }
+    }
+
+    fn start_ticking(&mut self) {
+        if !self.ticking && self.timer.reset(TICK, Some(TICK)).is_ok() {
+            self.ticking = true;
+        }
+    }
+
+    /// The timer: CONNECT lines and REQUESTs past their deadline end.
+    fn tick(&mut self) {
+        let _ = self.timer.wait();
+        let now = Instant::now();
+        let late: Vec<u64> = (self.lines.iter())
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            tracing::info!("vsock: host connection closed: no CONNECT line in time");
+            self.drop_line(token);
+        }
+        let mut expired = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.deadline.is_some_and(|d| d <= now) {
+                tracing::info!("vsock: guest port {} did not answer in time", key.1);
+                conn.deadline = None;
+                conn.reset();
+                expired.push(*key);
+            }
+        }
+        expired.into_iter().for_each(|k| self.requeue(k));
+        let waiting = !self.lines.is_empty() || self.conns.values().any(|c| c.deadline.is_some());
+        if !waiting && self.timer.clear().is_ok() {
+            self.ticking = false;
+        }
+    }
+
+    /// A packet from the guest (already checked: to the host, from the guest, a stream).
+    pub fn from_guest(&mut self, header: &Header, payload: &[u8]) {
+        let key = (header.dst_port, header.src_port);
+        let (op, flags) = (header.op, header.flags);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return match op {
+                OP_REQUEST => self.guest_connect(header),
+                OP_RST => {}
+                _ => self.refuse(header),
+            };
+        };
+        conn.peer_credit(header.buf_alloc, header.fwd_cnt);
+        match op {
+            OP_RESPONSE => conn.accepted(key.0),
+            OP_RW => conn.guest_data(payload),
+            OP_SHUTDOWN => conn.guest_shutdown(flags),
+            OP_CREDIT_REQUEST => conn.credit_requested(),
+            OP_CREDIT_UPDATE => {}
+            OP_RST => return self.remove(key),
+            // A second REQUEST on a live connection, or an unknown operation.
+            _ => conn.reset(),
+        }
+        self.requeue(key);
+    }
+
+    /// The guest connects to host port P: rypervisor connects to `PATH_P`.
+    fn guest_connect(&mut self, header: &Header) {
+        if self.conns.len() + self.lines.len() >= MAX_CONNECTIONS {
+            tracing::warn!("vsock: {MAX_CONNECTIONS} connections open: the guest's is refused");
+            return self.refuse(header);
+        }
+        let path = unix::port_path(&self.path, header.dst_port);
+        match unix::connect_nonblocking(&path) {
+            Ok(stream) => {
+                let conn = Connection::guest_initiated(stream, header.buf_alloc, header.fwd_cnt);
+                let token = self.token();
+                self.insert(token, (header.dst_port, header.src_port), conn);
+            }
+            Err(e) => {
+                tracing::info!("vsock: guest connect to {}: {e}", path.display());
+                self.refuse(header);
+            }
+        }
+    }
+
+    /// Answers a guest packet with an RST (bounded: beyond the cap, dropped).
+    pub fn refuse(&mut self, header: &Header) {
+        if self.stray_rsts.len() < MAX_STRAY_RSTS {
+            self.stray_rsts.push_back(header.reply(OP_RST));
+        }
+    }
+
+    /// Whether some packet is owed to the guest.
+    pub fn has_packets(&self) -> bool {
+        !self.stray_rsts.is_empty() || !self.owing.is_empty()
+    }
+
+    /// The next packet for the guest: its header, and its payload in `buf` (at most
+    /// `buf.len()` bytes). `None` when nothing is owed after all.
+    pub fn next_packet(&mut self, buf: &mut [u8]) -> Option<(Header, usize)> {
+        if let Some(rst) = self.stray_rsts.pop_front() {
+            return Some((rst, 0));
+        }
+        while let Some(key) = self.owing.pop_front() {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            conn.queued = false;
+            let Some(out) = conn.next_packet(buf) else {
+                continue;
+            };
+            let header = Header {
+                src_cid: HOST_CID,
+                dst_cid: self.guest_cid,
+                src_port: key.0,
+                dst_port: key.1,
+                len: out.len as u32,
+                kind: TYPE_STREAM,
+                op: out.op,
+                flags: out.flags,
+                buf_alloc: out.credit.0,
+                fwd_cnt: out.credit.1,
+            };
+            if out.op == OP_RST && conn.state() == State::Resetting {
+                self.remove(key);
+            } else {
+                self.requeue(key);
+            }
+            return Some((header, out.len));
+        }
+        None
+    }
+
+    /// The driver reset the device: every connection ends (host streams closed).
+    pub fn reset(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        keys.into_iter().for_each(|k| self.remove(k));
+        self.owing.clear();
+        self.stray_rsts.clear();
+    }
+
+    /// The VM ends: connections close and the socket file is removed.
+    pub fn stop(&mut self) {
+        self.reset();
+        let tokens: Vec<u64> = self.lines.keys().copied().collect();
+        tokens.into_iter().for_each(|t| self.drop_line(t));
+        if !self.removed {
+            self.removed = true;
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for Muxer {
+    /// A VM that never ran (an error while building it) leaves no socket file behind. After
+    /// a run, `stop` removed it on the event loop's thread (the only one whose seccomp
+    /// filter allows `unlink`).
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The vsock device end to end without a guest: the model driver on guest memory on one side,
+//! real Unix sockets in a temporary directory on the other.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use super::model::GuestDriver;
+use super::packet::*;
+use super::unix::port_path;
+use crate::virtio::driver::Buffer;
+
+fn driver(dir: &tempfile::TempDir) -> GuestDriver {
+    GuestDriver::new(3, dir.path().join("v.sock"), 4096).unwrap()
+}
+
+fn host_connect(dir: &tempfile::TempDir, line: &[u8]) -> UnixStream {
+    let mut s = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(line).unwrap();
+    s
+}
+
+/// Receives until a packet with `op` arrives (others are returned too).
+fn until(g: &mut GuestDriver, op: u16) -> Vec<(Header, Vec<u8>)> {
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all.extend(g.receive());
+        if all.iter().any(|(h, _)| h.op == op) {
+            return all;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("no {op} packet: {all:?}");
+}
+
+/// The host connects, the guest accepts: (host stream, host port, guest port).
+fn established(g: &mut GuestDriver, dir: &tempfile::TempDir, port: u32) -> (UnixStream, u32) {
+    let mut host = host_connect(dir, format!("CONNECT {port}\n").as_bytes());
+    let got = until(g, OP_REQUEST);
+    let (req, _) = got.iter().find(|(h, _)| h.op == OP_REQUEST).unwrap();
+    let (src, dst, sport, dport) = (req.src_cid, req.dst_cid, req.src_port, req.dst_port);
+    assert_eq!((src, dst, dport), (2, g.cid, port));
+    assert!(sport >= 1 << 30, "host ports as Firecracker's");
+    g.send(g.header(OP_RESPONSE, port, sport, 0), &[]);
+    let mut ok = vec![0u8; format!("OK {sport}\n").len()];
+    host.read_exact(&mut ok).unwrap();
+    assert_eq!(ok, format!("OK {sport}\n").as_bytes());
+    (host, sport)
+}
+
+#[test]
+fn a_host_program_reaches_a_guest_port_and_bytes_flow_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let (mut host, hport) = established(&mut g, &dir, 1234);
+    host.write_all(b"ping").unwrap();
+    let got = until(&mut g, OP_RW);
+    let (h, data) = got.iter().find(|(h, _)| h.op == OP_RW).unwrap();
+    assert_eq!(data, b"ping");
+    let (len, buf_alloc) = (h.len, h.buf_alloc);
+    assert_eq!((len, buf_alloc), (4, super::credit::HOST_BUF_ALLOC));
+    let mut rw = g.header(OP_RW, 1234, hport, 4);
+    rw.fwd_cnt = 4;
+    g.send(rw, b"pong");
+    let mut back = [0u8; 4];
+    host.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"pong");
+    // The host program closes: the guest hears SHUTDOWN, closes too, and gets its RST.
+    drop(host);
+    let got = until(&mut g, OP_SHUTDOWN);
+    let flags = got
+        .iter()
+        .find(|(h, _)| h.op == OP_SHUTDOWN)
+        .unwrap()
+        .0
+        .flags;
+    assert_eq!(flags & SHUTDOWN_SEND, SHUTDOWN_SEND);
+    let mut bye = g.header(OP_SHUTDOWN, 1234, hport, 0);
+    bye.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    g.send(bye, &[]);
+    until(&mut g, OP_RST);
+    assert_eq!(g.device.connections(), 0);
+}
+
+#[test]
+fn a_guest_reaches_path_underscore_port_or_is_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let listener = UnixListener::bind(port_path(&dir.path().join("v.sock"), 5000)).unwrap();
+    g.send(g.header(OP_REQUEST, 40000, 5000, 0), &[]);
+    let got = g.collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!({ got[0].0.op }, OP_RESPONSE);
+    let (mut peer, _) = listener.accept().unwrap();
+    g.send(g.header(OP_RW, 40000, 5000, 5), b"hello");
+    let mut got = [0u8; 5];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello");
+    // Nobody listens on PATH_5001: RST at once.
+    g.send(g.header(OP_REQUEST, 40001, 5001, 0), &[]);
+    let got = g.collect();
+    assert_eq!({ got[0].0.op }, OP_RST);
+    let (sp, dp) = (got[0].0.src_port, got[0].0.dst_port);
+    assert_eq!((sp, dp), (5001, 40001));
+    // A packet for no connection: RST; an RST for none: nothing.
+    g.send(g.header(OP_RW, 40002, 5000, 1), b"x");
+    assert_eq!({ g.collect()[0].0.op }, OP_RST);
+    g.send(g.header(OP_RST, 40003, 5000, 0), &[]);
+    assert!(g.collect().is_empty());
+}
+
+#[test]
+fn nobody_listening_in_the_guest_closes_the_host_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let mut host = host_connect(&dir, b"CONNECT 4321\n");
+    let got = until(&mut g, OP_REQUEST);
+    let req = got[0].0;
+    g.send(req.reply(OP_RST), &[]);
+    let mut rest = Vec::new();
+    assert_eq!(host.read_to_end(&mut rest).unwrap(), 0, "closed without OK");
+    assert_eq!(g.device.connections(), 0);
+}
+
+#[test]
+fn bad_connect_lines_close_the_host_connection_and_harm_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let too_long = [b"CONNECT ".as_slice(), &[b'1'; 64], b"\n"].concat();
+    for line in [&b"HELLO 1\n"[..], b"CONNECT x\n", &too_long] {
+        let mut host = host_connect(&dir, line);
+        let _ = g.receive();
+        // Closed: EOF, or a reset where bytes were left unread (the long line).
+        let mut rest = Vec::new();
+        match host.read_to_end(&mut rest) {
+            Ok(n) => assert_eq!(n, 0, "{line:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{line:?}"),
+        }
+    }
+    // A line cut off by EOF.
+    let host = host_connect(&dir, b"CONN");
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = g.receive();
+    assert_eq!(g.device.connections(), 0);
+    assert!(
+        g.collect().is_empty(),
+        "the guest never heard of any of them"
+    );
+    // Still serving.
+    let (_host, _) = established(&mut g, &dir, 7);
+}
+
+#[test]
+fn a_slow_guest_reader_stops_the_host_writer_instead_of_growing_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let mut host = host_connect(&dir, b"CONNECT 9\n");
+    let req = until(&mut g, OP_REQUEST)[0].0;
+    let mut resp = req.reply(OP_RESPONSE);
+    resp.buf_alloc = 16 << 10; // the guest can hold 16 KiB
+    g.send(resp, &[]);
+    let mut ok = [0u8; 14];
+    host.read_exact(&mut ok).unwrap();
+    host.set_nonblocking(true).unwrap();
+    let chunk = vec![0x5au8; 64 << 10];
+    let payload = |got: Vec<(Header, Vec<u8>)>| -> usize {
+        (got.iter().filter(|(h, _)| h.op == OP_RW))
+            .map(|(_, d)| d.len())
+            .sum()
+    };
+    let (mut written, mut delivered) = (0, 0);
+    for _ in 0..64 {
+        match host.write(&chunk) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+        delivered += payload(g.receive());
+    }
+    for _ in 0..20 {
+        delivered += payload(g.receive());
+    }
+    assert_eq!(delivered, 16 << 10, "exactly the guest's credit");
+    assert!(written > delivered, "the rest waits in the host socket");
+    assert!(
+        written < 4 << 20,
+        "and the host writer was stopped ({written} bytes)"
+    );
+    // The guest reads and says so: more flows.
+    let mut update = req.reply(OP_CREDIT_UPDATE);
+    update.buf_alloc = 16 << 10;
+    update.fwd_cnt = 16 << 10;
+    g.send(update, &[]);
+    let more = payload(until(&mut g, OP_RW));
+    assert!(more > 0 && more <= 16 << 10);
+}
+
+#[test]
+fn sixty_four_connections_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let mut hosts: Vec<(UnixStream, u32, u32)> = (0..64)
+        .map(|i| {
+            let (h, hp) = established(&mut g, &dir, 100 + i);
+            (h, hp, 100 + i)
+        })
+        .collect();
+    assert_eq!(g.device.connections(), 64);
+    for (host, _, port) in &mut hosts {
+        host.write_all(format!("to {port}").as_bytes()).unwrap();
+    }
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..50 {
+        for (h, data) in g.receive() {
+            if h.op == OP_RW {
+                seen.insert(h.dst_port, data);
+            }
+        }
+        if seen.len() == 64 {
+            break;
+        }
+    }
+    for (_, _, port) in &hosts {
+        assert_eq!(seen[port], format!("to {port}").as_bytes());
+    }
+}
+
+#[test]
+fn bad_packets_and_chains_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let listener = UnixListener::bind(port_path(&dir.path().join("v.sock"), 80)).unwrap();
+    let mut spoofed = g.header(OP_REQUEST, 1, 80, 0);
+    spoofed.src_cid = 9;
+    g.send(spoofed, &[]);
+    let mut elsewhere = g.header(OP_REQUEST, 1, 80, 0);
+    elsewhere.dst_cid = 5;
+    g.send(elsewhere, &[]);
+    g.send(g.header(OP_RW, 1, 80, 1000), b"short"); // says 1000, carries 5
+    g.send_raw(&[0u8; 20], &[]); // shorter than a header
+    let outside = Buffer {
+        addr: 0xffff_0000_0000,
+        len: 44,
+        writable: false,
+    };
+    g.send_chain(&[outside]);
+    let writable = Buffer {
+        addr: 0x70_0000,
+        len: 44,
+        writable: true,
+    };
+    g.send_chain(&[writable]);
+    assert_eq!(g.device.stats.dropped, 6);
+    assert!(g.collect().is_empty(), "nothing answers a dropped packet");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "and no connection was made");
+    // A non-stream socket is answered with an RST.
+    let mut seqpacket = g.header(OP_REQUEST, 1, 80, 0);
+    seqpacket.kind = 2;
+    g.send(seqpacket, &[]);
+    assert_eq!({ g.collect()[0].0.op }, OP_RST);
+    // Still serving.
+    g.send(g.header(OP_REQUEST, 2, 80, 0), &[]);
+    assert_eq!({ g.collect()[0].0.op }, OP_RESPONSE);
+}
+
+#[test]
+fn the_config_space_holds_the_cid_and_reset_closes_everything() {
+    use crate::virtio::VirtioDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let mut g =
+        GuestDriver::new(0x1_0000_0005 & 0xffff_ffff, dir.path().join("v.sock"), 4096).unwrap();
+    let mut cid = [0u8; 8];
+    g.device.read_config(0, &mut cid);
+    assert_eq!(u64::from_le_bytes(cid), 5);
+    let mut hi = [0xffu8; 4];
+    g.device.read_config(4, &mut hi);
+    assert_eq!(hi, [0; 4], "the driver reads two 32-bit halves");
+    let (mut host, _) = established(&mut g, &dir, 1);
+    g.device.reset();
+    g.device.process_queue(super::device::TX); // the event loop's turn
+    assert_eq!(g.device.connections(), 0);
+    let mut rest = Vec::new();
+    assert_eq!(host.read_to_end(&mut rest).unwrap(), 0);
+    g.device.stop();
+    assert!(
+        !dir.path().join("v.sock").exists(),
+        "the socket file is removed"
+    );
+    assert!(matches!(
+        super::Vsock::new(2, dir.path().join("w.sock")),
+        Err(super::VsockError::Cid(2))
+    ));
+}
+
+#[test]
+fn vsock_specs_parse_or_say_what_is_wrong() {
+    use super::{VsockConfig, VsockError};
+    let ok: VsockConfig = "cid=3,uds=/tmp/v.sock".parse().unwrap();
+    assert_eq!((ok.cid, ok.uds.to_str().unwrap()), (3, "/tmp/v.sock"));
+    let swapped: VsockConfig = "uds=v,cid=4294967295".parse().unwrap();
+    assert_eq!(swapped.cid, u64::from(u32::MAX));
+    for (spec, want) in [
+        ("cid=2,uds=v", "CID 2 is not allowed"),
+        ("cid=4294967296,uds=v", "not allowed"),
+        ("cid=x,uds=v", "cid must be a number"),
+        ("cid=3", "uds=PATH is missing"),
+        ("uds=v", "cid=N is missing"),
+        ("cid=3,uds=v,port=1", "unknown key"),
+        ("cid=3,cid=4,uds=v", "twice"),
+        ("cid=3,uds=", "needs a path"),
+        ("3", "KEY=VALUE"),
+    ] {
+        let err = spec.parse::<VsockConfig>().unwrap_err();
+        assert!(err.to_string().contains(want), "{spec}: {err}");
+        assert!(matches!(err, VsockError::Spec { .. } | VsockError::Cid(_)));
+    }
+}
