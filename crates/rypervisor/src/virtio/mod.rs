@@ -11,11 +11,13 @@
 //!   never block on device I/O;
 //! - [`rng`]: virtio-rng, fed from the host's `getrandom`;
 //! - [`vsock`]: virtio-vsock with Firecracker's hybrid host side (Unix sockets);
+//! - [`buffers`]: a chain's buffers as guest-memory slices, for I/O without copies;
 //! - [`driver`]: a model of a guest driver's side of a queue, for tests, benchmarks, fuzzing.
 //!
 //! Interrupts go to the guest through an irqfd ([`Interrupt`]), after the interrupt status
 //! bit is set, as the Linux driver reads it first.
 
+pub mod buffers;
 pub mod driver;
 pub mod event_loop;
 pub mod mmio;
@@ -66,9 +68,13 @@ impl Interrupt {
         }
     }
 
-    /// Sets `bit` in the interrupt status, then raises the line.
+    /// Sets `bit` in the interrupt status, then raises the line — unless the bit was set
+    /// already: the driver has not acknowledged the last interrupt yet, and its handler,
+    /// which acknowledges before it looks at the rings, will see what was just added.
     pub fn signal(&self, bit: u32) {
-        self.status.fetch_or(bit, Ordering::SeqCst);
+        if self.status.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
+            return;
+        }
         if let Err(e) = self.irqfd.write(1) {
             tracing::warn!("virtio: cannot raise the interrupt: {e}");
         }

@@ -9,7 +9,7 @@
 //! at most the [`HOST_BUF_ALLOC`] we advertised; a guest that sends more is reset.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
@@ -19,6 +19,7 @@ use super::packet::{
     OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV,
     SHUTDOWN_SEND,
 };
+use crate::virtio::buffers::Buffers;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub struct Connection {
     readable: bool,
     /// The host program will send no more.
     host_eof: bool,
+    /// epoll reported the host's end closed: its EOF waits behind any bytes still queued.
+    host_hung_up: bool,
     /// What the guest said it will no longer do (SHUTDOWN flags).
     guest_shut: u32,
     /// The host stream's write side was shut (after the guest's SHUTDOWN_SEND).
@@ -105,6 +108,7 @@ impl Connection {
             shutdown_flags: 0,
             readable: true,
             host_eof: false,
+            host_hung_up: false,
             guest_shut: 0,
             host_write_shut: false,
             deadline: None,
@@ -148,11 +152,12 @@ impl Connection {
             && self.credit.peer_credit() > 0
     }
 
-    /// The host stream is ready (epoll): readable, writable or hung up.
-    pub fn host_ready(&mut self, readable: bool, writable: bool) {
-        if readable {
+    /// The host stream is ready (epoll): readable, writable, hung up.
+    pub fn host_ready(&mut self, readable: bool, writable: bool, hung_up: bool) {
+        if readable || hung_up {
             self.readable = true;
         }
+        self.host_hung_up |= hung_up;
         if writable {
             self.flush();
         }
@@ -176,8 +181,9 @@ impl Connection {
         self.flush();
     }
 
-    /// Payload from the guest for the host program.
-    pub fn guest_data(&mut self, payload: &[u8]) {
+    /// Payload from the guest for the host program, written from guest memory straight to
+    /// the host socket; what it does not take now is kept.
+    pub fn guest_data(&mut self, payload: &Buffers<'_>) {
         if self.state != State::Established || self.guest_shut & SHUTDOWN_SEND != 0 {
             return self.reset();
         }
@@ -189,15 +195,17 @@ impl Connection {
             return self.reset();
         }
         if self.pending.is_empty() {
-            match write_some(&mut self.stream, payload) {
+            match payload.write_to(&mut self.stream) {
                 Ok(n) => {
                     self.credit.forwarded(n as u32);
-                    self.pending.extend(&payload[n..]);
+                    let mut rest = payload.clone();
+                    rest.skip(n);
+                    rest.append_to(&mut self.pending);
                 }
                 Err(_) => return self.reset(),
             }
         } else {
-            self.pending.extend(payload);
+            payload.append_to(&mut self.pending);
             self.flush();
         }
         self.note_credit();
@@ -261,9 +269,9 @@ impl Connection {
         }
     }
 
-    /// The next packet for the guest, its payload (if any) read from the host stream into
-    /// `buf` (at most `buf.len()` bytes and the guest's credit). `None`: nothing after all.
-    pub fn next_packet(&mut self, buf: &mut [u8]) -> Option<Outgoing> {
+    /// The next packet for the guest, its payload (if any) read from the host stream straight
+    /// into `payload` (at most its length and the guest's credit). `None`: nothing after all.
+    pub fn next_packet(&mut self, payload: &Buffers<'_>) -> Option<Outgoing> {
         let packet = |op, flags, len, credit: &mut Credit| Outgoing {
             op,
             flags,
@@ -279,15 +287,21 @@ impl Connection {
                 return Some(packet(op, 0, 0, &mut self.credit));
             }
         }
-        if self.can_send_data() && !buf.is_empty() {
-            let room = buf.len().min(self.credit.peer_credit() as usize);
-            match read_some(&mut self.stream, &mut buf[..room]) {
+        if self.can_send_data() && !payload.is_empty() {
+            let room = payload.len().min(self.credit.peer_credit() as usize);
+            match read_some(&mut self.stream, payload, room) {
                 Ok(Some(0)) => {
                     self.host_eof = true;
                     self.shutdown_flags |= SHUTDOWN_SEND;
                     self.owed |= OWE_SHUTDOWN;
                 }
                 Ok(Some(n)) => {
+                    // A short read from a stream socket means it is drained for now (epoll(7)):
+                    // no need for a read that would only say WouldBlock — unless the host's
+                    // end closed, whose EOF still has to be read.
+                    if n < room && !self.host_hung_up {
+                        self.readable = false;
+                    }
                     self.credit.sent(n as u32);
                     self.owed &= !OWE_CREDIT;
                     return Some(packet(OP_RW, 0, n, &mut self.credit));
@@ -326,15 +340,17 @@ fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> std::io::Result<usize> {
     }
 }
 
-/// Reads what the socket has now (`None`: nothing yet; `Some(0)`: end of stream).
-fn read_some(stream: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-    loop {
-        match stream.read(buf) {
-            Ok(n) => return Ok(Some(n)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
+/// Reads what the socket has now, at most `max` bytes (`None`: nothing yet; `Some(0)`: end
+/// of stream).
+fn read_some(
+    stream: &mut UnixStream,
+    into: &Buffers<'_>,
+    max: usize,
+) -> std::io::Result<Option<usize>> {
+    match into.read_from(stream, max) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -342,6 +358,21 @@ fn read_some(stream: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<Option<
 mod tests {
     use super::*;
     use crate::virtio::vsock::credit::HOST_BUF_ALLOC;
+    use std::io::Read;
+
+    /// The guest's bytes as buffers.
+    fn data(bytes: &[u8]) -> Vec<u8> {
+        bytes.to_vec()
+    }
+
+    fn send(c: &mut Connection, bytes: &[u8]) {
+        let mut copy = data(bytes);
+        c.guest_data(&Buffers::from_bytes(&mut copy));
+    }
+
+    fn next(c: &mut Connection, buf: &mut [u8]) -> Option<Outgoing> {
+        c.next_packet(&Buffers::from_bytes(buf))
+    }
 
     fn pair() -> (Connection, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
@@ -353,14 +384,14 @@ mod tests {
     fn a_guest_connection_answers_then_carries_bytes_both_ways() {
         let (mut c, mut host) = pair();
         let mut buf = [0u8; 4096];
-        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_RESPONSE);
-        assert_eq!(c.next_packet(&mut buf), None, "nothing from the host yet");
+        assert_eq!(next(&mut c, &mut buf).unwrap().op, OP_RESPONSE);
+        assert_eq!(next(&mut c, &mut buf), None, "nothing from the host yet");
         assert!(!c.owes());
         host.write_all(b"hello").unwrap();
-        c.host_ready(true, false);
-        let p = c.next_packet(&mut buf).unwrap();
+        c.host_ready(true, false, false);
+        let p = next(&mut c, &mut buf).unwrap();
         assert_eq!((p.op, p.len, &buf[..5]), (OP_RW, 5, &b"hello"[..]));
-        c.guest_data(b"world");
+        send(&mut c, b"world");
         let mut got = [0u8; 5];
         host.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"world");
@@ -370,20 +401,34 @@ mod tests {
     fn host_eof_becomes_a_shutdown_and_the_guests_close_an_rst() {
         let (mut c, host) = pair();
         let mut buf = [0u8; 64];
-        c.next_packet(&mut buf); // RESPONSE
+        next(&mut c, &mut buf); // RESPONSE
         host.shutdown(Shutdown::Write).unwrap();
-        c.host_ready(true, false);
-        let p = c.next_packet(&mut buf).unwrap();
+        c.host_ready(true, false, false);
+        let p = next(&mut c, &mut buf).unwrap();
         assert_eq!((p.op, p.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
         assert_eq!(c.state(), State::Established, "the guest may still send");
         c.guest_shutdown(SHUTDOWN_RCV | SHUTDOWN_SEND);
-        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_RST);
+        assert_eq!(next(&mut c, &mut buf).unwrap().op, OP_RST);
+    }
+
+    #[test]
+    fn bytes_then_a_close_reach_the_guest_as_data_then_shutdown() {
+        let (mut c, mut host) = pair();
+        let mut buf = [0u8; 64];
+        next(&mut c, &mut buf); // RESPONSE
+        host.write_all(b"last").unwrap();
+        drop(host); // one epoll event: IN and HUP together
+        c.host_ready(true, false, true);
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!((p.op, p.len), (OP_RW, 4), "a short read...");
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!(p.op, OP_SHUTDOWN, "...and still the EOF behind it");
     }
 
     #[test]
     fn a_guest_half_close_is_an_eof_for_the_host_program() {
         let (mut c, mut host) = pair();
-        c.guest_data(b"last words");
+        send(&mut c, b"last words");
         c.guest_shutdown(SHUTDOWN_SEND);
         let mut all = String::new();
         host.read_to_string(&mut all).unwrap();
@@ -397,11 +442,11 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         let mut c = Connection::guest_initiated(ours, 0, 0);
         let mut buf = [0u8; 64];
-        c.next_packet(&mut buf); // RESPONSE
+        next(&mut c, &mut buf); // RESPONSE
         host.write_all(b"waiting").unwrap();
         assert!(!c.owes(), "a guest with no buffer space gets nothing");
         c.peer_credit(3, 0);
-        let p = c.next_packet(&mut buf).unwrap();
+        let p = next(&mut c, &mut buf).unwrap();
         assert_eq!((p.op, p.len), (OP_RW, 3), "at most the credit");
         // The guest sends nearly all of what we advertised; the host takes it.
         let mut reader = host.try_clone().unwrap();
@@ -410,17 +455,17 @@ mod tests {
             reader.read_exact(&mut v).unwrap();
         });
         for _ in 0..(HOST_BUF_ALLOC - 100) / 1000 {
-            c.guest_data(&[7u8; 1000]);
+            send(&mut c, &[7u8; 1000]);
             while c.held() > 0 {
-                c.host_ready(false, true);
+                c.host_ready(false, true, false);
             }
         }
-        c.guest_data(&vec![7u8; ((HOST_BUF_ALLOC - 100) % 1000) as usize]);
+        send(&mut c, &vec![7u8; ((HOST_BUF_ALLOC - 100) % 1000) as usize]);
         while c.held() > 0 {
-            c.host_ready(false, true);
+            c.host_ready(false, true, false);
         }
         t.join().unwrap();
-        let p = c.next_packet(&mut buf).unwrap();
+        let p = next(&mut c, &mut buf).unwrap();
         assert_eq!(p.op, OP_CREDIT_UPDATE);
         assert_eq!(p.credit, (HOST_BUF_ALLOC, HOST_BUF_ALLOC - 100));
     }
@@ -430,7 +475,7 @@ mod tests {
         let (mut c, _host) = pair(); // nobody reads the host side
         let chunk = vec![1u8; 16 << 10];
         for _ in 0..64 {
-            c.guest_data(&chunk);
+            send(&mut c, &chunk);
             if c.state() == State::Resetting {
                 break;
             }
@@ -438,7 +483,7 @@ mod tests {
         assert_eq!(c.state(), State::Resetting);
         assert!(c.held() == 0, "nothing held after a reset");
         let mut buf = [0u8; 8];
-        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_RST);
+        assert_eq!(next(&mut c, &mut buf).unwrap().op, OP_RST);
     }
 
     #[test]
@@ -447,7 +492,7 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         let mut c = Connection::host_initiated(ours, Instant::now());
         let mut buf = [0u8; 8];
-        assert_eq!(c.next_packet(&mut buf).unwrap().op, OP_REQUEST);
+        assert_eq!(next(&mut c, &mut buf).unwrap().op, OP_REQUEST);
         c.accepted(1 << 30);
         let mut line = [0u8; 14];
         host.read_exact(&mut line).unwrap();

@@ -12,9 +12,11 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::Muxer;
 use super::packet::{check, Header, Refusal, HEADER_SIZE, MAX_PAYLOAD};
 use super::{VsockError, VIRTIO_ID_VSOCK};
+use crate::virtio::buffers::Buffers;
 use crate::virtio::{
     notify_used, queue_eventfds, serve_chains, Active, Complaints, Served, VirtioDevice,
 };
+use vm_memory::ByteValued;
 
 /// Queue indices.
 pub const RX: usize = 0;
@@ -42,8 +44,6 @@ pub struct Vsock {
     active: Option<Active>,
     muxer: Muxer,
     complaints: Complaints,
-    /// One packet's payload on its way through.
-    scratch: Vec<u8>,
     /// The driver reset the device: the event loop closes the connections (a reset comes
     /// on a vCPU thread, whose seccomp filter allows no socket calls).
     reset_pending: bool,
@@ -72,7 +72,6 @@ impl Vsock {
             active: None,
             muxer: Muxer::new(guest_cid, path)?,
             complaints: Complaints::default(),
-            scratch: vec![0; MAX_PAYLOAD as usize],
             reset_pending: false,
             stats: VsockStats::default(),
         })
@@ -96,10 +95,10 @@ impl Vsock {
         let (muxer, stats, complaints) = (&mut self.muxer, &mut self.stats, &mut self.complaints);
         let outcome = serve_chains(queue, mem, |chain| {
             let head = chain.head_index();
-            match read_packet(chain, mem, self.guest_cid, &mut self.scratch) {
-                Ok((header, len)) => {
+            match read_packet(chain, mem, self.guest_cid) {
+                Ok((header, payload)) => {
                     stats.tx += 1;
-                    muxer.from_guest(&header, &self.scratch[..len]);
+                    muxer.from_guest(&header, &payload);
                 }
                 Err((why, header)) => {
                     stats.dropped += 1;
@@ -141,7 +140,7 @@ impl Vsock {
                 }
             };
             let head = chain.head_index();
-            let written = match write_packet(chain, mem, &mut self.muxer, &mut self.scratch) {
+            let written = match write_packet(chain, mem, &mut self.muxer) {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     queue.go_to_previous_position(); // nothing owed after all: keep the buffer
@@ -170,49 +169,43 @@ impl Vsock {
     }
 }
 
-/// Reads one TX packet: the header, checked, and its payload into `payload` (only the
-/// chain's driver-readable descriptors count: a chain of writable ones is too short). A refused
-/// packet's header comes back when it deserves an RST (a non-stream socket).
-fn read_packet(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+/// Reads one TX packet's header, checked, and finds its payload in guest memory (only the
+/// chain's driver-readable descriptors count: a chain of writable ones is too short). A
+/// refused packet's header comes back when it deserves an RST (a non-stream socket).
+fn read_packet<'m>(
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
+    mem: &'m GuestMemoryMmap,
     guest_cid: u64,
-    payload: &mut [u8],
-) -> Result<(Header, usize), (String, Option<Header>)> {
-    let mut r = chain.reader(mem).map_err(|e| (format!("{e:?}"), None))?;
-    if r.available_bytes() < HEADER_SIZE {
-        return Err(("shorter than a header".into(), None));
-    }
+) -> Result<(Header, Buffers<'m>), (String, Option<Header>)> {
+    let mut r = Buffers::of(chain, mem, false).map_err(|e| (e.to_string(), None))?;
     let header: Header = r.read_obj().map_err(|e| (e.to_string(), None))?;
-    match check(&header, guest_cid, r.available_bytes()) {
+    match check(&header, guest_cid, r.len()) {
         Ok(()) => {}
         Err(Refusal::NotStream) => return Err(("not a stream socket".into(), Some(header))),
         Err(why) => return Err((format!("{why:?}"), None)),
     }
-    let len = header.len as usize;
-    std::io::Read::read_exact(&mut r, &mut payload[..len]).map_err(|e| (e.to_string(), None))?;
-    Ok((header, len))
+    Ok((header, r.take(header.len as usize)))
 }
 
-/// Writes the muxer's next packet into an RX buffer; the bytes written, or `None` if
-/// nothing was owed after all.
+/// Writes the muxer's next packet into an RX buffer, the payload read from the host socket
+/// straight into guest memory; the bytes written, or `None` if nothing was owed after all.
 fn write_packet(
     chain: DescriptorChain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
     muxer: &mut Muxer,
-    scratch: &mut [u8],
 ) -> Result<Option<u32>, String> {
-    let mut w = chain.writer(mem).map_err(|e| format!("{e:?}"))?;
-    let room = w.available_bytes();
-    if room < HEADER_SIZE {
+    let mut w = Buffers::of(chain, mem, true).map_err(|e| e.to_string())?;
+    if w.len() < HEADER_SIZE {
         return Err("shorter than a header".into());
     }
-    let payload = (room - HEADER_SIZE).min(scratch.len());
-    let Some((header, len)) = muxer.next_packet(&mut scratch[..payload]) else {
+    let mut payload = w.clone();
+    payload.skip(HEADER_SIZE);
+    let payload = payload.take(MAX_PAYLOAD as usize);
+    let Some((header, len)) = muxer.next_packet(&payload) else {
         return Ok(None);
     };
-    w.write_obj(header).map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut w, &scratch[..len]).map_err(|e| e.to_string())?;
+    w.write_bytes(header.as_slice())
+        .map_err(|e| e.to_string())?;
     Ok(Some((HEADER_SIZE + len) as u32))
 }
 

@@ -25,6 +25,7 @@ use super::packet::{
     OP_SHUTDOWN, TYPE_STREAM,
 };
 use super::{unix, VsockError, HOST_CID};
+use crate::virtio::buffers::Buffers;
 
 /// Connections (and CONNECT lines being read) at most.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -203,10 +204,8 @@ impl Muxer {
         };
         if let Some(conn) = self.conns.get_mut(&key) {
             let hup = EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR;
-            conn.host_ready(
-                set.intersects(EventSet::IN | hup),
-                set.contains(EventSet::OUT),
-            );
+            let (readable, writable) = (set.contains(EventSet::IN), set.contains(EventSet::OUT));
+            conn.host_ready(readable, writable, set.intersects(hup));
         }
         self.requeue(key);
     }
@@ -317,7 +316,7 @@ impl Muxer {
     }
 
     /// A packet from the guest (already checked: to the host, from the guest, a stream).
-    pub fn from_guest(&mut self, header: &Header, payload: &[u8]) {
+    pub fn from_guest(&mut self, header: &Header, payload: &Buffers<'_>) {
         let key = (header.dst_port, header.src_port);
         let (op, flags) = (header.op, header.flags);
         let Some(conn) = self.conns.get_mut(&key) else {
@@ -373,9 +372,9 @@ impl Muxer {
         !self.stray_rsts.is_empty() || !self.owing.is_empty()
     }
 
-    /// The next packet for the guest: its header, and its payload in `buf` (at most
-    /// `buf.len()` bytes). `None` when nothing is owed after all.
-    pub fn next_packet(&mut self, buf: &mut [u8]) -> Option<(Header, usize)> {
+    /// The next packet for the guest: its header, and its payload read into `payload` (at
+    /// most its length). `None` when nothing is owed after all.
+    pub fn next_packet(&mut self, payload: &Buffers<'_>) -> Option<(Header, usize)> {
         if let Some(rst) = self.stray_rsts.pop_front() {
             return Some((rst, 0));
         }
@@ -384,7 +383,7 @@ impl Muxer {
                 continue;
             };
             conn.queued = false;
-            let Some(out) = conn.next_packet(buf) else {
+            let Some(out) = conn.next_packet(payload) else {
                 continue;
             };
             let header = Header {

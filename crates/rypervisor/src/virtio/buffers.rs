@@ -1,0 +1,299 @@
+//! A descriptor chain's buffers as guest-memory slices, so a device moves bytes straight
+//! between a host descriptor (a socket, a file) and guest memory with one system call and no
+//! copy in between (`vm-memory`'s `ReadVolatile`/`WriteVolatile`). virtio-queue's
+//! `Reader`/`Writer` only copy through `std::io` buffers, which costs a memcpy per packet.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+
+use virtio_queue::DescriptorChain;
+use vm_memory::{
+    ByteValued, GuestMemory, GuestMemoryMmap, Permissions, ReadVolatile, VolatileMemoryError,
+    VolatileSlice, WriteVolatile,
+};
+
+/// One slice of guest memory.
+pub type Slice<'m> = VolatileSlice<'m, ()>;
+
+/// Why a chain's buffers cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// A descriptor points outside guest memory.
+    #[error("a buffer lies outside guest memory")]
+    OutsideMemory,
+    /// The lengths add up past what can be addressed.
+    #[error("the buffers' lengths overflow")]
+    Overflow,
+    /// Fewer bytes than needed.
+    #[error("shorter than {0} bytes")]
+    Short(usize),
+}
+
+/// The buffers of one direction of a chain, consumed from the front.
+#[derive(Clone, Debug, Default)]
+pub struct Buffers<'m> {
+    slices: VecDeque<Slice<'m>>,
+    len: usize,
+}
+
+impl<'m> Buffers<'m> {
+    /// The driver-readable (`writable == false`) or device-writable buffers of `chain`.
+    pub fn of(
+        chain: DescriptorChain<&'m GuestMemoryMmap>,
+        mem: &'m GuestMemoryMmap,
+        writable: bool,
+    ) -> Result<Self, BufferError> {
+        let mut b = Self::default();
+        for d in chain.filter(|d| d.is_write_only() == writable) {
+            b.len = b
+                .len
+                .checked_add(d.len() as usize)
+                .ok_or(BufferError::Overflow)?;
+            let access = if writable {
+                Permissions::Write
+            } else {
+                Permissions::Read
+            };
+            let slices = (mem.get_slices(d.addr(), d.len() as usize, access))
+                .map_err(|_| BufferError::OutsideMemory)?;
+            let mut covered = 0;
+            for s in slices {
+                let s = s.map_err(|_| BufferError::OutsideMemory)?;
+                covered += s.len();
+                b.slices.push_back(s);
+            }
+            if covered != d.len() as usize {
+                return Err(BufferError::OutsideMemory);
+            }
+        }
+        Ok(b)
+    }
+
+    /// Buffers over host memory (for tests).
+    pub fn from_bytes(bytes: &'m mut [u8]) -> Self {
+        let len = bytes.len();
+        Self {
+            slices: VecDeque::from([VolatileSlice::from(bytes)]),
+            len,
+        }
+    }
+
+    /// Bytes left.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bytes are left.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops the first `n` bytes.
+    pub fn skip(&mut self, mut n: usize) {
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.slices.front_mut() else {
+                return;
+            };
+            if front.len() > n {
+                *front = front.offset(n).unwrap_or(*front);
+                return;
+            }
+            n -= front.len();
+            self.slices.pop_front();
+        }
+    }
+
+    /// The first `n` bytes (at most what is left) as buffers of their own.
+    pub fn take(&self, n: usize) -> Buffers<'m> {
+        let mut out = Buffers::default();
+        let mut left = n.min(self.len);
+        for s in &self.slices {
+            if left == 0 {
+                break;
+            }
+            let part = s.subslice(0, left.min(s.len())).unwrap_or(*s);
+            left -= part.len();
+            out.len += part.len();
+            out.slices.push_back(part);
+        }
+        out
+    }
+
+    /// Copies out an object from the front and consumes it.
+    pub fn read_obj<T: ByteValued + Default>(&mut self) -> Result<T, BufferError> {
+        let mut obj = T::default();
+        let size = std::mem::size_of::<T>();
+        if self.copy_out(obj.as_mut_slice()) < size {
+            return Err(BufferError::Short(size));
+        }
+        self.skip(size);
+        Ok(obj)
+    }
+
+    /// Copies `bytes` in at the front and consumes them.
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), BufferError> {
+        if self.len < bytes.len() {
+            return Err(BufferError::Short(bytes.len()));
+        }
+        let mut done = 0;
+        for s in &self.slices {
+            if done == bytes.len() {
+                break;
+            }
+            let n = s.len().min(bytes.len() - done);
+            s.copy_from(&bytes[done..done + n]);
+            done += n;
+        }
+        self.skip(bytes.len());
+        Ok(())
+    }
+
+    /// Copies the front into `out` (as much as fits); how many bytes.
+    fn copy_out(&self, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        for s in &self.slices {
+            if done == out.len() {
+                break;
+            }
+            done += s.copy_to(&mut out[done..]);
+        }
+        done
+    }
+
+    /// Appends everything left to `out`.
+    pub fn append_to(&self, out: &mut VecDeque<u8>) {
+        let mut chunk = [0u8; 4096];
+        for s in &self.slices {
+            let mut at = 0;
+            while at < s.len() {
+                let part = s.subslice(at, (s.len() - at).min(chunk.len()));
+                let Ok(part) = part else { break };
+                let n = part.copy_to(&mut chunk[..]);
+                out.extend(&chunk[..n]);
+                at += n;
+            }
+        }
+    }
+
+    /// Writes from the front into `w` until it takes less than offered; how many bytes
+    /// (`WouldBlock` after some bytes is a short count, not an error). Consumes nothing.
+    pub fn write_to(&self, w: &mut impl WriteVolatile) -> std::io::Result<usize> {
+        let mut done = 0;
+        for s in &self.slices {
+            match retry(|| w.write_volatile(s)) {
+                Ok(n) => {
+                    done += n;
+                    if n < s.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock && done > 0 => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Fills up to `max` bytes at the front from `r` until it gives less than asked; how many
+    /// (`Ok(0)`: end of stream). `WouldBlock` before any byte is an error of that kind.
+    pub fn read_from(&self, r: &mut impl ReadVolatile, max: usize) -> std::io::Result<usize> {
+        let mut done = 0;
+        for s in &self.slices {
+            let want = s.len().min(max - done);
+            if want == 0 {
+                break;
+            }
+            let mut part = s.subslice(0, want).unwrap_or(*s);
+            match retry(|| r.read_volatile(&mut part)) {
+                Ok(n) => {
+                    done += n;
+                    if n < want {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock && done > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Retries on EINTR; gives the OS error back as `std::io::Error`.
+fn retry(mut f: impl FnMut() -> Result<usize, VolatileMemoryError>) -> std::io::Result<usize> {
+    loop {
+        match f() {
+            Ok(n) => return Ok(n),
+            Err(VolatileMemoryError::IOError(e)) if e.kind() == ErrorKind::Interrupted => {}
+            Err(VolatileMemoryError::IOError(e)) => return Err(e),
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::driver::{Buffer, DriverQueue};
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn chains_split_by_direction_and_move_bytes_without_copies() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut d = DriverQueue::new(&mem, 8, 0x1000);
+        let mut q = d.device_queue(false);
+        mem.write_slice(b"head", GuestAddress(0x8000)).unwrap();
+        mem.write_slice(b"er+payload", GuestAddress(0x9000))
+            .unwrap();
+        let b = |addr, len, writable| Buffer {
+            addr,
+            len,
+            writable,
+        };
+        d.offer(&[
+            b(0x8000, 4, false),
+            b(0x9000, 10, false),
+            b(0xa000, 16, true),
+        ])
+        .unwrap();
+        let chain = q.pop_descriptor_chain(&mem).unwrap();
+        let mut r = Buffers::of(chain.clone(), &mem, false).unwrap();
+        assert_eq!(r.len(), 14);
+        let head: [u8; 7] = r.read_obj().unwrap();
+        assert_eq!(&head, b"header+");
+        let (mut a, mut z) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(r.take(3).write_to(&mut a).unwrap(), 3);
+        let mut got = [0u8; 3];
+        std::io::Read::read_exact(&mut z, &mut got).unwrap();
+        assert_eq!(&got, b"pay");
+        let w = Buffers::of(chain, &mem, true).unwrap();
+        assert_eq!(w.len(), 16);
+        std::io::Write::write_all(&mut z, b"into the guest").unwrap();
+        assert_eq!(w.read_from(&mut a, 16).unwrap(), 14);
+        let mut back = [0u8; 14];
+        mem.read_slice(&mut back, GuestAddress(0xa000)).unwrap();
+        assert_eq!(&back, b"into the guest");
+    }
+
+    #[test]
+    fn buffers_outside_memory_are_refused() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut d = DriverQueue::new(&mem, 8, 0x1000);
+        let mut q = d.device_queue(false);
+        let far = Buffer {
+            addr: 0xf_0000,
+            len: 0x2_0000, // runs past the end
+            writable: false,
+        };
+        d.offer(&[far]).unwrap();
+        let chain = q.pop_descriptor_chain(&mem).unwrap();
+        assert!(matches!(
+            Buffers::of(chain, &mem, false),
+            Err(BufferError::OutsideMemory)
+        ));
+    }
+}
