@@ -4,6 +4,9 @@
  *   rypervisor.busybox   run a few busybox commands (needs build-initramfs.sh --busybox)
  *   rypervisor.panic     exit instead of powering off: the kernel panics ("Attempted to kill init")
  *   rypervisor.rng       read /dev/hwrng twice and print the bytes and the rng in use
+ *   rypervisor.disk      (booted from an ext4 root disk) write and fsync /file; report on the
+ *                        second drive /dev/vdb: BLKROGET, its size, its first bytes, whether
+ *                        a write to it works, its serial; remount / read-only before poweroff
  *   rypervisor.vsock     serve an echo on vsock port 1234 (any number of connections), connect
  *                        to the host's port 5000 (say hello, print the answer) and 5001 (print
  *                        why it failed), print "vsock ready", then wait for one connection on
@@ -16,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
 #include <sys/io.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
@@ -45,6 +50,47 @@ static void show(const char *path, const char *prefix) {
   fclose(f);
 }
 
+/* /dev with device nodes: the initramfs has only /dev/console (a root disk gets devtmpfs
+ * from the kernel, and a second mount just fails with EBUSY). */
+static void mount_dev(void) { mount("devtmpfs", "/dev", "devtmpfs", 0, NULL); }
+
+static void disk(void) {
+  const char *text = "written by the guest\n";
+  int fd = open("/file", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int ok = fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text) && fsync(fd) == 0;
+  printf("rypervisor-init: disk /file %s\n", ok ? "written" : strerror(errno));
+  if (fd >= 0) close(fd);
+  mount_dev();
+  int ro = -1;
+  unsigned long long size = 0;
+  unsigned char head[8] = {0};
+  fd = open("/dev/vdb", O_RDONLY);
+  if (fd >= 0) {
+    ioctl(fd, BLKROGET, &ro);
+    ioctl(fd, BLKGETSIZE64, &size);
+    if (read(fd, head, sizeof head) != sizeof head) memset(head, 0, sizeof head);
+    close(fd);
+  }
+  printf("rypervisor-init: vdb ro=%d size=%llu head=", ro, size);
+  for (unsigned i = 0; i < sizeof head; i++) printf("%02x", head[i]);
+  printf("\n");
+  /* Linux lets a read-only disk be opened for writing; the write itself fails. */
+  fd = open("/dev/vdb", O_WRONLY);
+  ssize_t w = fd >= 0 ? write(fd, head, sizeof head) : -1;
+  printf("rypervisor-init: vdb write: %s\n", w >= 0 ? "written" : strerror(errno));
+  if (fd >= 0) close(fd);
+  char serial[64] = "";
+  FILE *sf = fopen("/sys/block/vdb/serial", "r");
+  if (sf) {
+    if (fgets(serial, sizeof serial, sf)) serial[strcspn(serial, "\n")] = 0;
+    fclose(sf);
+  }
+  printf("rypervisor-init: vdb serial=%s\n", serial);
+  sync();
+  int r = mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+  printf("rypervisor-init: / remounted read-only: %s\n", r == 0 ? "yes" : strerror(errno));
+}
+
 /* Prints 32 bytes of /dev/hwrng as hex, twice, and which rng the kernel uses. */
 static void rng(void) {
   FILE *cur = fopen("/sys/class/misc/hw_random/rng_current", "r");
@@ -54,7 +100,7 @@ static void rng(void) {
     fclose(cur);
   }
   printf("rypervisor-init: rng_current=%s\n", name);
-  mount("devtmpfs", "/dev", "devtmpfs", 0, NULL); /* the initramfs has only /dev/console */
+  mount_dev();
   int fd = open("/dev/hwrng", O_RDONLY);
   for (int round = 0; round < 2; round++) {
     unsigned char buf[32];
@@ -172,6 +218,7 @@ int main(void) {
   }
   if (strstr(cmdline, "rypervisor.rng")) rng();
   if (strstr(cmdline, "rypervisor.vsock")) vsock();
+  if (strstr(cmdline, "rypervisor.disk")) disk();
   if (strstr(cmdline, "rypervisor.panic")) {
     printf("rypervisor-init: exiting on purpose\n");
     return 1;

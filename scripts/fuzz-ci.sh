@@ -7,13 +7,13 @@
 # Seeds: static C programs from crates/rypervisor/tests/programs (program), the recipe
 # kernel's bzImage and vmlinux heads when guest/build-kernel.sh has cached them (kernel),
 # tiny flat and ELF guests (image), sizes (size), random registers (syscall), a driver's
-# set-up (virtio_mmio) and a vsock session (vsock_tx).
+# set-up (virtio_mmio), a vsock session (vsock_tx) and two block requests (block_request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio vsock_tx)
+[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio vsock_tx block_request)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -22,7 +22,7 @@ fi
 
 seeds="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-seeds.XXXXXX")"
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio,vsock_tx}
+mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio,vsock_tx,block_request}
 printf '64M' >"$seeds/size/a"; printf '2G' >"$seeds/size/b"; printf '0x1000' >"$seeds/size/c"
 printf '\xba\xf8\x03\x00\xd8\x04\x30\xee\xb0\x0a\xee\xf4' >"$seeds/image/lwn"
 for prog in hello args files; do
@@ -59,6 +59,19 @@ recs = [(0x80, hdr(1, 7, 80)), (0xc0, hdr(5, 7, 80, 5) + b"hello"), (4, b""),
 open(sys.argv[1], "wb").write(b"".join(bytes([k, len(b)]) + b for k, b in recs))
 PY
 
+# virtio-blk: a read of sector 1 (header at 0x8000, data at 0x9000, status at 0xa000), then a
+# discard of two segments; the image writable with FLUSH.
+python3 - "$seeds/block_request/session" <<'PY'
+import struct, sys
+def desc(addr, length, writable):
+    return struct.pack("<I", addr)[:3] + struct.pack("<H", length) + bytes([8 if writable else 0])
+read = bytes([2]) + desc(0x8000, 16, 0) + desc(0x9000, 512, 1) + desc(0xa000, 1, 1)
+read += struct.pack("<IIQ", 0, 0, 1) + bytes(16)
+discard = bytes([2]) + desc(0x8000, 16, 0) + desc(0x8010, 16, 0) + desc(0xa000, 1, 1)
+discard += struct.pack("<IIQ", 11, 0, 0) + struct.pack("<QII", 4, 8, 0)
+open(sys.argv[1], "wb").write(bytes([2]) + read + discard)
+PY
+
 status=0
 for t in "${targets[@]}"; do
   corpus="fuzz/corpus/$t"
@@ -66,7 +79,7 @@ for t in "${targets[@]}"; do
   echo "fuzz: $t for ${seconds}s" >&2
   log="$seeds/$t.log"
   if (cd fuzz && cargo fuzz run "$t" "corpus/$t" "$seeds/$t" -- \
-      -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -print_final_stats=1) \
+      -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 -timeout=20 -print_final_stats=1) \
       >"$log" 2>&1; then
     grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$log" >&2 || true
   else

@@ -25,6 +25,9 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
         origin: *PROCESS_START.get().unwrap_or(&Instant::now()),
         rng: args.rng,
         vsock: args.vsock.as_deref().map(str::parse).transpose()?,
+        drives: (args.drives.iter())
+            .map(|d| d.parse())
+            .collect::<Result<_, _>>()?,
         seccomp: !args.no_seccomp,
     };
     config.check()?;

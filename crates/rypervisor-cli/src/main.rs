@@ -157,6 +157,15 @@ struct BootArgs {
     /// the Unix socket PATH_P. See docs/devices.md.
     #[arg(long, value_name = "cid=N,uds=PATH")]
     vsock: Option<String>,
+    /// Add a disk (repeatable: /dev/vda, /dev/vdb... in order): a raw image file whose size
+    /// is whole 512-byte sectors. ro: read-only; serial=ID: its serial (/sys/block/vdX/serial);
+    /// root: boot from it (root=/dev/vdX on the command line); cache=writeback: offer FLUSH
+    /// and make every flush reach the disk (default: writes reach the host's page cache).
+    #[arg(
+        long = "drive",
+        value_name = "path=FILE[,ro][,serial=ID][,root][,cache=writeback]"
+    )]
+    drives: Vec<String>,
     /// Do not confine rypervisor's threads with seccomp (for debugging the VMM).
     #[arg(long, hide = true)]
     no_seccomp: bool,

@@ -3,7 +3,9 @@
 //! `/dev/hwrng`; vsock carries a 1 MiB echo (more than the guest's buffer, so credit updates
 //! flow), sixteen concurrent echoes, a guest connection to `PATH_5000`, refusals both ways
 //! and malformed CONNECT lines; and every VMM thread runs under seccomp meanwhile.
-//! `--vsock` mistakes are refused with one clear line.
+//! A second boot runs from an ext4 root disk (guest/build-rootfs.sh) with a read-only data
+//! drive, and the host then reads what the guest wrote. `--vsock` and `--drive` mistakes are
+//! refused with one clear line.
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::guest::{guest_kernel, initramfs, one_at_a_time};
+use common::guest::{guest_kernel, initramfs, one_at_a_time, script};
 use common::{require_kvm, rypervisor};
 
 /// Bytes that differ from connection to connection (xorshift).
@@ -297,8 +299,97 @@ fn assert_init_and_rng(stdout: &str, stderr: &str) {
     );
 }
 
+/// An e2fsprogs tool, found where Debian puts it even when /usr/sbin is not on PATH.
+fn e2fs(tool: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin", "/usr/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{tool} not found: install e2fsprogs"))
+}
+
 #[test]
-fn vsock_mistakes_are_one_clear_line_and_status_1() {
+fn one_boot_from_an_ext4_root_disk_with_a_read_only_second_drive() {
+    require_kvm();
+    let kernel = guest_kernel().join("vmlinux");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.ext4");
+    script("build-rootfs.sh", &[root.to_str().unwrap()]);
+    let data = dir.path().join("data.img");
+    std::fs::write(
+        &data,
+        (0..1u32 << 20).map(|i| (i * 7) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let _one = one_at_a_time();
+    let root_drive = format!("path={},root,cache=writeback", root.display());
+    let data_drive = format!("path={},ro,serial=DATA123", data.display());
+    let r = rypervisor(
+        &[
+            "boot",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--mem",
+            "128M",
+            "--timeout",
+            "300",
+            "--drive",
+            &root_drive,
+            "--drive",
+            &data_drive,
+            "--cmdline",
+            "init=/init rypervisor.disk",
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 0, "{}\nstderr:\n{}", r.stdout, r.stderr);
+    for want in [
+        "root=/dev/vda rw",
+        "VFS: Mounted root (ext4 filesystem)",
+        "rypervisor-init: disk /file written",
+        "rypervisor-init: vdb ro=1 size=1048576 head=00070e151c232a31",
+        "rypervisor-init: vdb serial=DATA123",
+        "rypervisor-init: / remounted read-only: yes",
+    ] {
+        assert!(r.stdout.contains(want), "no {want:?} in\n{}", r.stdout);
+    }
+    let write = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("vdb write:"))
+        .unwrap_or("");
+    assert!(
+        !write.ends_with("written"),
+        "a write to the read-only drive: {write}"
+    );
+    // The host sees what the guest wrote, and a clean file system.
+    let cat = Command::new(e2fs("debugfs"))
+        .args(["-R", "cat /file"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout),
+        "written by the guest\n"
+    );
+    let fsck = Command::new(e2fs("e2fsck"))
+        .arg("-fn")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    assert_eq!(
+        std::fs::read(&data).unwrap()[..8],
+        [0, 7, 14, 21, 28, 35, 42, 49]
+    );
+}
+
+#[test]
+fn vsock_and_drive_mistakes_are_one_clear_line_and_status_1() {
     require_kvm();
     let kernel = guest_kernel().join("vmlinux");
     let dir = tempfile::tempdir().unwrap();
@@ -307,6 +398,28 @@ fn vsock_mistakes_are_one_clear_line_and_status_1() {
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     let at = |p: &Path| format!("cid=3,uds={}", p.display());
+    let odd = dir.path().join("odd.img");
+    std::fs::write(&odd, [0u8; 1000]).unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, [0u8; 4096]).unwrap();
+    let drive = |p: &Path| format!("path={}", p.display());
+    for (args, message) in [
+        (vec![drive(&dir.path().join("none.img"))], "No such file"),
+        (vec![drive(dir.path())], "a disk image is a file"),
+        (vec![drive(&odd)], "is not a multiple of 512"),
+        (vec![drive(&img), drive(&img)], "attached twice"),
+        (vec![format!("{},size=1", drive(&img))], "unknown key"),
+    ] {
+        let mut all = vec!["boot", "--kernel", kernel.to_str().unwrap()];
+        for a in &args {
+            all.extend(["--drive", a.as_str()]);
+        }
+        all.extend(["--cpu-template", "host"]);
+        let r = rypervisor(&all, b"");
+        assert_eq!(r.status, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(message), "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{args:?}: {}", r.stderr);
+    }
     let cases = [
         ("cid=2,uds=v.sock".to_string(), "guest CID 2 is not allowed"),
         ("cid=three,uds=v.sock".into(), "cid must be a number"),

@@ -33,6 +33,7 @@ use crate::loader::kernel::{self, detect, KernelFile};
 use crate::memory::GuestRam;
 use crate::seccomp::boot::boot_filters;
 use crate::vcpu::Vcpu;
+use crate::virtio::block::{self, Block};
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
 use crate::virtio::{mmio, Interrupt, MmioTransport, VirtioDevice};
@@ -128,10 +129,15 @@ fn command_line(config: &BootConfig, virtio: usize) -> Result<String, BootError>
             max: layout::CMDLINE_MAX - 1,
         });
     }
-    if virtio == 0 {
+    let root = root_option(config);
+    if virtio == 0 && root.is_none() {
         return Ok(cmdline);
     }
     let mut line = Cmdline::try_from(&cmdline, layout::CMDLINE_MAX).map_err(BootError::Cmdline)?;
+    if let Some((device, mode)) = root {
+        line.insert("root", &device).map_err(BootError::Cmdline)?;
+        line.insert_str(mode).map_err(BootError::Cmdline)?;
+    }
     for (i, irq) in layout::VIRTIO_IRQS.iter().take(virtio).enumerate() {
         let base = GuestAddress(layout::VIRTIO_MMIO_BASE + i as u64 * mmio::WINDOW);
         line.add_virtio_mmio_device(mmio::WINDOW, base, *irq, None)
@@ -139,6 +145,19 @@ fn command_line(config: &BootConfig, virtio: usize) -> Result<String, BootError>
     }
     let text = line.as_cstring().map_err(BootError::Cmdline)?;
     Ok(text.to_string_lossy().into_owned())
+}
+
+/// `root=/dev/vdX` and `rw`/`ro` for the drive marked `root` (drives are vda, vdb... in the
+/// order given), unless the user's command line names a root itself.
+fn root_option(config: &BootConfig) -> Option<(String, &'static str)> {
+    let user = config.cmdline.as_deref().unwrap_or("");
+    if user.split_whitespace().any(|w| w.starts_with("root=")) {
+        return None;
+    }
+    let (index, drive) = config.drives.iter().enumerate().find(|(_, d)| d.root)?;
+    let letter = char::from(b'a' + index as u8);
+    let mode = if drive.read_only { "ro" } else { "rw" };
+    Some((format!("/dev/vd{letter}"), mode))
 }
 
 /// The virtio devices the configuration asks for, in window order.
@@ -149,6 +168,12 @@ fn virtio_devices(config: &BootConfig) -> Result<Vec<SharedVirtio>, BootError> {
     }
     if let Some(v) = &config.vsock {
         devices.push(Arc::new(Mutex::new(Vsock::new(v.cid, v.uds.clone())?)));
+    }
+    for (disk, drive) in block::open_all(&config.drives)? {
+        devices.push(Arc::new(Mutex::new(Block::new(
+            disk,
+            drive.serial.as_deref(),
+        )?)));
     }
     if devices.len() > layout::VIRTIO_IRQS.len() {
         return Err(BootError::TooManyDevices(layout::VIRTIO_IRQS.len()));

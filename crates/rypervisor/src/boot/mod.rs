@@ -156,6 +156,9 @@ pub enum BootError {
     /// The vsock device could not be set up (its socket path, its CID).
     #[error(transparent)]
     Vsock(#[from] crate::virtio::vsock::VsockError),
+    /// A drive could not be attached.
+    #[error(transparent)]
+    Block(#[from] crate::virtio::block::BlockError),
 }
 
 /// What to boot and how.
@@ -183,6 +186,8 @@ pub struct BootConfig {
     pub rng: bool,
     /// Give the guest a virtio-vsock device with this CID and host socket.
     pub vsock: Option<crate::virtio::vsock::VsockConfig>,
+    /// Disks: `/dev/vda`, `/dev/vdb`... in this order.
+    pub drives: Vec<crate::virtio::block::DriveConfig>,
     /// Confine every VMM thread with the seccomp filter of its role once the VM is built.
     pub seccomp: bool,
 }
@@ -202,6 +207,7 @@ impl BootConfig {
             origin: Instant::now(),
             rng: false,
             vsock: None,
+            drives: Vec::new(),
             seccomp: true,
         }
     }

@@ -8,8 +8,8 @@ use std::io::ErrorKind;
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{
-    ByteValued, GuestMemory, GuestMemoryMmap, Permissions, ReadVolatile, VolatileMemoryError,
-    VolatileSlice, WriteVolatile,
+    ByteValued, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, Permissions, ReadVolatile,
+    VolatileMemoryError, VolatileSlice, WriteVolatile,
 };
 
 /// One slice of guest memory.
@@ -49,12 +49,17 @@ impl<'m> Buffers<'m> {
                 .len
                 .checked_add(d.len() as usize)
                 .ok_or(BufferError::Overflow)?;
+            // The common case first: the buffer lies in one region (one lookup, no iterator).
+            if let Ok(slice) = GuestMemoryBackend::get_slice(mem, d.addr(), d.len() as usize) {
+                b.slices.push_back(slice);
+                continue;
+            }
             let access = if writable {
                 Permissions::Write
             } else {
                 Permissions::Read
             };
-            let slices = (mem.get_slices(d.addr(), d.len() as usize, access))
+            let slices = GuestMemory::get_slices(mem, d.addr(), d.len() as usize, access)
                 .map_err(|_| BufferError::OutsideMemory)?;
             let mut covered = 0;
             for s in slices {
@@ -86,6 +91,11 @@ impl<'m> Buffers<'m> {
     /// Whether no bytes are left.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The slices, in order.
+    pub fn slices(&self) -> impl Iterator<Item = &Slice<'m>> {
+        self.slices.iter()
     }
 
     /// Drops the first `n` bytes.

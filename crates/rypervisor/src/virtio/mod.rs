@@ -10,6 +10,7 @@
 //!   (ioeventfds: a guest's notify never exits to the VMM) and host sockets, so vCPU threads
 //!   never block on device I/O;
 //! - [`rng`]: virtio-rng, fed from the host's `getrandom`;
+//! - [`block`]: virtio-blk over a disk image file;
 //! - [`vsock`]: virtio-vsock with Firecracker's hybrid host side (Unix sockets);
 //! - [`buffers`]: a chain's buffers as guest-memory slices, for I/O without copies;
 //! - [`driver`]: a model of a guest driver's side of a queue, for tests, benchmarks, fuzzing.
@@ -17,6 +18,7 @@
 //! Interrupts go to the guest through an irqfd ([`Interrupt`]), after the interrupt status
 //! bit is set, as the Linux driver reads it first.
 
+pub mod block;
 pub mod buffers;
 pub mod driver;
 pub mod event_loop;
@@ -209,7 +211,8 @@ pub enum Served {
     /// A queue's worth was served: the caller kicks its own eventfd, so the event loop
     /// comes back after serving the others.
     OutOfBudget,
-    /// The rings are outside guest memory.
+    /// The rings are outside guest memory, or the driver's indexes make no sense: the
+    /// device stops serving until the driver resets it.
     BadRing,
 }
 
@@ -226,7 +229,9 @@ pub fn serve_chains(
     let mut budget = usize::from(queue.size()).max(1);
     loop {
         let _ = queue.disable_notification(mem);
+        let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped = true;
             let head = chain.head_index();
             let len = serve(chain);
             if queue.add_used(mem, head, len).is_err() {
@@ -237,11 +242,25 @@ pub fn serve_chains(
                 return Served::OutOfBudget;
             }
         }
+        if !popped && ring_broken(queue, mem) {
+            return Served::BadRing;
+        }
         match queue.enable_notification(mem) {
             Ok(true) => continue,
             Ok(false) => return Served::Done,
             Err(_) => return Served::BadRing,
         }
+    }
+}
+
+/// Whether the driver's avail index is further ahead than the queue holds (or unreadable):
+/// virtio-queue then hands out nothing while it keeps saying buffers are there, and a
+/// device that believed it would spin.
+pub fn ring_broken(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    use virtio_queue::QueueT;
+    match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(idx) => (idx - std::num::Wrapping(queue.next_avail())).0 > queue.size(),
+        Err(_) => true,
     }
 }
 

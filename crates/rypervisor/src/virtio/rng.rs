@@ -117,6 +117,7 @@ impl VirtioDevice for Rng {
                 }
             }
         });
+        let broken = outcome == Served::BadRing;
         match outcome {
             Served::Done => {}
             // A driver that keeps refilling gets a queue's worth per turn, so nobody waits
@@ -124,10 +125,16 @@ impl VirtioDevice for Rng {
             Served::OutOfBudget => {
                 let _ = self.events[0].write(1);
             }
-            Served::BadRing => self.complaints.note("rng", format_args!("bad rings")),
+            Served::BadRing => {
+                let what = "rings outside memory or indexes past the queue: stopped until reset";
+                self.complaints.note("rng", format_args!("{what}"));
+            }
         }
         tracing::debug!("virtio-rng: {} bytes served so far", self.served);
         notify_used(queue, mem, &active.interrupt);
+        if broken {
+            self.active = None;
+        }
     }
 }
 

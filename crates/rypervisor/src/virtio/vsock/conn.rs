@@ -213,6 +213,10 @@ impl Connection {
 
     /// The guest's SHUTDOWN: what it will no longer do.
     pub fn guest_shutdown(&mut self, flags: u32) {
+        if flags & SHUTDOWN_RCV != 0 && self.guest_shut & SHUTDOWN_RCV == 0 {
+            // The host program's writes now fail (EPIPE) instead of filling its socket.
+            let _ = self.stream.shutdown(Shutdown::Read);
+        }
         self.guest_shut |= flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
         self.close_write_if_done();
         self.finish_if_done();

@@ -14,7 +14,8 @@ use super::packet::{check, Header, Refusal, HEADER_SIZE, MAX_PAYLOAD};
 use super::{VsockError, VIRTIO_ID_VSOCK};
 use crate::virtio::buffers::Buffers;
 use crate::virtio::{
-    notify_used, queue_eventfds, serve_chains, Active, Complaints, Served, VirtioDevice,
+    notify_used, queue_eventfds, ring_broken, serve_chains, Active, Complaints, Served,
+    VirtioDevice,
 };
 use vm_memory::ByteValued;
 
@@ -104,20 +105,28 @@ impl Vsock {
                     stats.dropped += 1;
                     complaints.note("vsock", format_args!("TX buffer {head} dropped: {why}"));
                     if let Some(h) = header {
-                        muxer.refuse(&h);
+                        muxer.reset_connection(&h);
                     }
                 }
             }
             0
         });
+        let broken = outcome == Served::BadRing;
         match outcome {
             Served::Done => {}
             Served::OutOfBudget => {
                 let _ = self.events[TX].write(1);
             }
-            Served::BadRing => self.complaints.note("vsock", format_args!("bad TX rings")),
+            Served::BadRing => {
+                let what = "rings outside memory or indexes past the queue: stopped until reset";
+                self.complaints.note("vsock", format_args!("{what}"));
+            }
         }
         notify_used(queue, mem, &active.interrupt);
+        if broken {
+            self.active = None;
+            return;
+        }
         self.process_rx();
     }
 
@@ -129,10 +138,14 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[RX];
         let mut budget = usize::from(queue.size()).max(1);
-        let mut used = false;
+        let (mut used, mut broken) = (false, false);
         while self.muxer.has_packets() {
             let _ = queue.disable_notification(mem);
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                if ring_broken(queue, mem) {
+                    broken = true;
+                    break;
+                }
                 // No buffers: ask to be kicked when some come, and look once more.
                 match queue.enable_notification(mem) {
                     Ok(true) => continue,
@@ -166,6 +179,11 @@ impl Vsock {
         if used {
             notify_used(queue, mem, &active.interrupt);
         }
+        if broken {
+            let what = "RX indexes past the queue: stopped until reset";
+            self.complaints.note("vsock", format_args!("{what}"));
+            self.active = None;
+        }
     }
 }
 
@@ -181,7 +199,10 @@ fn read_packet<'m>(
     let header: Header = r.read_obj().map_err(|e| (e.to_string(), None))?;
     match check(&header, guest_cid, r.len()) {
         Ok(()) => {}
+        // A non-stream socket is refused; a payload longer than its buffers would tear the
+        // stream, so its connection is reset.
         Err(Refusal::NotStream) => return Err(("not a stream socket".into(), Some(header))),
+        Err(Refusal::BadLength) => return Err(("payload past its buffers".into(), Some(header))),
         Err(why) => return Err((format!("{why:?}"), None)),
     }
     Ok((header, r.take(header.len as usize)))

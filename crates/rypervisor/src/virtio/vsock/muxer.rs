@@ -26,6 +26,7 @@ use super::packet::{
 };
 use super::{unix, VsockError, HOST_CID};
 use crate::virtio::buffers::Buffers;
+use crate::virtio::Complaints;
 
 /// Connections (and CONNECT lines being read) at most.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -68,6 +69,8 @@ pub struct Muxer {
     stray_rsts: VecDeque<Header>,
     /// The socket file was removed.
     removed: bool,
+    /// Rate-limited logging of what the guest or host programs get wrong.
+    complaints: Complaints,
 }
 
 impl std::fmt::Debug for Muxer {
@@ -103,6 +106,7 @@ impl Muxer {
             owing: VecDeque::new(),
             stray_rsts: VecDeque::new(),
             removed: false,
+            complaints: Complaints::default(),
         };
         m.watch(m.listener.as_raw_fd(), LISTENER, EventSet::IN)?;
         m.watch(m.timer.as_raw_fd(), TIMER, EventSet::IN)?;
@@ -162,10 +166,14 @@ impl Muxer {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return tracing::warn!("vsock: accept on {}: {e}", self.path.display()),
+                Err(e) => {
+                    let what = format_args!("accept on {}: {e}", self.path.display());
+                    return self.complaints.note("vsock", what);
+                }
             };
             if self.conns.len() + self.lines.len() >= MAX_CONNECTIONS {
-                tracing::warn!("vsock: {MAX_CONNECTIONS} connections open: a new one is closed");
+                let what = format_args!("{MAX_CONNECTIONS} connections open: a new one is closed");
+                self.complaints.note("vsock", what);
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -268,6 +276,8 @@ impl Muxer {
         if let Some(conn) = self.conns.remove(&key) {
             self.unwatch(conn.stream().as_raw_fd());
             self.tokens.retain(|_, k| *k != key);
+            // A later connection with the same ports starts unqueued: no stale entry may stay.
+            self.owing.retain(|k| *k != key);
         }
     }
 
@@ -299,16 +309,18 @@ impl Muxer {
             tracing::info!("vsock: host connection closed: no CONNECT line in time");
             self.drop_line(token);
         }
-        let mut expired = Vec::new();
-        for (key, conn) in self.conns.iter_mut() {
-            if conn.deadline.is_some_and(|d| d <= now) {
-                tracing::info!("vsock: guest port {} did not answer in time", key.1);
-                conn.deadline = None;
-                conn.reset();
-                expired.push(*key);
-            }
+        let expired: Vec<Key> = (self.conns.iter())
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            // The host program's stream closes now and the slot is free; the guest gets an
+            // RST for the REQUEST it never answered.
+            tracing::info!("vsock: guest port {} did not answer in time", key.1);
+            self.remove(key);
+            let request = self.packet_header(key, OP_REQUEST);
+            self.refuse(&request);
         }
-        expired.into_iter().for_each(|k| self.requeue(k));
         let waiting = !self.lines.is_empty() || self.conns.values().any(|c| c.deadline.is_some());
         if !waiting && self.timer.clear().is_ok() {
             self.ticking = false;
@@ -329,7 +341,13 @@ impl Muxer {
         conn.peer_credit(header.buf_alloc, header.fwd_cnt);
         match op {
             OP_RESPONSE => conn.accepted(key.0),
-            OP_RW => conn.guest_data(payload),
+            OP_RW => {
+                conn.guest_data(payload);
+                if conn.state() == State::Resetting {
+                    let what = format_args!("guest port {}: sent past its credit: reset", key.1);
+                    self.complaints.note("vsock", what);
+                }
+            }
             OP_SHUTDOWN => conn.guest_shutdown(flags),
             OP_CREDIT_REQUEST => conn.credit_requested(),
             OP_CREDIT_UPDATE => {}
@@ -343,7 +361,8 @@ impl Muxer {
     /// The guest connects to host port P: rypervisor connects to `PATH_P`.
     fn guest_connect(&mut self, header: &Header) {
         if self.conns.len() + self.lines.len() >= MAX_CONNECTIONS {
-            tracing::warn!("vsock: {MAX_CONNECTIONS} connections open: the guest's is refused");
+            let what = format_args!("{MAX_CONNECTIONS} connections open: the guest's is refused");
+            self.complaints.note("vsock", what);
             return self.refuse(header);
         }
         let path = unix::port_path(&self.path, header.dst_port);
@@ -360,11 +379,43 @@ impl Muxer {
         }
     }
 
+    /// A header as the guest would send it on connection `key` (for [`Muxer::refuse`]).
+    fn packet_header(&self, key: Key, op: u16) -> Header {
+        Header {
+            src_cid: self.guest_cid,
+            dst_cid: HOST_CID,
+            src_port: key.1,
+            dst_port: key.0,
+            kind: TYPE_STREAM,
+            op,
+            ..Header::default()
+        }
+    }
+
+    /// A guest packet that breaks its connection (a payload past its buffers, a socket type
+    /// we do not serve): the connection, if any, is reset; otherwise an RST answers it.
+    pub fn reset_connection(&mut self, header: &Header) {
+        let key = (header.dst_port, header.src_port);
+        match self.conns.get_mut(&key) {
+            Some(conn) => {
+                conn.reset();
+                self.requeue(key);
+            }
+            None => self.refuse(header),
+        }
+    }
+
     /// Answers a guest packet with an RST (bounded: beyond the cap, dropped).
     pub fn refuse(&mut self, header: &Header) {
         if self.stray_rsts.len() < MAX_STRAY_RSTS {
             self.stray_rsts.push_back(header.reply(OP_RST));
         }
+    }
+
+    /// Entries in the queues of what is owed to the guest (bounded by the connections and
+    /// the stray-RST cap).
+    pub fn owed_entries(&self) -> usize {
+        self.owing.len() + self.stray_rsts.len()
     }
 
     /// Whether some packet is owed to the guest.
@@ -384,6 +435,12 @@ impl Muxer {
             };
             conn.queued = false;
             let Some(out) = conn.next_packet(payload) else {
+                // Nothing after all, or only data while this buffer has no room for any: then
+                // it stays queued and this buffer goes back unused.
+                if conn.owes() {
+                    self.requeue(key);
+                    return None;
+                }
                 continue;
             };
             let header = Header {
@@ -436,5 +493,34 @@ impl Drop for Muxer {
         if !self.removed {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_that_come_and_go_leave_nothing_queued_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let mut m = Muxer::new(3, path.clone()).unwrap();
+        let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
+        let header = |op| Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 7,
+            dst_port: 80,
+            kind: TYPE_STREAM,
+            op,
+            ..Header::default()
+        };
+        // The guest never gives RX buffers; it connects and resets, again and again.
+        for _ in 0..2000 {
+            m.from_guest(&header(OP_REQUEST), &Buffers::default());
+            m.from_guest(&header(OP_RST), &Buffers::default());
+        }
+        assert_eq!(m.connections(), 0);
+        assert!(m.owed_entries() <= 1, "{} entries", m.owed_entries());
     }
 }
