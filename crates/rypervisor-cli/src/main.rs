@@ -95,7 +95,8 @@ enum Command {
         - served: read/write on stdin/stdout/stderr, exit, brk, anonymous mmap/munmap/mremap, \
         mprotect (recorded), arch_prctl, clocks, nanosleep, getrandom, uname (a fixed identity: pid 1, \
         uid 1000, host 'rypervisor'), signal calls (recorded, never delivered), and read-only \
-        open/read/fstat/lseek/close of files under --allow-read;\n\
+        open/read/fstat/lseek of files under --allow-read, and descriptors with Linux's rules \
+        (dup/dup2/dup3/fcntl F_DUPFD, lowest free fd, close);\n\
         - everything else (files, sockets, processes...) fails with ENOSYS, or with --strict ends \
         the program with status 159 (like SIGSYS).\n\n\
         --mem is the whole guest: an allocation beyond it fails inside the program (ENOMEM). \

@@ -460,3 +460,37 @@ fn programs_that_cannot_run_get_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn descriptors_follow_linux_rules_for_dup_and_the_lowest_free_fd() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("data.txt");
+    std::fs::write(&f, "abcdefgh").unwrap();
+    let allow = dir.path().to_str().unwrap();
+    for libc in support::libcs() {
+        let r = exec(
+            &["--allow-read", allow],
+            "fds",
+            libc,
+            &[f.to_str().unwrap()],
+            b"",
+        );
+        assert_eq!(r.status, 0, "{libc:?}: {}", r.stderr);
+        for line in [
+            "open=3 F_GETFD=1 dupfd=10 F_GETFD=0\n",
+            "shared offset: abcd|efgh\n",
+            "dup2 onto 0: 0\n",
+            "stdin now reads: abcd\n",
+            "after close(0), open gives 0\n",
+            "written through fd 3\n", // 3 was closed: the lowest free again
+            "dup3 onto itself: -1 (Invalid argument)\n",
+            "dup2 of a closed fd: -1 (Bad file descriptor)\n",
+        ] {
+            assert!(
+                r.stdout.contains(line),
+                "{libc:?}: no {line:?} in\n{}",
+                r.stdout
+            );
+        }
+    }
+}

@@ -1,9 +1,8 @@
 //! Files: the standard streams (through the [`Host`](super::Host)) and read-only host files
 //! under `--allow-read`, in one descriptor table; `read`/`write` and their vector and
-//! positioned forms, `openat`, `close`, `lseek`, the `stat` family, `access`, `ioctl`,
-//! `fcntl`.
+//! positioned forms, `openat`, `lseek`, the `stat` family, `access`, `ioctl` — on the
+//! descriptors of [`super::fdtable`].
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -16,77 +15,29 @@ use crate::sandbox::exit::Exit;
 const IOV_MAX: u64 = 1024;
 /// Longest path (Linux's PATH_MAX).
 pub(crate) const PATH_MAX: usize = 4096;
-/// Highest file descriptor the program may hold open.
-pub(crate) const MAX_FDS: i32 = 64;
+/// The table's standard-stream and host-file kinds.
+use super::fdtable::OpenFile;
 
-/// The program's descriptors: 0–2 are the host's standard streams until closed; host files
-/// opened under `--allow-read` get the others.
-#[derive(Debug, Default)]
-pub struct FdTable {
-    files: BTreeMap<i32, File>,
-    std_closed: [bool; 3],
-}
-
-impl Clone for FdTable {
-    /// A copy for snapshots. Open host files are not copied: a snapshot is only taken with
-    /// none open (see [`FdTable::host_files`]).
-    fn clone(&self) -> Self {
-        Self {
-            files: BTreeMap::new(),
-            std_closed: self.std_closed,
-        }
-    }
-}
-
-impl FdTable {
-    /// Host files open.
-    pub fn host_files(&self) -> usize {
-        self.files.len()
-    }
-
-    /// The host file behind `fd`, if it is one.
-    pub fn host_file(&self, fd: i32) -> Option<&File> {
-        self.files.get(&fd)
-    }
-
-    /// Whether `fd` is a standard stream the program has not closed.
-    fn std_open(&self, fd: i32) -> bool {
-        (0..3).contains(&fd) && !self.std_closed[fd as usize]
-    }
-
-    fn is_open(&self, fd: i32) -> bool {
-        self.std_open(fd) || self.files.contains_key(&fd)
-    }
-
+impl Process {
     /// The host file behind `fd`; a standard stream is not seekable (ESPIPE).
-    fn file(&self, fd: i32) -> Result<&File, Errno> {
-        match self.files.get(&fd) {
-            Some(f) => Ok(f),
-            None if self.std_open(fd) => Err(Errno::ESPIPE),
-            None => Err(Errno::EBADF),
+    fn seekable(&self, fd: i32) -> Result<&File, Errno> {
+        match self.files.get(fd)? {
+            OpenFile::Host(f) => Ok(f),
+            OpenFile::Std(_) => Err(Errno::ESPIPE),
         }
-    }
-
-    pub(super) fn close(&mut self, fd: i32) -> SysResult {
-        if self.files.remove(&fd).is_some() {
-            return Ok(0);
-        }
-        if self.std_open(fd) {
-            self.std_closed[fd as usize] = true;
-            return Ok(0);
-        }
-        Err(Errno::EBADF.into())
     }
 
     pub(super) fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> SysResult {
-        self.file(fd)?;
         let pos = match whence {
             libc::SEEK_SET if offset >= 0 => SeekFrom::Start(offset as u64),
             libc::SEEK_CUR => SeekFrom::Current(offset),
             libc::SEEK_END => SeekFrom::End(offset),
-            _ => return Err(Errno::EINVAL.into()),
+            _ => {
+                self.seekable(fd)?;
+                return Err(Errno::EINVAL.into());
+            }
         };
-        let file = self.files.get_mut(&fd).ok_or(Errno::EBADF)?;
+        let mut file = self.seekable(fd)?;
         match file.seek(pos) {
             Ok(p) => Ok(p as i64),
             Err(e) => Err(Errno(e.raw_os_error().unwrap_or(libc::EINVAL)).into()),
@@ -95,23 +46,8 @@ impl FdTable {
 
     pub(super) fn ioctl(&self, fd: i32) -> SysResult {
         // TCGETS, TIOCGWINSZ...: nothing the program holds is a terminal.
-        if self.is_open(fd) {
-            Err(Errno::ENOTTY.into())
-        } else {
-            Err(Errno::EBADF.into())
-        }
-    }
-
-    pub(super) fn fcntl(&self, fd: i32, cmd: i32) -> SysResult {
-        if !self.is_open(fd) {
-            return Err(Errno::EBADF.into());
-        }
-        match cmd {
-            libc::F_GETFD | libc::F_SETFD | libc::F_SETFL => Ok(0),
-            libc::F_GETFL if fd == 1 || fd == 2 => Ok(i64::from(libc::O_WRONLY)),
-            libc::F_GETFL => Ok(i64::from(libc::O_RDONLY)),
-            _ => Err(Errno::EINVAL.into()),
-        }
+        self.files.get(fd)?;
+        Err(Errno::ENOTTY.into())
     }
 }
 
@@ -166,12 +102,10 @@ impl Process {
         data: &mut [u8],
         cx: &mut Context<'_>,
     ) -> Result<usize, SysError> {
-        if fd == 0 && self.files.std_open(0) {
-            return cx.host.read_stdin(data).map_err(|e| io_error(&e));
-        }
-        match self.files.files.get_mut(&fd) {
-            Some(f) => f.read(data).map_err(|e| Errno::from_io(&e).into()),
-            None => Err(Errno::EBADF.into()),
+        match self.files.get(fd)? {
+            OpenFile::Std(0) => cx.host.read_stdin(data).map_err(|e| io_error(&e)),
+            OpenFile::Std(_) => Err(Errno::EBADF.into()),
+            OpenFile::Host(f) => (&**f).read(data).map_err(|e| Errno::from_io(&e).into()),
         }
     }
 
@@ -188,10 +122,12 @@ impl Process {
     }
 
     fn write_fd(&mut self, fd: i32, data: &[u8], cx: &mut Context<'_>) -> SysResult {
-        if !(fd == 1 || fd == 2) || !self.files.std_open(fd) {
-            return Err(Errno::EBADF.into());
-        }
-        match cx.host.write_out(fd, data) {
+        // Host files are read-only; stdin is not for writing.
+        let stream = match self.files.get(fd)? {
+            OpenFile::Std(n @ (1 | 2)) => *n,
+            _ => return Err(Errno::EBADF.into()),
+        };
+        match cx.host.write_out(stream, data) {
             Ok(n) => Ok(n as i64),
             Err(e) => Err(io_error(&e)),
         }
@@ -268,7 +204,7 @@ impl Process {
         offset: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        let file = self.files.file(fd)?;
+        let file = self.seekable(fd)?;
         let mut data = vec![0u8; (count as usize).min(IO_CHUNK)];
         let got = file
             .read_at(&mut data, offset)
@@ -293,9 +229,6 @@ impl Process {
         if flags & write_flags != 0 {
             return Err(Errno::EROFS.into());
         }
-        let fd = (3..MAX_FDS)
-            .find(|fd| !self.files.files.contains_key(fd))
-            .ok_or(Errno::EMFILE)?;
         // Non-blocking, so a FIFO cannot hang the VMM in open(2); only regular files are
         // kept (for those, O_NONBLOCK changes nothing).
         let file = std::fs::OpenOptions::new()
@@ -306,19 +239,18 @@ impl Process {
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(Errno::EACCES.into()); // directories, devices, FIFOs
         }
-        self.files.files.insert(fd, file);
-        Ok(i64::from(fd))
+        let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
+        Ok(i64::from(self.files.install(file, cloexec)?))
     }
 
     pub(super) fn fstat(&mut self, fd: i32, buf: u64, cx: &mut Context<'_>) -> SysResult {
-        let st = if let Some(f) = self.files.files.get(&fd) {
-            let m = f.metadata().map_err(|_| Errno::EIO)?;
-            stat(libc::S_IFREG | 0o444, m.len(), m.mtime(), 100 + fd as u64)
-        } else if self.files.std_open(fd) {
+        let st = match self.files.get(fd)? {
+            OpenFile::Host(f) => {
+                let m = f.metadata().map_err(|_| Errno::EIO)?;
+                stat(libc::S_IFREG | 0o444, m.len(), m.mtime(), m.ino())
+            }
             // The standard streams look like character devices that are not terminals.
-            stat(libc::S_IFCHR | 0o620, 0, 0, 10 + fd as u64)
-        } else {
-            return Err(Errno::EBADF.into());
+            OpenFile::Std(n) => stat(libc::S_IFCHR | 0o620, 0, 0, 10 + *n as u64),
         };
         cx.mem.write_obj(buf, &st)?;
         Ok(0)

@@ -3,7 +3,7 @@
 //! (`getrandom`).
 
 use super::abi::{uts_field, Rlimit, Utsname};
-use super::files::MAX_FDS;
+use super::fdtable::MAX_FDS;
 use super::{Context, Errno, Process, SysResult, IO_CHUNK};
 
 /// The fixed identity: process and thread id.

@@ -7,7 +7,8 @@
 //! feed it arbitrary registers and memory.
 //!
 //! The layer is split the way the kernel's is: [`sysno`] (numbers and names), [`errno`],
-//! [`abi`] (the structures), then handlers by area: [`files`], [`memory`], [`time`],
+//! [`abi`] (the structures), the descriptor table [`fdtable`], then handlers by area: [`files`],
+//! [`memory`], [`time`],
 //! [`signals`] (with `futex`), [`identity`], and [`trace`] for `--trace-syscalls`; the
 //! process start (argv, envp, auxv) is [`start`].
 //!
@@ -16,6 +17,7 @@
 
 pub mod abi;
 pub mod errno;
+pub mod fdtable;
 pub mod files;
 pub mod identity;
 pub mod memory;
@@ -35,7 +37,7 @@ use super::exit::Exit;
 use super::host::{self, Host};
 use super::policy::Policy;
 use super::usermem::UserMemory;
-use files::FdTable;
+use fdtable::FdTable;
 use memory::MemoryState;
 use signals::SignalState;
 
@@ -190,13 +192,16 @@ impl Process {
             PREAD64 => self.pread(fd, a1, a2, a3, cx),
             OPEN => self.openat(libc::AT_FDCWD, a0, a1, cx),
             OPENAT => self.openat(fd, a1, a2, cx),
-            CLOSE => self.files.close(fd),
+            CLOSE => Ok(self.files.close(fd)?),
+            DUP => Ok(self.files.dup(fd, 0, false)?),
+            DUP2 => Ok(self.files.dup_to(fd, a1 as i32, None)?),
+            DUP3 => Ok(self.files.dup_to(fd, a1 as i32, Some(a2 as i32))?),
             FSTAT => self.fstat(fd, a1, cx),
             STAT | LSTAT => self.stat_path(a0, a1, cx),
             NEWFSTATAT => self.newfstatat(fd, a1, a2, a3, cx),
-            LSEEK => self.files.lseek(fd, a1 as i64, a2 as i32),
-            IOCTL => self.files.ioctl(fd),
-            FCNTL => self.files.fcntl(fd, a1 as i32),
+            LSEEK => self.lseek(fd, a1 as i64, a2 as i32),
+            IOCTL => self.ioctl(fd),
+            FCNTL => Ok(self.files.fcntl(fd, a1 as i32, a2)?),
             ACCESS => self.access(a0, cx),
             FACCESSAT => self.access(a1, cx),
             READLINK | READLINKAT => Err(Errno::ENOENT.into()),

@@ -317,7 +317,9 @@ fn images_that_cannot_be_attached_are_named() {
 fn an_avail_index_past_the_queue_stops_the_device_instead_of_spinning() {
     let mut r = rig(4096, "");
     // The model's avail ring follows its 16-entry descriptor table at 0x1000.
-    r.mem.write_obj(1000u16, GuestAddress(0x1000 + 16 * 16 + 2)).unwrap();
+    r.mem
+        .write_obj(1000u16, GuestAddress(0x1000 + 16 * 16 + 2))
+        .unwrap();
     let (done, waited) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
         r.dev.process_queue(0);
@@ -326,7 +328,9 @@ fn an_avail_index_past_the_queue_stops_the_device_instead_of_spinning() {
         r
     });
     assert!(
-        waited.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+        waited
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_ok(),
         "the device spun on a broken ring"
     );
     let r = t.join().unwrap();
