@@ -7,14 +7,20 @@
  *   rypervisor.disk      (booted from an ext4 root disk) write and fsync /file; report on the
  *                        second drive /dev/vdb: BLKROGET, its size, its first bytes, whether
  *                        a write to it works, its serial; remount / read-only before poweroff
+ *   rypervisor.net       bring up eth0 as 10.0.2.2/24, send 100 UDP datagrams to 10.0.2.1:7777
+ *                        and count the echoes, stream 1 MiB over TCP to 10.0.2.1:7778 and print
+ *                        what the host answers
  *   rypervisor.vsock     serve an echo on vsock port 1234 (any number of connections), connect
  *                        to the host's port 5000 (say hello, print the answer) and 5001 (print
  *                        why it failed), print "vsock ready", then wait for one connection on
  *                        port 1235 to end before powering off
  * Build: gcc -static -O2 -o init init.c */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +31,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -185,6 +192,71 @@ static void vsock(void) {
   kill(server, SIGKILL);
 }
 
+/* Brings interface `name` up, with an IPv4 address and netmask unless addr is NULL. */
+static int if_up(const char *name, const char *addr, const char *mask) {
+  int s = socket(AF_INET, SOCK_DGRAM, 0);
+  struct ifreq r;
+  memset(&r, 0, sizeof r);
+  strncpy(r.ifr_name, name, IFNAMSIZ - 1);
+  struct sockaddr_in *a = (struct sockaddr_in *)&r.ifr_addr;
+  int bad = s < 0;
+  if (!bad && addr) {
+    a->sin_family = AF_INET;
+    inet_pton(AF_INET, addr, &a->sin_addr);
+    bad = ioctl(s, SIOCSIFADDR, &r) != 0;
+    inet_pton(AF_INET, mask, &a->sin_addr);
+    bad = bad || ioctl(s, SIOCSIFNETMASK, &r) != 0;
+  }
+  bad = bad || ioctl(s, SIOCGIFFLAGS, &r) != 0;
+  r.ifr_flags |= IFF_UP | IFF_RUNNING;
+  bad = bad || ioctl(s, SIOCSIFFLAGS, &r) != 0;
+  if (bad) printf("rypervisor-init: cannot bring up %s: %s\n", name, strerror(errno));
+  if (s >= 0) close(s);
+  return bad ? -1 : 0;
+}
+
+static void net(void) {
+  if_up("lo", NULL, NULL);
+  if (if_up("eth0", "10.0.2.2", "255.255.255.0")) return;
+  struct sockaddr_in host = {.sin_family = AF_INET, .sin_port = htons(7777)};
+  inet_pton(AF_INET, "10.0.2.1", &host.sin_addr);
+  int u = socket(AF_INET, SOCK_DGRAM, 0);
+  struct timeval tv = {10, 0};
+  setsockopt(u, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  int echoed = 0;
+  for (int i = 0; i < 100; i++) {
+    char msg[64], back[64];
+    int n = snprintf(msg, sizeof msg, "datagram %d", i);
+    sendto(u, msg, n, 0, (struct sockaddr *)&host, sizeof host);
+    ssize_t m = recv(u, back, sizeof back, 0);
+    echoed += m == n && !memcmp(msg, back, n);
+  }
+  close(u);
+  printf("rypervisor-init: udp echoed %d of 100\n", echoed);
+  int t = socket(AF_INET, SOCK_STREAM, 0);
+  host.sin_port = htons(7778);
+  if (connect(t, (struct sockaddr *)&host, sizeof host) != 0) {
+    printf("rypervisor-init: tcp connect: %s\n", strerror(errno));
+    return;
+  }
+  static unsigned char buf[64 << 10];
+  for (size_t i = 0; i < sizeof buf; i++) buf[i] = (unsigned char)(i * 7);
+  size_t sent = 0;
+  unsigned sum = 0;
+  while (sent < (1u << 20)) {
+    ssize_t w = write(t, buf, sizeof buf);
+    if (w <= 0) break;
+    for (ssize_t i = 0; i < w; i++) sum += buf[i];
+    sent += w;
+  }
+  shutdown(t, SHUT_WR);
+  char reply[64] = "";
+  ssize_t r = read(t, reply, sizeof reply - 1);
+  reply[r > 0 ? r : 0] = 0;
+  printf("rypervisor-init: tcp sent %zu %u, host said %s\n", sent, sum, reply);
+  close(t);
+}
+
 static void run(char *const argv[]) {
   pid_t pid = fork();
   if (pid == 0) {
@@ -219,6 +291,7 @@ int main(void) {
   if (strstr(cmdline, "rypervisor.rng")) rng();
   if (strstr(cmdline, "rypervisor.vsock")) vsock();
   if (strstr(cmdline, "rypervisor.disk")) disk();
+  if (strstr(cmdline, "rypervisor.net")) net();
   if (strstr(cmdline, "rypervisor.panic")) {
     printf("rypervisor-init: exiting on purpose\n");
     return 1;

@@ -7,13 +7,14 @@
 # Seeds: static C programs from crates/rypervisor/tests/programs (program), the recipe
 # kernel's bzImage and vmlinux heads when guest/build-kernel.sh has cached them (kernel),
 # tiny flat and ELF guests (image), sizes (size), random registers (syscall), a driver's
-# set-up (virtio_mmio), a vsock session (vsock_tx) and two block requests (block_request).
+# set-up (virtio_mmio), a vsock session (vsock_tx), two block requests (block_request) and
+# a few frames (net_frames).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio vsock_tx block_request)
+[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio vsock_tx block_request net_frames)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -22,7 +23,7 @@ fi
 
 seeds="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-seeds.XXXXXX")"
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio,vsock_tx,block_request}
+mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio,vsock_tx,block_request,net_frames}
 printf '64M' >"$seeds/size/a"; printf '2G' >"$seeds/size/b"; printf '0x1000' >"$seeds/size/c"
 printf '\xba\xf8\x03\x00\xd8\x04\x30\xee\xb0\x0a\xee\xf4' >"$seeds/image/lwn"
 for prog in hello args files; do
@@ -70,6 +71,17 @@ read += struct.pack("<IIQ", 0, 0, 1) + bytes(16)
 discard = bytes([2]) + desc(0x8000, 16, 0) + desc(0x8010, 16, 0) + desc(0xa000, 1, 1)
 discard += struct.pack("<IIQ", 11, 0, 0) + struct.pack("<QII", 4, 8, 0)
 open(sys.argv[1], "wb").write(bytes([2]) + read + discard)
+PY
+
+# virtio-net: an RX buffer, a frame from the tap, a TX chain (header + frame).
+python3 - "$seeds/net_frames/session" <<'PY'
+import struct, sys
+def desc(addr, length, writable):
+    return struct.pack("<I", addr)[:3] + struct.pack("<H", length) + bytes([1 if writable else 0])
+recs = bytes([1, 0]) + desc(0x8000, 1526, 1)
+recs += bytes([2, 3]) + bytes(12) + b"frame-bytes!"
+recs += bytes([0, 1]) + desc(0x9000, 12, 0) + desc(0x9100, 60, 0) + bytes([3, 0])
+open(sys.argv[1], "wb").write(recs)
 PY
 
 status=0

@@ -28,6 +28,9 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
         drives: (args.drives.iter())
             .map(|d| d.parse())
             .collect::<Result<_, _>>()?,
+        nets: (args.nets.iter())
+            .map(|n| n.parse())
+            .collect::<Result<_, _>>()?,
         seccomp: !args.no_seccomp,
     };
     config.check()?;

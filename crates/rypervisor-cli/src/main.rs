@@ -167,6 +167,11 @@ struct BootArgs {
         value_name = "path=FILE[,ro][,serial=ID][,root][,cache=writeback]"
     )]
     drives: Vec<String>,
+    /// Add a network interface on an existing tap device (repeatable: eth0, eth1...), e.g.
+    /// `ip tuntap add tap0 mode tap user $USER; ip link set tap0 up`. mac=: the guest's
+    /// address (default: a stable one derived from the tap's name).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<String>,
     /// Do not confine rypervisor's threads with seccomp (for debugging the VMM).
     #[arg(long, hide = true)]
     no_seccomp: bool,

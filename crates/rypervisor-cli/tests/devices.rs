@@ -3,6 +3,8 @@
 //! `/dev/hwrng`; vsock carries a 1 MiB echo (more than the guest's buffer, so credit updates
 //! flow), sixteen concurrent echoes, a guest connection to `PATH_5000`, refusals both ways
 //! and malformed CONNECT lines; and every VMM thread runs under seccomp meanwhile.
+//! A third boot puts the guest on a tap in a network namespace the test makes itself: UDP
+//! datagrams echoed, 1 MiB streamed over TCP and checked by the host.
 //! A second boot runs from an ext4 root disk (guest/build-rootfs.sh) with a read-only data
 //! drive, and the host then reads what the guest wrote. `--vsock` and `--drive` mistakes are
 //! refused with one clear line.
@@ -389,7 +391,7 @@ fn one_boot_from_an_ext4_root_disk_with_a_read_only_second_drive() {
 }
 
 #[test]
-fn vsock_and_drive_mistakes_are_one_clear_line_and_status_1() {
+fn vsock_drive_and_net_mistakes_are_one_clear_line_and_status_1() {
     require_kvm();
     let kernel = guest_kernel().join("vmlinux");
     let dir = tempfile::tempdir().unwrap();
@@ -420,6 +422,17 @@ fn vsock_and_drive_mistakes_are_one_clear_line_and_status_1() {
         assert!(r.stderr.contains(message), "{args:?}: {}", r.stderr);
         assert_eq!(r.stderr.trim().lines().count(), 1, "{args:?}: {}", r.stderr);
     }
+    for (spec, message) in [
+        ("tap=rvnope0", "ip tuntap add rvnope0 mode tap"),
+        ("tap=t,mac=zz", "six hex pairs"),
+        ("dev=t", "unknown key"),
+    ] {
+        let args = ["boot", "--kernel", kernel.to_str().unwrap(), "--net", spec];
+        let r = rypervisor(&[&args[..], &["--cpu-template", "host"]].concat(), b"");
+        assert_eq!(r.status, 1, "{spec}: {}", r.stderr);
+        assert!(r.stderr.contains(message), "{spec}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{spec}: {}", r.stderr);
+    }
     let cases = [
         ("cid=2,uds=v.sock".to_string(), "guest CID 2 is not allowed"),
         ("cid=three,uds=v.sock".into(), "cid must be a number"),
@@ -445,4 +458,84 @@ fn vsock_and_drive_mistakes_are_one_clear_line_and_status_1() {
         assert!(r.stderr.contains(message), "{spec}: {}", r.stderr);
         assert_eq!(r.stderr.trim().lines().count(), 1, "{spec}: {}", r.stderr);
     }
+}
+
+/// The host side of the network test, run inside the namespace: a UDP echo on 10.0.2.1:7777
+/// and a TCP sink on 10.0.2.1:7778 that answers "<bytes> <sum of bytes mod 2^32>".
+const NET_PEER: &str = r#"
+import socket, sys, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("10.0.2.1", 7777))
+def echo():
+    while True:
+        data, peer = u.recvfrom(2048)
+        u.sendto(data, peer)
+threading.Thread(target=echo, daemon=True).start()
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("10.0.2.1", 7778))
+t.listen(1)
+open(sys.argv[1], "w").write("ready\n")
+c, _ = t.accept()
+total = s = 0
+while chunk := c.recv(1 << 16):
+    total += len(chunk)
+    s = (s + sum(chunk)) & 0xffffffff
+c.sendall(b"%d %d" % (total, s))
+c.close()
+"#;
+
+#[test]
+fn a_guest_on_a_tap_exchanges_udp_and_streams_tcp_in_a_network_namespace() {
+    require_kvm();
+    let kernel = guest_kernel().join("vmlinux");
+    let initrd = initramfs();
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    // Everything network lives in a namespace of the test's own: the tap, its address, the
+    // peer, and rypervisor itself.
+    let script = format!(
+        "set -e; ip link set lo up; ip tuntap add tap0 mode tap; \
+         ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up; \
+         python3 -c '{peer}' {ready} & \
+         for i in $(seq 100); do [ -s {ready} ] && break; sleep 0.1; done; \
+         exec {vmm} boot --kernel {kernel} --initrd {initrd} --mem 128M --timeout 300 \
+           --net tap=tap0 --cmdline rypervisor.net </dev/null",
+        peer = NET_PEER.replace('\'', "'\"'\"'"),
+        ready = ready.display(),
+        vmm = env!("CARGO_BIN_EXE_rypervisor"),
+        kernel = kernel.display(),
+        initrd = initrd.display(),
+    );
+    let _one = one_at_a_time();
+    let out = Command::new("unshare")
+        .args(["-n", "--", "bash", "-c", &script])
+        .output()
+        .expect("unshare runs (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("unshare failed") && !stderr.contains("Operation not permitted"),
+        "this machine forbids network namespaces or taps, which this test needs: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("virtio_mmio.device=4K@0xd0000000:5"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rypervisor-init: udp echoed 100 of 100"),
+        "{stdout}"
+    );
+    let tcp = stdout
+        .lines()
+        .find_map(|l| l.split("rypervisor-init: tcp sent ").nth(1))
+        .unwrap_or_else(|| panic!("no TCP result in\n{stdout}"));
+    let (sent, said) = tcp.split_once(", host said ").unwrap();
+    assert!(sent.starts_with("1048576 "), "{tcp}");
+    assert_eq!(
+        sent.trim(),
+        said.trim(),
+        "what the host received is what was sent"
+    );
 }

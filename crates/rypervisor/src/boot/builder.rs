@@ -34,6 +34,7 @@ use crate::memory::GuestRam;
 use crate::seccomp::boot::boot_filters;
 use crate::vcpu::Vcpu;
 use crate::virtio::block::{self, Block};
+use crate::virtio::net::{self, Net};
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
 use crate::virtio::{mmio, Interrupt, MmioTransport, VirtioDevice};
@@ -174,6 +175,10 @@ fn virtio_devices(config: &BootConfig) -> Result<Vec<SharedVirtio>, BootError> {
             disk,
             drive.serial.as_deref(),
         )?)));
+    }
+    for n in &config.nets {
+        let tap = net::open_tap(&n.tap)?;
+        devices.push(Arc::new(Mutex::new(Net::new(tap, n.mac)?)));
     }
     if devices.len() > layout::VIRTIO_IRQS.len() {
         return Err(BootError::TooManyDevices(layout::VIRTIO_IRQS.len()));

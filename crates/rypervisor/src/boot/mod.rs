@@ -159,6 +159,9 @@ pub enum BootError {
     /// A drive could not be attached.
     #[error(transparent)]
     Block(#[from] crate::virtio::block::BlockError),
+    /// A tap could not be attached.
+    #[error(transparent)]
+    Net(#[from] crate::virtio::net::NetError),
 }
 
 /// What to boot and how.
@@ -188,6 +191,8 @@ pub struct BootConfig {
     pub vsock: Option<crate::virtio::vsock::VsockConfig>,
     /// Disks: `/dev/vda`, `/dev/vdb`... in this order.
     pub drives: Vec<crate::virtio::block::DriveConfig>,
+    /// Network interfaces on existing tap devices: `eth0`, `eth1`... in this order.
+    pub nets: Vec<crate::virtio::net::NetConfig>,
     /// Confine every VMM thread with the seccomp filter of its role once the VM is built.
     pub seccomp: bool,
 }
@@ -208,6 +213,7 @@ impl BootConfig {
             rng: false,
             vsock: None,
             drives: Vec::new(),
+            nets: Vec::new(),
             seccomp: true,
         }
     }

@@ -89,6 +89,9 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
         libc::SYS_fallocate,
     ]);
     devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::FIONBIO)?;
+    // virtio-net: frames in and out of the tap, and its offloads once the guest chose them.
+    devices.allow(&[libc::SYS_readv]);
+    devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::TUNSETOFFLOAD)?;
     let console_input = base()?;
     let console_output = base()?;
     let mut supervisor = base()?;

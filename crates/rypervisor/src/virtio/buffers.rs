@@ -232,6 +232,55 @@ impl<'m> Buffers<'m> {
     }
 }
 
+impl Buffers<'_> {
+    /// Runs `f` with the slices as `iovec`s (at most `IOV_MAX`), their pointers kept valid
+    /// for the call.
+    pub fn with_iovecs<T>(&self, f: impl FnOnce(&[libc::iovec]) -> T) -> T {
+        const IOV_MAX: usize = 1024;
+        let guards: Vec<_> = (self.slices.iter().take(IOV_MAX))
+            .map(|s| (s.ptr_guard_mut(), s.len()))
+            .collect();
+        let iov: Vec<libc::iovec> = (guards.iter())
+            .map(|(g, len)| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: *len,
+            })
+            .collect();
+        f(&iov)
+    }
+
+    /// One `readv` from `fd` into the buffers (a whole datagram or frame lands in one call).
+    pub fn readv_from(&self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        self.with_iovecs(|iov| loop {
+            // SAFETY: the iovecs describe live guest memory (see `with_iovecs`); the
+            // kernel writes at most their lengths; the result is checked.
+            let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as i32) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        })
+    }
+
+    /// One `writev` of the buffers to `fd` (a whole frame in one call).
+    pub fn writev_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        self.with_iovecs(|iov| loop {
+            // SAFETY: as in `readv_from`; the kernel only reads the memory.
+            let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as i32) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        })
+    }
+}
+
 /// Retries on EINTR; gives the OS error back as `std::io::Error`.
 fn retry(mut f: impl FnMut() -> Result<usize, VolatileMemoryError>) -> std::io::Result<usize> {
     loop {

@@ -11,6 +11,7 @@
 //!   never block on device I/O;
 //! - [`rng`]: virtio-rng, fed from the host's `getrandom`;
 //! - [`block`]: virtio-blk over a disk image file;
+//! - [`net`]: virtio-net over an existing tap device;
 //! - [`vsock`]: virtio-vsock with Firecracker's hybrid host side (Unix sockets);
 //! - [`buffers`]: a chain's buffers as guest-memory slices, for I/O without copies;
 //! - [`driver`]: a model of a guest driver's side of a queue, for tests, benchmarks, fuzzing.
@@ -23,6 +24,7 @@ pub mod buffers;
 pub mod driver;
 pub mod event_loop;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 

@@ -128,23 +128,11 @@ fn vectored(
     offset: u64,
     data: &Buffers<'_>,
 ) -> std::io::Result<usize> {
-    const IOV_MAX: usize = 1024;
-    // The guards keep the slices' pointers valid (and their dirty bitmaps marked) until the
-    // call returns.
-    let guards: Vec<_> = (data.slices().take(IOV_MAX))
-        .map(|s| (s.ptr_guard_mut(), s.len()))
-        .collect();
-    let iov: Vec<libc::iovec> = (guards.iter())
-        .map(|(g, len)| libc::iovec {
-            iov_base: g.as_ptr().cast(),
-            iov_len: *len,
-        })
-        .collect();
     let (fd, off) = (file.as_raw_fd(), offset as libc::off_t);
-    loop {
-        // SAFETY: each iovec describes a live guest-memory slice (held by its guard for the
-        // call's duration); the kernel reads or writes at most those bytes; the result is
-        // checked.
+    data.with_iovecs(|iov| loop {
+        // SAFETY: each iovec describes a live guest-memory slice (kept valid by
+        // `with_iovecs` for the call); the kernel reads or writes at most those bytes; the
+        // result is checked.
         let n = unsafe {
             match dir {
                 Direction::Read => libc::preadv(fd, iov.as_ptr(), iov.len() as i32, off),
@@ -158,5 +146,5 @@ fn vectored(
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e);
         }
-    }
+    })
 }
