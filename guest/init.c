@@ -15,6 +15,7 @@
  *                        why it failed), print "vsock ready", then wait for one connection on
  *                        port 1235 to end before powering off
  * Build: gcc -static -O2 -o init init.c */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +33,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -57,6 +59,12 @@ static void show(const char *path, const char *prefix) {
   fclose(f);
 }
 
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
 /* /dev with device nodes: the initramfs has only /dev/console (a root disk gets devtmpfs
  * from the kernel, and a second mount just fails with EBUSY). */
 static void mount_dev(void) { mount("devtmpfs", "/dev", "devtmpfs", 0, NULL); }
@@ -78,6 +86,18 @@ static void disk(void) {
     if (read(fd, head, sizeof head) != sizeof head) memset(head, 0, sizeof head);
     close(fd);
   }
+  static unsigned char big[1 << 20] __attribute__((aligned(4096)));
+  double t0 = now_ms();
+  fd = open("/dev/vdb", O_RDONLY | O_DIRECT);
+  ssize_t got = fd >= 0 ? read(fd, big, sizeof big) : -1;
+  if (fd >= 0) close(fd);
+  printf("rypervisor-init: timing: vdb 1 MiB O_DIRECT read %zd bytes in %.1f ms\n", got, now_ms() - t0);
+  t0 = now_ms();
+  fd = open("/big", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ssize_t put = fd >= 0 ? write(fd, big, sizeof big) : -1;
+  if (fd >= 0) fsync(fd), close(fd);
+  unlink("/big");
+  printf("rypervisor-init: timing: vda 1 MiB write+fsync %zd bytes in %.1f ms\n", put, now_ms() - t0);
   printf("rypervisor-init: vdb ro=%d size=%llu head=", ro, size);
   for (unsigned i = 0; i < sizeof head; i++) printf("%02x", head[i]);
   printf("\n");
@@ -243,6 +263,7 @@ static void net(void) {
   for (size_t i = 0; i < sizeof buf; i++) buf[i] = (unsigned char)(i * 7);
   size_t sent = 0;
   unsigned sum = 0;
+  double t0 = now_ms();
   while (sent < (1u << 20)) {
     ssize_t w = write(t, buf, sizeof buf);
     if (w <= 0) break;
@@ -253,6 +274,7 @@ static void net(void) {
   char reply[64] = "";
   ssize_t r = read(t, reply, sizeof reply - 1);
   reply[r > 0 ? r : 0] = 0;
+  printf("rypervisor-init: timing: tcp %zu bytes in %.1f ms\n", sent, now_ms() - t0);
   printf("rypervisor-init: tcp sent %zu %u, host said %s\n", sent, sum, reply);
   close(t);
 }

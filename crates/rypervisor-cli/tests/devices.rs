@@ -345,6 +345,9 @@ fn one_boot_from_an_ext4_root_disk_with_a_read_only_second_drive() {
         b"",
     );
     assert_eq!(r.status, 0, "{}\nstderr:\n{}", r.stdout, r.stderr);
+    for l in r.stdout.lines().filter(|l| l.contains("timing:")) {
+        eprintln!("{l}"); // for docs/PERFORMANCE.md (not asserted: a benchmark, not a test)
+    }
     for want in [
         "root=/dev/vda rw",
         "VFS: Mounted root (ext4 filesystem)",
@@ -519,6 +522,9 @@ fn a_guest_on_a_tap_exchanges_udp_and_streams_tcp_in_a_network_namespace() {
         "this machine forbids network namespaces or taps, which this test needs: {stderr}"
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}\nstderr:\n{stderr}");
+    for l in stdout.lines().filter(|l| l.contains("timing:")) {
+        eprintln!("{l}"); // for docs/PERFORMANCE.md (not asserted)
+    }
     assert!(
         stdout.contains("virtio_mmio.device=4K@0xd0000000:5"),
         "{stdout}"
