@@ -94,7 +94,8 @@ enum Command {
         CPL3; each system call it makes exits to rypervisor, which serves it under a policy:\n\n\
         - served: read/write on stdin/stdout/stderr, exit, brk, anonymous mmap/munmap/mremap, \
         mprotect (recorded), arch_prctl, clocks, nanosleep, getrandom, uname (a fixed identity: pid 1, \
-        uid 1000, host 'rypervisor'), signal calls (recorded, never delivered), and read-only \
+        uid 1000, host 'rypervisor'; umask, getgroups, process group and session ids, times, \
+        getrusage, sysinfo, common prctl options), signal calls (recorded, never delivered), and read-only \
         open/read/fstat/lseek of files under --allow-read, and descriptors with Linux's rules \
         (dup/dup2/dup3/fcntl F_DUPFD, lowest free fd, close);\n\
         - everything else (files, sockets, processes...) fails with ENOSYS, or with --strict ends \

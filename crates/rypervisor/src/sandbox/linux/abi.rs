@@ -52,6 +52,10 @@ abi_structs! {
     SignalStack(libc::stack_t);
     /// `struct sysinfo`.
     Sysinfo(libc::sysinfo);
+    /// `struct rusage`.
+    Rusage(libc::rusage);
+    /// `struct tms`.
+    Tms(libc::tms);
 }
 
 // SAFETY: the only non-integer fields (iovec's base, stack_t's sp) hold guest addresses that
@@ -115,6 +119,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<SignalStack>(), 24);
         assert_eq!(std::mem::size_of::<KernelSigaction>(), 32);
         assert_eq!(std::mem::size_of::<Sysinfo>(), 112);
+        assert_eq!(std::mem::size_of::<Rusage>(), 144);
+        assert_eq!(std::mem::size_of::<Tms>(), 32);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! The layer is split the way the kernel's is: [`sysno`] (numbers and names), [`errno`],
 //! [`abi`] (the structures), the descriptor table [`fdtable`], then handlers by area: [`files`],
 //! [`memory`], [`time`],
-//! [`signals`] (with `futex`), [`identity`], and [`trace`] for `--trace-syscalls`; the
+//! [`signals`] (with `futex`), [`identity`], [`process`] (the small calls about the process
+//! itself), and [`trace`] for `--trace-syscalls`; the
 //! process start (argv, envp, auxv) is [`start`].
 //!
 //! The identity the program sees is fixed: pid 1, uid/gid 1000, host name `rypervisor`,
@@ -21,6 +22,7 @@ pub mod fdtable;
 pub mod files;
 pub mod identity;
 pub mod memory;
+pub mod process;
 pub mod signals;
 pub mod start;
 pub mod sysno;
@@ -113,6 +115,8 @@ pub struct Process {
     fs_changed: bool,
     /// Monotonic time at start, for the CPU-time clocks.
     started: Option<(i64, i64)>,
+    /// umask, the name, prctl flags.
+    process: process::ProcessState,
     /// Counters.
     pub stats: SyscallStats,
 }
@@ -129,6 +133,7 @@ impl Process {
             fs_base: 0,
             fs_changed: false,
             started: host::host_clock(libc::CLOCK_MONOTONIC),
+            process: process::ProcessState::default(),
             stats: SyscallStats::default(),
         }
     }
@@ -218,6 +223,15 @@ impl Process {
             GETPPID => Ok(0),
             GETUID | GETGID | GETEUID | GETEGID => Ok(UID),
             SET_ROBUST_LIST => Ok(0),
+            GETPGRP => Ok(PID),
+            GETPGID | GETSID => Process::own_group(a0),
+            SETPGID => Process::setpgid(a0, a1),
+            GETGROUPS => Process::getgroups(a0, a1, cx),
+            UMASK => self.umask(a0),
+            PRCTL => self.prctl(a0, a1, cx),
+            TIMES => self.times(a0, cx),
+            GETRUSAGE => self.getrusage(a0, a1, cx),
+            SYSINFO => self.sysinfo(a0, cx),
             RSEQ => Err(Errno::ENOSYS.into()), // served: "not supported"
             UNAME => identity::uname(a0, cx),
             GETCWD => identity::getcwd(a0, a1, cx),

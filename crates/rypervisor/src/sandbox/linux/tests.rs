@@ -273,3 +273,50 @@ fn random_calls_never_panic_or_write_the_vmm_area() {
     r.mem.ram().read(0, &mut after).unwrap();
     assert!(tables == after, "a system call wrote below USER_BASE");
 }
+
+#[test]
+fn small_calls_answer_as_linux_does_for_a_lone_process() {
+    let mut r = Rig::new();
+    let e = |errno: i32| -i64::from(errno);
+    assert_eq!(r.ret(nr::UMASK, &[0o077]), 0o022);
+    assert_eq!(r.ret(nr::UMASK, &[0o022]), 0o077);
+    assert_eq!(r.ret(nr::GETPGRP, &[]), identity::PID);
+    assert_eq!(r.ret(nr::GETPGID, &[0]), identity::PID);
+    assert_eq!(r.ret(nr::GETSID, &[7]), e(libc::ESRCH));
+    assert_eq!(r.ret(nr::SETPGID, &[0, 0]), 0);
+    assert_eq!(r.ret(nr::SETPGID, &[0, 5]), e(libc::EPERM));
+    assert_eq!(r.ret(nr::GETGROUPS, &[0, 0]), 1);
+    assert_eq!(r.ret(nr::GETGROUPS, &[4, BUF]), 1);
+    let mut g = [0u8; 4];
+    r.mem.read(BUF, &mut g).unwrap();
+    assert_eq!(u32::from_le_bytes(g), 1000);
+    let name = b"worker\0";
+    r.mem.write(BUF, name).unwrap();
+    assert_eq!(r.ret(nr::PRCTL, &[libc::PR_SET_NAME as u64, BUF]), 0);
+    assert_eq!(r.ret(nr::PRCTL, &[libc::PR_GET_NAME as u64, BUF + 64]), 0);
+    let mut got = [0u8; 16];
+    r.mem.read(BUF + 64, &mut got).unwrap();
+    assert_eq!(&got[..7], name);
+    assert_eq!(
+        r.ret(nr::PRCTL, &[libc::PR_SET_CHILD_SUBREAPER as u64, 1]),
+        0
+    );
+    assert_eq!(r.ret(nr::PRCTL, &[libc::PR_GET_DUMPABLE as u64]), 1);
+    assert_eq!(r.ret(nr::PRCTL, &[9999]), e(libc::EINVAL));
+    assert_eq!(r.ret(nr::GETRUSAGE, &[0, BUF]), 0);
+    assert_eq!(r.ret(nr::GETRUSAGE, &[5, BUF]), e(libc::EINVAL));
+    assert_eq!(r.ret(nr::SYSINFO, &[BUF]), 0);
+    let mut info = abi::Sysinfo::default();
+    r.mem
+        .read(BUF, vm_memory::ByteValued::as_mut_slice(&mut info))
+        .unwrap();
+    assert_eq!(
+        (info.0.totalram, info.0.procs, info.0.mem_unit),
+        (16 << 20, 1, 1)
+    );
+    assert!(r.ret(nr::TIMES, &[BUF]) > 0);
+    assert_eq!(
+        r.ret(nr::GETRUSAGE, &[0, 0xdead_0000_0000]),
+        e(libc::EFAULT)
+    );
+}

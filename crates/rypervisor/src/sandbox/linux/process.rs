@@ -1,0 +1,160 @@
+//! The small calls start-ups and shells make about their own process, answered as Linux
+//! would for a lone process that leads its own session: `umask`, `getgroups`, the process
+//! group and session ids, `times`, `getrusage`, `sysinfo`, and the `prctl` options programs
+//! set or probe (the name, the child subreaper, dumpability, the parent-death signal,
+//! no-new-privileges).
+
+use super::abi::{Rusage, Sysinfo, Tms};
+use super::identity::{PID, UID};
+use super::{Context, Errno, Process, SysResult};
+
+/// Clock ticks per second of `times` (Linux's USER_HZ).
+const USER_HZ: i64 = 100;
+
+/// What the kernel keeps about the process beyond its memory, files and signals.
+#[derive(Clone, Debug)]
+pub struct ProcessState {
+    /// The file mode creation mask (no file is ever created; kept for `umask`'s answer).
+    umask: u32,
+    /// `PR_SET_NAME`'s name (the thread's `comm`), NUL-padded.
+    name: [u8; 16],
+    dumpable: bool,
+    no_new_privs: bool,
+    pdeathsig: i32,
+}
+
+impl Default for ProcessState {
+    fn default() -> Self {
+        let mut name = [0u8; 16];
+        name[..7].copy_from_slice(b"program");
+        Self {
+            umask: 0o022,
+            name,
+            dumpable: true,
+            no_new_privs: false,
+            pdeathsig: 0,
+        }
+    }
+}
+
+impl Process {
+    /// Microseconds the program has run (it is the only thread: time since start).
+    fn run_time(&self, cx: &mut Context<'_>) -> (i64, i64) {
+        let (s0, n0) = self.started.unwrap_or((0, 0));
+        let (s, n) = cx.host.clock(libc::CLOCK_MONOTONIC).unwrap_or((s0, n0));
+        let us = ((s - s0) * 1_000_000 + (n - n0) / 1000).max(0);
+        (us / 1_000_000, us % 1_000_000)
+    }
+
+    pub(super) fn umask(&mut self, mask: u64) -> SysResult {
+        let old = self.process.umask;
+        self.process.umask = mask as u32 & 0o777;
+        Ok(i64::from(old))
+    }
+
+    /// `getpgid`/`getsid`: the process is its own group and session.
+    pub(super) fn own_group(pid: u64) -> SysResult {
+        match pid as i64 {
+            0 | PID => Ok(PID),
+            _ => Err(Errno::ESRCH.into()),
+        }
+    }
+
+    pub(super) fn setpgid(pid: u64, pgid: u64) -> SysResult {
+        match (pid as i64, pgid as i64) {
+            (0 | PID, 0 | PID) => Ok(0),
+            (0 | PID, _) => Err(Errno::EPERM.into()),
+            _ => Err(Errno::ESRCH.into()),
+        }
+    }
+
+    pub(super) fn getgroups(size: u64, list: u64, cx: &mut Context<'_>) -> SysResult {
+        match size as i32 {
+            0 => Ok(1),
+            n if n < 0 => Err(Errno::EINVAL.into()),
+            _ => {
+                cx.mem.write(list, &(UID as u32).to_le_bytes())?;
+                Ok(1)
+            }
+        }
+    }
+
+    pub(super) fn times(&mut self, buf: u64, cx: &mut Context<'_>) -> SysResult {
+        let (s, us) = self.run_time(cx);
+        let ticks = s * USER_HZ + us * USER_HZ / 1_000_000;
+        if buf != 0 {
+            let mut t = Tms::default();
+            t.0.tms_utime = ticks;
+            cx.mem.write_obj(buf, &t)?;
+        }
+        // Ticks since an arbitrary point: the host's monotonic clock.
+        let (ms, mn) = cx.host.clock(libc::CLOCK_MONOTONIC).unwrap_or((0, 0));
+        Ok(ms * USER_HZ + mn / (1_000_000_000 / USER_HZ))
+    }
+
+    pub(super) fn getrusage(&mut self, who: u64, buf: u64, cx: &mut Context<'_>) -> SysResult {
+        let mut r = Rusage::default();
+        match who as i32 {
+            libc::RUSAGE_SELF | libc::RUSAGE_THREAD => {
+                let (s, us) = self.run_time(cx);
+                r.0.ru_utime = libc::timeval {
+                    tv_sec: s,
+                    tv_usec: us,
+                };
+                r.0.ru_maxrss = (self.memory.mem_size() / 1024) as i64;
+            }
+            libc::RUSAGE_CHILDREN => {} // it has none
+            _ => return Err(Errno::EINVAL.into()),
+        }
+        cx.mem.write_obj(buf, &r)?;
+        Ok(0)
+    }
+
+    pub(super) fn sysinfo(&mut self, buf: u64, cx: &mut Context<'_>) -> SysResult {
+        let mut i = Sysinfo::default();
+        i.0.uptime = self.run_time(cx).0;
+        i.0.totalram = self.memory.mem_size();
+        i.0.freeram = self.memory.mem_size().saturating_sub(self.memory.brk());
+        i.0.procs = 1;
+        i.0.mem_unit = 1;
+        cx.mem.write_obj(buf, &i)?;
+        Ok(0)
+    }
+
+    pub(super) fn prctl(&mut self, option: u64, arg: u64, cx: &mut Context<'_>) -> SysResult {
+        let p = &mut self.process;
+        match option as i32 {
+            libc::PR_SET_NAME => {
+                let name = cx.mem.read_cstr(arg, 4096)?;
+                p.name = [0; 16];
+                let n = name.len().min(15);
+                p.name[..n].copy_from_slice(&name[..n]);
+                Ok(0)
+            }
+            libc::PR_GET_NAME => {
+                cx.mem.write(arg, &p.name)?;
+                Ok(0)
+            }
+            libc::PR_SET_CHILD_SUBREAPER => Ok(0),
+            libc::PR_GET_DUMPABLE => Ok(i64::from(p.dumpable)),
+            libc::PR_SET_DUMPABLE if arg <= 1 => {
+                p.dumpable = arg == 1;
+                Ok(0)
+            }
+            libc::PR_SET_PDEATHSIG if arg <= 64 => {
+                p.pdeathsig = arg as i32;
+                Ok(0)
+            }
+            libc::PR_GET_PDEATHSIG => {
+                cx.mem.write(arg, &p.pdeathsig.to_le_bytes())?;
+                Ok(0)
+            }
+            libc::PR_SET_NO_NEW_PRIVS if arg == 1 => {
+                p.no_new_privs = true;
+                Ok(0)
+            }
+            libc::PR_GET_NO_NEW_PRIVS => Ok(i64::from(p.no_new_privs)),
+            _ => Err(Errno::EINVAL.into()),
+        }
+    }
+}
