@@ -23,6 +23,40 @@ pub enum OpenFile {
     Std(i32),
     /// A host file opened read-only under `--allow-read`, shared by its duplicates.
     Host(Arc<File>),
+    /// One of the built-in devices: `/dev/null`, `/dev/zero`, `/dev/urandom` (`/dev/random`).
+    Device(Device),
+}
+
+/// The devices every program may open, served by the VMM (no host file behind them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// Reads end at once; writes vanish.
+    Null,
+    /// Reads give zeros; writes vanish.
+    Zero,
+    /// Reads give random bytes; writes are taken (and ignored).
+    Urandom,
+}
+
+impl Device {
+    /// The device at `path`, if it is one of them.
+    pub fn at(path: &[u8]) -> Option<Self> {
+        match path {
+            b"/dev/null" => Some(Self::Null),
+            b"/dev/zero" => Some(Self::Zero),
+            b"/dev/urandom" | b"/dev/random" => Some(Self::Urandom),
+            _ => None,
+        }
+    }
+
+    /// (major, minor) as on Linux, for `fstat`.
+    pub fn numbers(self) -> (u32, u32) {
+        match self {
+            Self::Null => (1, 3),
+            Self::Zero => (1, 5),
+            Self::Urandom => (1, 9),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +145,14 @@ impl FdTable {
         Ok(fd)
     }
 
+    /// Installs a built-in device at the lowest free descriptor.
+    pub fn install_device(&mut self, device: Device, cloexec: bool) -> Result<i32, Errno> {
+        let fd = self.lowest_free(0)?;
+        let file = OpenFile::Device(device);
+        self.entries.insert(fd, Entry { file, cloexec });
+        Ok(fd)
+    }
+
     /// `close`.
     pub fn close(&mut self, fd: i32) -> Result<i64, Errno> {
         self.entries.remove(&fd).map(|_| 0).ok_or(Errno::EBADF)
@@ -161,6 +203,7 @@ impl FdTable {
             }
             libc::F_GETFL => Ok(i64::from(match entry.file {
                 OpenFile::Std(1) | OpenFile::Std(2) => libc::O_WRONLY,
+                OpenFile::Device(_) => libc::O_RDWR,
                 _ => libc::O_RDONLY,
             })),
             libc::F_SETFL => Ok(0), // O_NONBLOCK, O_APPEND...: nothing here blocks or appends

@@ -16,18 +16,21 @@ const IOV_MAX: u64 = 1024;
 /// Longest path (Linux's PATH_MAX).
 pub(crate) const PATH_MAX: usize = 4096;
 /// The table's standard-stream and host-file kinds.
-use super::fdtable::OpenFile;
+use super::fdtable::{Device, OpenFile};
 
 impl Process {
     /// The host file behind `fd`; a standard stream is not seekable (ESPIPE).
     fn seekable(&self, fd: i32) -> Result<&File, Errno> {
         match self.files.get(fd)? {
             OpenFile::Host(f) => Ok(f),
-            OpenFile::Std(_) => Err(Errno::ESPIPE),
+            OpenFile::Std(_) | OpenFile::Device(_) => Err(Errno::ESPIPE),
         }
     }
 
     pub(super) fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> SysResult {
+        if let OpenFile::Device(_) = self.files.get(fd)? {
+            return Ok(0); // as Linux's null and zero devices: position 0, always
+        }
         let pos = match whence {
             libc::SEEK_SET if offset >= 0 => SeekFrom::Start(offset as u64),
             libc::SEEK_CUR => SeekFrom::Current(offset),
@@ -106,6 +109,15 @@ impl Process {
             OpenFile::Std(0) => cx.host.read_stdin(data).map_err(|e| io_error(&e)),
             OpenFile::Std(_) => Err(Errno::EBADF.into()),
             OpenFile::Host(f) => (&**f).read(data).map_err(|e| Errno::from_io(&e).into()),
+            OpenFile::Device(Device::Null) => Ok(0),
+            OpenFile::Device(Device::Zero) => {
+                data.fill(0);
+                Ok(data.len())
+            }
+            OpenFile::Device(Device::Urandom) => {
+                cx.host.random(data);
+                Ok(data.len())
+            }
         }
     }
 
@@ -125,6 +137,7 @@ impl Process {
         // Host files are read-only; stdin is not for writing.
         let stream = match self.files.get(fd)? {
             OpenFile::Std(n @ (1 | 2)) => *n,
+            OpenFile::Device(_) => return Ok(data.len() as i64), // taken, and gone
             _ => return Err(Errno::EBADF.into()),
         };
         match cx.host.write_out(stream, data) {
@@ -224,6 +237,10 @@ impl Process {
         if dirfd != libc::AT_FDCWD && !path.starts_with(b"/") {
             return Err(Errno::EBADF.into());
         }
+        let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
+        if let Some(device) = Device::at(&path) {
+            return Ok(i64::from(self.files.install_device(device, cloexec)?));
+        }
         let write_flags = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
         let host = self.policy.check_read(&path).ok_or(Errno::EACCES)?;
         if flags & write_flags != 0 {
@@ -239,7 +256,6 @@ impl Process {
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(Errno::EACCES.into()); // directories, devices, FIFOs
         }
-        let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
         Ok(i64::from(self.files.install(file, cloexec)?))
     }
 
@@ -251,6 +267,11 @@ impl Process {
             }
             // The standard streams look like character devices that are not terminals.
             OpenFile::Std(n) => stat(libc::S_IFCHR | 0o620, 0, 0, 10 + *n as u64),
+            OpenFile::Device(d) => {
+                let mut st = stat(libc::S_IFCHR | 0o666, 0, 0, 20 + d.numbers().1 as u64);
+                st.0.st_rdev = libc::makedev(d.numbers().0, d.numbers().1);
+                st
+            }
         };
         cx.mem.write_obj(buf, &st)?;
         Ok(0)
@@ -258,6 +279,13 @@ impl Process {
 
     pub(super) fn stat_path(&mut self, path: u64, buf: u64, cx: &mut Context<'_>) -> SysResult {
         let path = cx.mem.read_cstr(path, PATH_MAX)?;
+        if let Some(d) = Device::at(&path) {
+            let (major, minor) = d.numbers();
+            let mut st = stat(libc::S_IFCHR | 0o666, 0, 0, 20 + u64::from(minor));
+            st.0.st_rdev = libc::makedev(major, minor);
+            cx.mem.write_obj(buf, &st)?;
+            return Ok(0);
+        }
         let host = self.policy.check_read(&path).ok_or(Errno::EACCES)?;
         let st = match std::fs::metadata(host) {
             Ok(m) if m.is_dir() => stat(libc::S_IFDIR | 0o555, 0, m.mtime(), 2),
@@ -288,6 +316,9 @@ impl Process {
 
     pub(super) fn access(&mut self, path: u64, cx: &mut Context<'_>) -> SysResult {
         let path = cx.mem.read_cstr(path, PATH_MAX)?;
+        if Device::at(&path).is_some() {
+            return Ok(0);
+        }
         match self.policy.check_read(&path) {
             Some(host) if host.exists() => Ok(0),
             _ => Err(Errno::EACCES.into()),

@@ -320,3 +320,43 @@ fn small_calls_answer_as_linux_does_for_a_lone_process() {
         e(libc::EFAULT)
     );
 }
+
+#[test]
+fn dev_null_zero_and_urandom_are_built_in() {
+    let mut r = Rig::new();
+    let path = BUF + 0x800;
+    let open = |r: &mut Rig, name: &[u8], flags: i32| {
+        r.mem.write(path, name).unwrap();
+        r.ret(nr::OPENAT, &[libc::AT_FDCWD as u64, path, flags as u64])
+    };
+    let null = open(&mut r, b"/dev/null\0", libc::O_WRONLY);
+    assert_eq!(null, 3, "even for writing");
+    r.mem.write(BUF, b"gone").unwrap();
+    assert_eq!(r.ret(nr::WRITE, &[null as u64, BUF, 4]), 4);
+    assert_eq!(r.ret(nr::READ, &[null as u64, BUF, 4]), 0);
+    let zero = open(&mut r, b"/dev/zero\0", libc::O_RDONLY);
+    r.mem.write(BUF, &[7; 16]).unwrap();
+    assert_eq!(r.ret(nr::READ, &[zero as u64, BUF, 16]), 16);
+    let mut got = [1u8; 16];
+    r.mem.read(BUF, &mut got).unwrap();
+    assert_eq!(got, [0; 16]);
+    let random = open(&mut r, b"/dev/urandom\0", libc::O_RDONLY);
+    assert_eq!(r.ret(nr::READ, &[random as u64, BUF, 16]), 16);
+    assert_eq!(r.ret(nr::FSTAT, &[null as u64, BUF]), 0);
+    let mut st = abi::Stat::default();
+    r.mem
+        .read(BUF, vm_memory::ByteValued::as_mut_slice(&mut st))
+        .unwrap();
+    assert_eq!(st.0.st_mode & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(st.0.st_rdev, libc::makedev(1, 3));
+    assert_eq!(
+        r.ret(nr::LSEEK, &[zero as u64, 100, 0]),
+        0,
+        "as Linux: always 0"
+    );
+    // Other paths under /dev stay refused.
+    assert_eq!(
+        open(&mut r, b"/dev/sda\0", libc::O_RDONLY),
+        -i64::from(libc::EACCES)
+    );
+}
