@@ -251,7 +251,7 @@ impl Process {
             RT_SIGACTION => self.signals.sigaction(a0, a1, a2, cx),
             RT_SIGPROCMASK => self.signals.sigprocmask(a0 as i32, a1, a2, cx),
             SIGALTSTACK => signals::sigaltstack(a1, cx),
-            FUTEX => signals::futex(a0, a1, a2, cx),
+            FUTEX => signals::futex(a0, a1, a2, a3, cx),
             // The end.
             EXIT | EXIT_GROUP => Err(SysError::End(Exit::Exited(a0 as i32 & 0xff))),
             _ => self.unserved(call.nr),

@@ -73,20 +73,42 @@ pub(super) fn sigaltstack(old: u64, cx: &mut Context<'_>) -> SysResult {
 /// `futex` operations (`linux/futex.h`; libc exports them only for some targets).
 const FUTEX_WAIT: u64 = 0;
 const FUTEX_WAKE: u64 = 1;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_WAKE_BITSET: u64 = 10;
 /// The operation without FUTEX_PRIVATE_FLAG / FUTEX_CLOCK_REALTIME.
 const FUTEX_CMD_MASK: u64 = 0x7f;
+const FUTEX_CLOCK_REALTIME: u64 = 256;
 
-pub(super) fn futex(addr: u64, op: u64, val: u64, cx: &mut Context<'_>) -> SysResult {
-    match op & FUTEX_CMD_MASK {
-        FUTEX_WAKE => Ok(0), // nobody else to wake
-        FUTEX_WAIT => {
+/// `futex(addr, op, val, timeout)`. The program is the only thread: a wake finds nobody, and
+/// a wait whose value matches can only end by its timeout (ETIMEDOUT after sleeping it: a
+/// relative one for WAIT, an absolute one for WAIT_BITSET) — without one it would wait
+/// forever, which is answered EDEADLK instead of hanging until the time limit.
+pub(super) fn futex(addr: u64, op: u64, val: u64, timeout: u64, cx: &mut Context<'_>) -> SysResult {
+    let cmd = op & FUTEX_CMD_MASK;
+    match cmd {
+        FUTEX_WAKE | FUTEX_WAKE_BITSET => Ok(0),
+        FUTEX_WAIT | FUTEX_WAIT_BITSET => {
             let v: u32 = cx.mem.read_obj(addr)?;
             if u64::from(v) != val & 0xffff_ffff {
-                Err(Errno::EAGAIN.into())
-            } else {
-                // The only thread would wait forever.
-                Err(Errno::EDEADLK.into())
+                return Err(Errno::EAGAIN.into());
             }
+            if timeout == 0 {
+                return Err(Errno::EDEADLK.into());
+            }
+            let t = super::time::read_timespec(cx, timeout)?;
+            let wait = match cmd {
+                FUTEX_WAIT => t,
+                _ => {
+                    let clock = match op & FUTEX_CLOCK_REALTIME {
+                        0 => libc::CLOCK_MONOTONIC,
+                        _ => libc::CLOCK_REALTIME,
+                    };
+                    let (s, n) = cx.host.clock(clock).ok_or(Errno::EINVAL)?;
+                    t.saturating_sub(std::time::Duration::new(s.max(0) as u64, n as u32))
+                }
+            };
+            super::time::sleep(wait, cx)?;
+            Err(Errno::ETIMEDOUT.into())
         }
         _ => Err(Errno::ENOSYS.into()),
     }

@@ -360,3 +360,29 @@ fn dev_null_zero_and_urandom_are_built_in() {
         -i64::from(libc::EACCES)
     );
 }
+
+#[test]
+fn a_futex_wait_with_a_timeout_times_out() {
+    let mut r = Rig::new();
+    r.mem.write(BUF, &5u32.to_le_bytes()).unwrap();
+    let ts = BUF + 0x100;
+    r.mem.write(ts, &[0u8; 16]).unwrap(); // a zero timeout
+    let e = |errno: i32| -i64::from(errno);
+    assert_eq!(r.ret(nr::FUTEX, &[BUF, 0, 5, ts]), e(libc::ETIMEDOUT));
+    assert_eq!(
+        r.ret(nr::FUTEX, &[BUF, 0, 6, ts]),
+        e(libc::EAGAIN),
+        "the value changed"
+    );
+    assert_eq!(
+        r.ret(nr::FUTEX, &[BUF, 0, 5, 0]),
+        e(libc::EDEADLK),
+        "no timeout, no waker"
+    );
+    assert_eq!(
+        r.ret(nr::FUTEX, &[BUF, 9, 5, ts]),
+        e(libc::ETIMEDOUT),
+        "an absolute deadline past"
+    );
+    assert_eq!(r.ret(nr::FUTEX, &[BUF, 10, 1, 0]), 0);
+}

@@ -85,7 +85,7 @@ pub(super) fn nanosleep(req: u64, cx: &mut Context<'_>) -> SysResult {
 }
 
 /// A valid timespec from the program, as a duration.
-fn read_timespec(cx: &Context<'_>, addr: u64) -> Result<Duration, Errno> {
+pub(super) fn read_timespec(cx: &Context<'_>, addr: u64) -> Result<Duration, Errno> {
     let ts: Timespec = cx.mem.read_obj(addr)?;
     let (s, n) = (ts.0.tv_sec, ts.0.tv_nsec);
     if s < 0 || !(0..1_000_000_000).contains(&n) {
@@ -95,7 +95,7 @@ fn read_timespec(cx: &Context<'_>, addr: u64) -> Result<Duration, Errno> {
 }
 
 /// Sleeps `d`, or until the time limit, which ends the program.
-fn sleep(d: Duration, cx: &mut Context<'_>) -> SysResult {
+pub(super) fn sleep(d: Duration, cx: &mut Context<'_>) -> SysResult {
     match cx.remaining {
         Some(left) if d >= left => {
             cx.host.sleep(left);
