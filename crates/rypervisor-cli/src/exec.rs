@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use rypervisor::sandbox::{self, Policy, Sandbox, SandboxBuilder, StdHost};
 
@@ -22,15 +22,23 @@ pub(crate) fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
         }
     }
     let program = PathBuf::from(&args.command[0]);
-    let mut sandbox = SandboxBuilder::from_file(&program)?
+    let mut builder = SandboxBuilder::from_file(&program)?
         .args(args.command.iter().cloned())
         .env(args.env.iter().cloned())
         .mem(args.mem)
         .timeout(args.timeout)
         .policy(policy)
-        .trace(args.trace_syscalls)
-        .kvm_device(device)
-        .build()?;
+        .kvm_device(device);
+    builder = match &args.trace_syscalls {
+        None => builder,
+        Some(None) => builder.trace(true),
+        Some(Some(path)) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("--trace-syscalls={}", path.display()))?;
+            builder.trace_to(file)
+        }
+    };
+    let mut sandbox = builder.build()?;
     if !args.no_seccomp {
         let filter = rypervisor::seccomp::sandbox_filter(sandbox.policy().any_files())?;
         rypervisor::seccomp::confine_process(&filter)?;

@@ -200,9 +200,10 @@ struct ExecArgs {
     /// returning ENOSYS.
     #[arg(long)]
     strict: bool,
-    /// Print each system call and its result on stderr, strace-style.
-    #[arg(long)]
-    trace_syscalls: bool,
+    /// Print each system call and its result, strace-style: on stderr, or with
+    /// --trace-syscalls=FILE into FILE (created or truncated), apart from the program's output.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true)]
+    trace_syscalls: Option<Option<PathBuf>>,
     /// Print system-call counts and time in guest vs VMM at the end (on stderr).
     #[arg(long)]
     stats: bool,

@@ -494,3 +494,41 @@ fn descriptors_follow_linux_rules_for_dup_and_the_lowest_free_fd() {
         }
     }
 }
+
+#[test]
+fn the_trace_can_go_to_a_file_of_its_own_in_whole_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("trace.log");
+    let flag = format!("--trace-syscalls={}", log.display());
+    let r = exec(&[&flag], "hello", Libc::Glibc, &[], b"");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "hello from the sandbox\n");
+    assert!(
+        !r.stderr.contains("[sandbox]"),
+        "nothing on stderr: {}",
+        r.stderr
+    );
+    let trace = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        trace.contains("[sandbox] write(1, \"hello from the sandbox\\n\", 23) = 23\n"),
+        "{trace}"
+    );
+    assert!(
+        trace.lines().all(|l| l.starts_with("[sandbox] ")),
+        "{trace}"
+    );
+    assert!(!trace.contains("syscall_"), "every call by name: {trace}");
+    let r = exec(
+        &["--trace-syscalls=/no/such/dir/t.log"],
+        "hello",
+        Libc::Glibc,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--trace-syscalls=/no/such/dir/t.log"),
+        "{}",
+        r.stderr
+    );
+}

@@ -34,7 +34,7 @@ pub struct SandboxBuilder {
     mem: u64,
     timeout: Option<Duration>,
     policy: Policy,
-    trace: bool,
+    trace: Option<crate::sandbox::linux::trace::TraceSink>,
     kvm_device: PathBuf,
 }
 
@@ -53,7 +53,7 @@ impl SandboxBuilder {
             mem: DEFAULT_MEM,
             timeout: None,
             policy: Policy::default(),
-            trace: false,
+            trace: None,
             kvm_device: PathBuf::from(DEFAULT_DEVICE),
         }
     }
@@ -99,7 +99,14 @@ impl SandboxBuilder {
 
     /// Print each system call strace-style on stderr.
     pub fn trace(mut self, on: bool) -> Self {
-        self.trace = on;
+        use crate::sandbox::linux::trace::TraceSink;
+        self.trace = on.then_some(TraceSink::Stderr);
+        self
+    }
+
+    /// Write the system-call trace to `file` instead of stderr.
+    pub fn trace_to(mut self, file: std::fs::File) -> Self {
+        self.trace = Some(crate::sandbox::linux::trace::TraceSink::File(file.into()));
         self
     }
 

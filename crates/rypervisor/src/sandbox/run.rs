@@ -12,7 +12,8 @@ use kvm_ioctls::VmFd;
 use super::exit::{Exit, Fault};
 use super::host::{BufferHost, Host};
 use super::layout;
-use super::linux::{trace, Context, Next, Process, SyscallArgs, SyscallStats};
+use super::linux::trace::{self, TraceSink};
+use super::linux::{Context, Next, Process, SyscallArgs, SyscallStats};
 use super::usermem::UserMemory;
 use super::warm::WarmSandbox;
 use super::{Policy, SandboxError};
@@ -66,7 +67,7 @@ pub struct Sandbox {
     pub(super) paused: bool,
     watchdog: Option<Arc<Watchdog>>,
     timeout: Option<Duration>,
-    trace: bool,
+    trace: Option<TraceSink>,
     stats: RunStats,
     /// Unique in the process: snapshots are restored only into the sandbox they came from.
     pub(super) id: u64,
@@ -111,7 +112,7 @@ impl Sandbox {
         (kvm, vm, vcpu, mem): (KvmSystem, Vm, Vcpu, UserMemory),
         process: Process,
         (watchdog, timeout): (Option<Arc<Watchdog>>, Option<Duration>),
-        trace: bool,
+        trace: Option<TraceSink>,
         build_time: Duration,
     ) -> Self {
         Self {
@@ -307,8 +308,8 @@ impl Sandbox {
             remaining,
         };
         let next = self.process.dispatch(&call, &mut cx);
-        if self.trace {
-            eprintln!("[sandbox] {}", trace::trace_line(&call, &next, &self.mem));
+        if let Some(sink) = self.trace.as_mut() {
+            sink.line(&trace::trace_line(&call, &next, &self.mem));
         }
         if let Some(base) = self.process.take_fs_change() {
             self.vcpu.set_msrs(&[(layout::msr::FS_BASE, base)])?;

@@ -70,6 +70,28 @@ fn result(nr: u64, next: &Next) -> String {
     }
 }
 
+/// Where `--trace-syscalls` lines go.
+#[derive(Clone, Debug)]
+pub enum TraceSink {
+    /// Standard error, each line written whole with one `write` (so it cannot be split by
+    /// the program's own output, though the two still alternate line by line).
+    Stderr,
+    /// A file of its own (opened before the VMM confines itself).
+    File(std::sync::Arc<std::fs::File>),
+}
+
+impl TraceSink {
+    /// Writes one line.
+    pub fn line(&mut self, text: &str) {
+        use std::io::Write;
+        let line = format!("[sandbox] {text}\n");
+        let _ = match self {
+            Self::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+            Self::File(f) => (&**f).write_all(line.as_bytes()),
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
