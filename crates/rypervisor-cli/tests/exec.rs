@@ -532,3 +532,41 @@ fn the_trace_can_go_to_a_file_of_its_own_in_whole_lines() {
         r.stderr
     );
 }
+
+#[test]
+fn the_standard_streams_are_what_the_host_made_them() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "hello world\n").unwrap();
+    let prog = program("stdio", Libc::Glibc);
+    // stdin a regular file, stdout a pipe.
+    let out = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args(["exec", "--", prog.to_str().unwrap()])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("stdin=file stdout=fifo tty=0\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("size=12 first=hello\n"),
+        "seekable: {stdout}"
+    );
+    // stdin a pipe: not seekable, a FIFO.
+    let r = exec(&[], "stdio", Libc::Glibc, &[], b"piped");
+    assert!(
+        r.stdout.contains("stdin=fifo stdout=fifo tty=0\n"),
+        "{}",
+        r.stdout
+    );
+}

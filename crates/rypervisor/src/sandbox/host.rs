@@ -22,6 +22,19 @@ pub trait Host {
     fn clock(&mut self, clock: i32) -> Option<(i64, i64)> {
         host_clock(clock)
     }
+    /// What standard stream `fd` (0–2) really is (`fstat`), if the host can say.
+    fn stream_stat(&mut self, _fd: i32) -> Option<libc::stat> {
+        None
+    }
+    /// A terminal query (`TCGETS`, `TIOCGWINSZ`) on standard stream `fd`, its answer in
+    /// `out`; `ENOTTY` when the stream is not a terminal.
+    fn terminal_query(&mut self, _fd: i32, _request: u64, _out: &mut [u8]) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::ENOTTY))
+    }
+    /// `lseek` on stdin (a regular file redirected to it is seekable); `ESPIPE` otherwise.
+    fn seek_stdin(&mut self, _offset: i64, _whence: i32) -> std::io::Result<i64> {
+        Err(std::io::Error::from_raw_os_error(libc::ESPIPE))
+    }
 }
 
 /// Fills `buf` from the host's random source (getrandom(2)).
@@ -132,6 +145,43 @@ impl Host for StdHost {
             Err(std::io::Error::last_os_error())
         } else {
             Ok(n as usize)
+        }
+    }
+
+    fn stream_stat(&mut self, fd: i32) -> Option<libc::stat> {
+        // SAFETY: all-zero is a valid stat; fstat fills it for one of our own descriptors.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // The raw fstat(2): glibc's fstat() is newfstatat(), which the VMM's seccomp filter
+        // keeps for allowed paths only.
+        // SAFETY: as above; the kernel writes one stat; the result is checked.
+        (unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } == 0)
+            .then_some(st)
+    }
+
+    fn terminal_query(&mut self, fd: i32, request: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let size = match request {
+            libc::TCGETS => std::mem::size_of::<libc::termios>(),
+            libc::TIOCGWINSZ => std::mem::size_of::<libc::winsize>(),
+            _ => return Err(std::io::Error::from_raw_os_error(libc::ENOTTY)),
+        };
+        if out.len() < size {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: the request writes at most `size` bytes, which `out` holds; checked.
+        if unsafe { libc::ioctl(fd, request, out.as_mut_ptr()) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    fn seek_stdin(&mut self, offset: i64, whence: i32) -> std::io::Result<i64> {
+        // SAFETY: a plain system call on our own stdin; the result is checked.
+        let r = unsafe { libc::lseek(0, offset, whence) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
         }
     }
 }

@@ -150,6 +150,13 @@ pub fn sandbox_filter(files: bool) -> Result<BpfProgram, SeccompError> {
     // Debug builds of std check a descriptor with fcntl(F_GETFD) before closing it.
     rules.allow_when(libc::SYS_fcntl, 1, SeccompCmpOp::Eq, libc::F_GETFD as u64)?;
     rules.allow(&VMM_BASICS);
+    // The standard streams as they really are: their metadata, terminal queries (read-only),
+    // seeking stdin when it is a regular file.
+    rules.allow(&[libc::SYS_fstat]);
+    for request in [libc::TCGETS, libc::TIOCGWINSZ] {
+        rules.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, request)?;
+    }
+    rules.allow_when(libc::SYS_lseek, 0, SeccompCmpOp::Eq, 0)?;
     if files {
         // Read-only opens of files the policy allows (checked by the dispatcher first).
         let writes = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;

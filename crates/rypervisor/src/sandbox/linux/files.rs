@@ -27,9 +27,22 @@ impl Process {
         }
     }
 
-    pub(super) fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> SysResult {
-        if let OpenFile::Device(_) = self.files.get(fd)? {
-            return Ok(0); // as Linux's null and zero devices: position 0, always
+    pub(super) fn lseek(
+        &mut self,
+        fd: i32,
+        offset: i64,
+        whence: i32,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        match self.files.get(fd)? {
+            OpenFile::Device(_) => return Ok(0), // as Linux's null and zero: always 0
+            OpenFile::Std(0) => {
+                return cx
+                    .host
+                    .seek_stdin(offset, whence)
+                    .map_err(|e| Errno::from_io(&e).into())
+            }
+            _ => {}
         }
         let pos = match whence {
             libc::SEEK_SET if offset >= 0 => SeekFrom::Start(offset as u64),
@@ -47,10 +60,22 @@ impl Process {
         }
     }
 
-    pub(super) fn ioctl(&self, fd: i32) -> SysResult {
-        // TCGETS, TIOCGWINSZ...: nothing the program holds is a terminal.
-        self.files.get(fd)?;
-        Err(Errno::ENOTTY.into())
+    /// Terminal queries on a standard stream that is a terminal are the host's answers;
+    /// nothing else the program holds is a terminal.
+    pub(super) fn ioctl(&self, fd: i32, request: u64, arg: u64, cx: &mut Context<'_>) -> SysResult {
+        let OpenFile::Std(n) = self.files.get(fd)? else {
+            return Err(Errno::ENOTTY.into());
+        };
+        let size = match request {
+            libc::TCGETS => std::mem::size_of::<libc::termios>(),
+            libc::TIOCGWINSZ => std::mem::size_of::<libc::winsize>(),
+            _ => return Err(Errno::ENOTTY.into()),
+        };
+        cx.mem.check(arg, size as u64)?;
+        let mut out = vec![0u8; size];
+        (cx.host.terminal_query(*n, request, &mut out)).map_err(|e| Errno::from_io(&e))?;
+        cx.mem.write(arg, &out)?;
+        Ok(0)
     }
 }
 
@@ -265,8 +290,24 @@ impl Process {
                 let m = f.metadata().map_err(|_| Errno::EIO)?;
                 stat(libc::S_IFREG | 0o444, m.len(), m.mtime(), m.ino())
             }
-            // The standard streams look like character devices that are not terminals.
-            OpenFile::Std(n) => stat(libc::S_IFCHR | 0o620, 0, 0, 10 + *n as u64),
+            // The standard streams as the host has them (a file, a pipe, a terminal); a
+            // host that cannot say makes them character devices that are not terminals.
+            OpenFile::Std(n) => match cx.host.stream_stat(*n) {
+                Some(h) => {
+                    let kind = h.st_mode & libc::S_IFMT;
+                    let mut st = stat(
+                        kind | (h.st_mode & 0o777),
+                        h.st_size as u64,
+                        h.st_mtime,
+                        h.st_ino,
+                    );
+                    st.0.st_rdev = h.st_rdev;
+                    st.0.st_dev = h.st_dev;
+                    st.0.st_blksize = h.st_blksize;
+                    st
+                }
+                None => stat(libc::S_IFCHR | 0o620, 0, 0, 10 + *n as u64),
+            },
             OpenFile::Device(d) => {
                 let mut st = stat(libc::S_IFCHR | 0o666, 0, 0, 20 + d.numbers().1 as u64);
                 st.0.st_rdev = libc::makedev(d.numbers().0, d.numbers().1);
