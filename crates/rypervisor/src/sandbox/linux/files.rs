@@ -18,6 +18,28 @@ pub(crate) const PATH_MAX: usize = 4096;
 /// The table's standard-stream and host-file kinds.
 use super::fdtable::{Device, OpenFile};
 
+/// A `struct stat` from a host file's metadata, as it is (type, permissions, links, size,
+/// blocks, times to the nanosecond, device and inode: `cmp`, `ls -l`, `find -newer` and
+/// `stat` see the truth), owned by the sandbox's identity.
+fn host_stat(m: &std::fs::Metadata) -> Stat {
+    let mut st = Stat::default();
+    let s = &mut st.0;
+    s.st_dev = m.dev();
+    s.st_ino = m.ino();
+    s.st_nlink = m.nlink();
+    s.st_mode = m.mode();
+    s.st_uid = UID as u32;
+    s.st_gid = UID as u32;
+    s.st_rdev = m.rdev();
+    s.st_size = m.size() as i64;
+    s.st_blksize = m.blksize() as i64;
+    s.st_blocks = m.blocks() as i64;
+    (s.st_atime, s.st_atime_nsec) = (m.atime(), m.atime_nsec());
+    (s.st_mtime, s.st_mtime_nsec) = (m.mtime(), m.mtime_nsec());
+    (s.st_ctime, s.st_ctime_nsec) = (m.ctime(), m.ctime_nsec());
+    st
+}
+
 impl Process {
     /// The host file behind `fd`; a standard stream is not seekable (ESPIPE).
     fn seekable(&self, fd: i32) -> Result<&File, Errno> {
@@ -288,7 +310,7 @@ impl Process {
         let st = match self.files.get(fd)? {
             OpenFile::Host(f) => {
                 let m = f.metadata().map_err(|_| Errno::EIO)?;
-                stat(libc::S_IFREG | 0o444, m.len(), m.mtime(), m.ino())
+                host_stat(&m)
             }
             // The standard streams as the host has them (a file, a pipe, a terminal); a
             // host that cannot say makes them character devices that are not terminals.
@@ -329,8 +351,7 @@ impl Process {
         }
         let host = self.policy.check_read(&path).ok_or(Errno::EACCES)?;
         let st = match std::fs::metadata(host) {
-            Ok(m) if m.is_dir() => stat(libc::S_IFDIR | 0o555, 0, m.mtime(), 2),
-            Ok(m) => stat(libc::S_IFREG | 0o444, m.len(), m.mtime(), 3),
+            Ok(m) => host_stat(&m),
             Err(e) => return Err(Errno::from_io(&e).into()),
         };
         cx.mem.write_obj(buf, &st)?;

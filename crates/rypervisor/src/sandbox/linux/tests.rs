@@ -386,3 +386,41 @@ fn a_futex_wait_with_a_timeout_times_out() {
     );
     assert_eq!(r.ret(nr::FUTEX, &[BUF, 10, 1, 0]), 0);
 }
+
+#[test]
+fn metadata_is_the_files_own() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, b"same").unwrap();
+    std::fs::write(&b, b"same").unwrap();
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut r = Rig::new();
+    r.process.policy_mut().allow_read(dir.path()).unwrap();
+    let mut stat_of = |path: &std::path::Path| {
+        let p = format!("{}\0", path.display());
+        r.mem.write(BUF, p.as_bytes()).unwrap();
+        assert_eq!(r.ret(nr::STAT, &[BUF, BUF + 0x800]), 0);
+        let mut st = abi::Stat::default();
+        (r.mem)
+            .read(BUF + 0x800, vm_memory::ByteValued::as_mut_slice(&mut st))
+            .unwrap();
+        st.0
+    };
+    let (sa, sb, sd) = (stat_of(&a), stat_of(&b), stat_of(dir.path()));
+    let host = std::fs::metadata(&a).unwrap();
+    assert_ne!(
+        sa.st_ino, sb.st_ino,
+        "two files, two inodes: cmp can tell them apart"
+    );
+    assert_eq!((sa.st_ino, sa.st_dev), (host.ino(), host.dev()));
+    assert_eq!(sa.st_mode, libc::S_IFREG | 0o640, "the real permissions");
+    assert_eq!((sa.st_size, sa.st_nlink), (4, 1));
+    assert_eq!(
+        (sa.st_mtime, sa.st_mtime_nsec),
+        (host.mtime(), host.mtime_nsec())
+    );
+    assert_eq!(sa.st_uid, 1000, "owned by the sandbox's identity");
+    assert_eq!(sd.st_mode & libc::S_IFMT, libc::S_IFDIR);
+    assert!(sd.st_nlink >= 2);
+}
