@@ -81,6 +81,31 @@ impl Policy {
     /// and the *resolved* path must lie under an allowed root: a symlink inside an allowed
     /// directory that points outside it is refused.
     pub fn check_read(&self, guest_path: &[u8]) -> Option<PathBuf> {
+        let normal = self.normalise(guest_path)?;
+        let resolved = std::fs::canonicalize(&normal).ok()?;
+        self.allowed(resolved)
+    }
+
+    /// As [`Policy::check_read`], but the last component is not followed: the host path of
+    /// a symlink itself (for `readlink`), if its directory resolves under an allowed root.
+    pub fn check_link(&self, guest_path: &[u8]) -> Option<PathBuf> {
+        let normal = self.normalise(guest_path)?;
+        let name = normal.file_name()?.to_owned();
+        let parent = std::fs::canonicalize(normal.parent()?).ok()?;
+        self.allowed(parent.join(name))
+    }
+
+    /// Whether the path is an allowed root or a directory on the way to one (`/`, `/usr` for
+    /// a root `/usr/lib`): real directories, as the roots are canonical, so not links.
+    pub fn leads_to_root(&self, guest_path: &[u8]) -> bool {
+        match self.normalise(guest_path) {
+            Some(p) => self.allow_read.iter().any(|root| root.starts_with(&p)),
+            None => false,
+        }
+    }
+
+    /// The path made absolute (relative paths start at `/`) and lexically normal.
+    fn normalise(&self, guest_path: &[u8]) -> Option<PathBuf> {
         if self.allow_read.is_empty() || guest_path.is_empty() {
             return None;
         }
@@ -95,12 +120,13 @@ impl Policy {
                 Component::Normal(p) => normal.push(p),
             }
         }
-        let resolved = std::fs::canonicalize(&normal).ok()?;
-        let allowed = self
-            .allow_read
-            .iter()
-            .any(|root| resolved.starts_with(root));
-        (allowed && pseudo_root(&resolved).is_none()).then_some(resolved)
+        Some(normal)
+    }
+
+    /// `host` if it lies under an allowed root (and is no pseudo file system).
+    fn allowed(&self, host: PathBuf) -> Option<PathBuf> {
+        let inside = self.allow_read.iter().any(|root| host.starts_with(root));
+        (inside && pseudo_root(&host).is_none()).then_some(host)
     }
 }
 
@@ -131,6 +157,13 @@ mod tests {
         let dotdot = format!("{}/../secret.txt", inside.display());
         assert_eq!(policy.check_read(dotdot.as_bytes()), None);
         assert_eq!(policy.check_read(link.to_str().unwrap().as_bytes()), None);
+        // The link itself may be read (readlink): it lies inside; what it names does not.
+        assert_eq!(
+            policy.check_link(link.to_str().unwrap().as_bytes()),
+            Some(link.clone())
+        );
+        let outside_link = format!("{}/../secret.txt", inside.display());
+        assert_eq!(policy.check_link(outside_link.as_bytes()), None);
         assert_eq!(policy.check_read(b"/etc/passwd"), None);
         assert_eq!(policy.check_read(b"\xff\xfe"), None);
         assert!(policy.allow_read(Path::new("/no/such/dir")).is_err());

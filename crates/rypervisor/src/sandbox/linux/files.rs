@@ -376,6 +376,43 @@ impl Process {
         self.stat_path(path, buf, cx)
     }
 
+    /// `readlink`/`readlinkat`: the text of a symlink that lies under an allowed root
+    /// (`EINVAL` for anything else that exists there, `ENOENT` outside the roots), not
+    /// NUL-terminated, cut to `size`.
+    pub(super) fn readlink(
+        &mut self,
+        dirfd: i32,
+        path: u64,
+        buf: u64,
+        size: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let name = cx.mem.read_cstr(path, PATH_MAX)?;
+        if dirfd != libc::AT_FDCWD && !name.starts_with(b"/") {
+            return Err(Errno::EBADF.into());
+        }
+        if (size as i64) <= 0 {
+            return Err(Errno::EINVAL.into());
+        }
+        // The directories leading to a root are not links (realpath() asks about each);
+        // outside the roots there is nothing to read (start-ups probe /proc/self/exe,
+        // which the sandbox does not have).
+        if self.policy.leads_to_root(&name) {
+            return Err(Errno::EINVAL.into());
+        }
+        let host = self.policy.check_link(&name).ok_or(Errno::ENOENT)?;
+        let meta = std::fs::symlink_metadata(&host).map_err(|e| Errno::from_io(&e))?;
+        if !meta.file_type().is_symlink() {
+            return Err(Errno::EINVAL.into());
+        }
+        let target = std::fs::read_link(&host).map_err(|e| Errno::from_io(&e))?;
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = target.as_os_str().as_bytes();
+        let n = bytes.len().min(size as usize).min(PATH_MAX);
+        cx.mem.write(buf, &bytes[..n])?;
+        Ok(n as i64)
+    }
+
     pub(super) fn access(&mut self, path: u64, cx: &mut Context<'_>) -> SysResult {
         let path = cx.mem.read_cstr(path, PATH_MAX)?;
         if Device::at(&path).is_some() {

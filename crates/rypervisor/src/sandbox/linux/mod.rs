@@ -209,7 +209,8 @@ impl Process {
             FCNTL => Ok(self.files.fcntl(fd, a1 as i32, a2)?),
             ACCESS => self.access(a0, cx),
             FACCESSAT => self.access(a1, cx),
-            READLINK | READLINKAT => Err(Errno::ENOENT.into()),
+            READLINK => self.readlink(libc::AT_FDCWD, a0, a1, a2, cx),
+            READLINKAT => self.readlink(fd, a1, a2, a3, cx),
             // Memory.
             BRK => Ok(self.memory.set_brk(a0, cx) as i64),
             MMAP => self.mmap(a0, a1, a3, a4 as i32, a5, cx),

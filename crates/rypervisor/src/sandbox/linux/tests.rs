@@ -424,3 +424,55 @@ fn metadata_is_the_files_own() {
     assert_eq!(sd.st_mode & libc::S_IFMT, libc::S_IFDIR);
     assert!(sd.st_nlink >= 2);
 }
+
+#[test]
+fn readlink_reads_links_inside_the_roots_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("file"), b"x").unwrap();
+    std::os::unix::fs::symlink("file", root.join("link")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("outside")).unwrap();
+    let mut r = Rig::new();
+    r.process.policy_mut().allow_read(&root).unwrap();
+    let mut readlink = |p: &std::path::Path, size: u64| {
+        let text = format!("{}\0", p.display());
+        r.mem.write(BUF, text.as_bytes()).unwrap();
+        let n = r.ret(nr::READLINK, &[BUF, BUF + 0x800, size]);
+        let mut out = vec![0u8; n.max(0) as usize];
+        r.mem.read(BUF + 0x800, &mut out).unwrap();
+        (n, String::from_utf8_lossy(&out).into_owned())
+    };
+    assert_eq!(readlink(&root.join("link"), 100), (4, "file".into()));
+    assert_eq!(
+        readlink(&root.join("link"), 2),
+        (2, "fi".into()),
+        "cut to the buffer"
+    );
+    assert_eq!(
+        readlink(&root.join("file"), 100).0,
+        -i64::from(libc::EINVAL),
+        "not a link"
+    );
+    assert_eq!(
+        readlink(&root.join("none"), 100).0,
+        -i64::from(libc::ENOENT)
+    );
+    let outside = dir.path().join("outside");
+    assert_eq!(
+        readlink(&outside, 100).0,
+        -i64::from(libc::ENOENT),
+        "outside the roots"
+    );
+    assert_eq!(
+        readlink(dir.path(), 100).0,
+        -i64::from(libc::EINVAL),
+        "on the way to a root"
+    );
+    assert_eq!(
+        readlink(std::path::Path::new("/"), 100).0,
+        -i64::from(libc::EINVAL)
+    );
+    let via_dotdot = root.join("../outside");
+    assert_eq!(readlink(&via_dotdot, 100).0, -i64::from(libc::ENOENT));
+}
