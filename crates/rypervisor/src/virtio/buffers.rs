@@ -44,7 +44,8 @@ impl<'m> Buffers<'m> {
         writable: bool,
     ) -> Result<Self, BufferError> {
         let mut b = Self::default();
-        for d in chain.filter(|d| d.is_write_only() == writable) {
+        // Zero-length descriptors carry nothing (and would only count against IOV_MAX).
+        for d in chain.filter(|d| d.is_write_only() == writable && d.len() > 0) {
             b.len = b
                 .len
                 .checked_add(d.len() as usize)
@@ -91,6 +92,12 @@ impl<'m> Buffers<'m> {
     /// Whether no bytes are left.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// How many slices (a frame or request over more than `IOV_MAX` cannot move in one
+    /// call).
+    pub fn slice_count(&self) -> usize {
+        self.slices.len()
     }
 
     /// The slices, in order.

@@ -228,6 +228,11 @@ pub fn serve_chains(
     mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
 ) -> Served {
     use virtio_queue::QueueT;
+    // A queue the driver never made ready (DRIVER_OK without QUEUE_READY) has nothing to
+    // serve, and its ring addresses are not the driver's: touch nothing.
+    if !queue.ready() {
+        return Served::Done;
+    }
     let mut budget = usize::from(queue.size()).max(1);
     loop {
         let _ = queue.disable_notification(mem);

@@ -11,7 +11,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::Disk;
-use super::request::{execute, MAX_SEGMENTS};
+use super::request::{execute, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS};
 use crate::virtio::{
     notify_used, queue_eventfds, serve_chains, Active, Complaints, Served, VirtioDevice,
     VirtioError,
@@ -65,7 +65,7 @@ fn config_space(disk: &Disk) -> Vec<u8> {
     put(offset_of!(C, discard_sector_alignment), &1u32.to_le_bytes());
     put(
         offset_of!(C, max_write_zeroes_sectors),
-        &u32::MAX.to_le_bytes(),
+        &MAX_WRITE_ZEROES_SECTORS.to_le_bytes(),
     );
     put(
         offset_of!(C, max_write_zeroes_seg),
@@ -153,6 +153,9 @@ impl VirtioDevice for Block {
             match execute(chain, mem, disk, serial) {
                 Ok(done) => {
                     stats.requests += 1;
+                    if u32::from(done.status) == virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR {
+                        complaints.note("blk", format_args!("request {head}: IOERR"));
+                    }
                     done.written
                 }
                 Err(e) => {

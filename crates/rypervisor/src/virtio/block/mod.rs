@@ -182,7 +182,24 @@ fn lock(file: &File, read_only: bool, path: &Path) -> Result<(), BlockError> {
     };
     // SAFETY: a plain system call on a descriptor we own; the result is checked.
     if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
-        return Err(BlockError::Locked(path.to_path_buf()));
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(BlockError::Locked(path.to_path_buf()));
+        }
+        return Err(BlockError::Open {
+            path: path.to_path_buf(),
+            source: e,
+            hint: " (cannot lock the image)",
+        });
+    }
+    // Opened non-blocking so that a FIFO named by mistake cannot hang us; a regular file
+    // needs no such flag (some network file systems would honour it).
+    // SAFETY: plain fcntl calls on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
     }
     Ok(())
 }

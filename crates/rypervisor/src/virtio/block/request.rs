@@ -17,6 +17,10 @@ use crate::virtio::buffers::{BufferError, Buffers};
 
 /// Segments accepted in one DISCARD or WRITE_ZEROES request (announced in the config).
 pub const MAX_SEGMENTS: u32 = 32;
+/// Sectors one WRITE_ZEROES request may zero in all (announced in the config): where the
+/// file system cannot zero a range, zeros are written on the event loop, so a request is
+/// kept to 16 MiB of them.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 32 << 10;
 
 /// A request's outcome: the status byte, and the bytes the device wrote into the guest's
 /// buffers (status included) for the used ring.
@@ -97,8 +101,8 @@ fn serve(
     }
 }
 
-fn io_error(e: std::io::Error) -> u32 {
-    tracing::warn!("virtio-blk: I/O error: {e}");
+/// An I/O error is the guest's IOERR (the device logs it, rate-limited).
+fn io_error(_e: std::io::Error) -> u32 {
     VIRTIO_BLK_S_IOERR
 }
 
@@ -140,6 +144,7 @@ fn segments(disk: &Disk, from_guest: &Buffers<'_>, zeroes: bool) -> Result<(), u
     }
     let mut data = from_guest.clone();
     let mut work = Vec::new();
+    let mut total = 0u64;
     while !data.is_empty() {
         let seg: [u8; 16] = data.read_obj().map_err(|_| VIRTIO_BLK_S_IOERR)?;
         let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
@@ -151,7 +156,14 @@ fn segments(disk: &Disk, from_guest: &Buffers<'_>, zeroes: bool) -> Result<(), u
             return Err(VIRTIO_BLK_S_UNSUPP);
         }
         let len = u64::from(sectors) * SECTOR;
-        work.push((range(disk, sector, len)?, len, unmap));
+        total += u64::from(sectors);
+        if zeroes && total > u64::from(MAX_WRITE_ZEROES_SECTORS) {
+            return Err(VIRTIO_BLK_S_IOERR);
+        }
+        let offset = range(disk, sector, len)?;
+        if len > 0 {
+            work.push((offset, len, unmap)); // an empty segment has nothing to do
+        }
     }
     for (offset, len, unmap) in work {
         let unsupported = |r: &std::io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP));

@@ -336,3 +336,36 @@ fn an_avail_index_past_the_queue_stops_the_device_instead_of_spinning() {
     let r = t.join().unwrap();
     assert_eq!(r.dev.stats.requests, 0);
 }
+
+#[test]
+fn a_queue_the_driver_never_made_ready_is_left_alone() {
+    let image = tempfile::NamedTempFile::new().unwrap();
+    image.as_file().set_len(4096).unwrap();
+    let d: DriveConfig = format!("path={}", image.path().display()).parse().unwrap();
+    let (disk, _) = open_all(std::slice::from_ref(&d)).unwrap().remove(0);
+    let mut dev = Block::new(disk, None).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    mem.write_obj(1u16, GuestAddress(2)).unwrap(); // "one buffer" where ring 0 would be
+    dev.activate(Active {
+        mem: mem.clone(),
+        queues: vec![<virtio_queue::Queue as virtio_queue::QueueT>::new(16).unwrap()], // not ready
+        features: 0,
+        interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+    });
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        dev.process_queue(0);
+        let _ = done.send(());
+    });
+    assert!(
+        waited
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_ok(),
+        "the device spun on a queue that is not ready"
+    );
+    assert_eq!(
+        mem.read_obj::<u16>(GuestAddress(0)).unwrap(),
+        0,
+        "nothing written there"
+    );
+}

@@ -53,6 +53,10 @@ pub struct Net {
     readable: bool,
     /// Offloads to set on the tap, from the event loop (activation runs on a vCPU thread).
     offload: Option<libc::c_uint>,
+    /// The driver acknowledged VIRTIO_NET_F_CSUM (it may send partially checksummed frames)
+    /// and VIRTIO_NET_F_GUEST_CSUM (it takes them).
+    csum: bool,
+    guest_csum: bool,
     active: Option<Active>,
     complaints: Complaints,
     /// What it did.
@@ -82,6 +86,8 @@ impl Net {
             epoll,
             readable: true,
             offload: None,
+            csum: false,
+            guest_csum: false,
             active: None,
             complaints: Complaints::default(),
             stats: NetStats::default(),
@@ -108,6 +114,9 @@ impl Net {
             return;
         };
         let (mem, queue) = (&active.mem, &mut active.queues[RX]);
+        if !queue.ready() {
+            return; // never set up by the driver: nothing to fill
+        }
         let (mut used, mut broken) = (false, false);
         let mut budget = usize::from(queue.size());
         while self.readable && budget > 0 {
@@ -123,7 +132,12 @@ impl Net {
             let written = match Buffers::of(chain, mem, true) {
                 Ok(b) if b.len() > VNET_HDR => match b.readv_from(self.tap.as_raw_fd()) {
                     Ok(n) if n >= VNET_HDR => {
-                        // One buffer per frame: num_buffers is 1.
+                        // One buffer per frame: num_buffers is 1. Without GUEST_CSUM the
+                        // header's flags must be 0 (whatever the tap set, e.g. from before
+                        // a reset).
+                        if !self.guest_csum {
+                            let _ = b.clone().write_bytes(&[0]);
+                        }
                         let mut field = b.clone();
                         field.skip(10);
                         let _ = field.write_bytes(&1u16.to_le_bytes());
@@ -140,10 +154,11 @@ impl Net {
                         break;
                     }
                     Err(e) => {
+                        // (A buffer the frame cannot be read into, say over IOV_MAX slices:
+                        // the buffer goes back empty, the frame is lost, RX goes on.)
                         self.complaints.note("net", format_args!("tap read: {e}"));
-                        self.readable = false;
-                        queue.go_to_previous_position();
-                        break;
+                        self.stats.rx_dropped += 1;
+                        0
                     }
                 },
                 _ => {
@@ -182,9 +197,10 @@ impl Net {
         let (mem, queue) = (&active.mem, &mut active.queues[TX]);
         let (tap, stats, complaints) =
             (self.tap.as_raw_fd(), &mut self.stats, &mut self.complaints);
+        let csum = self.csum;
         let outcome = serve_chains(queue, mem, |chain| {
             match Buffers::of(chain, mem, false) {
-                Ok(b) if b.len() > VNET_HDR => match b.writev_to(tap) {
+                Ok(b) if b.len() > VNET_HDR && tx_allowed(&b, csum) => match b.writev_to(tap) {
                     Ok(_) => stats.tx += 1,
                     Err(e) => {
                         stats.tx_dropped += 1;
@@ -208,6 +224,18 @@ impl Net {
             self.active = None;
         }
     }
+}
+
+/// Whether a guest frame may go to the tap: in one `writev` (at most IOV_MAX slices), no
+/// segmentation offload (none is offered), and a partial checksum only if CSUM was
+/// acknowledged.
+fn tx_allowed(frame: &Buffers<'_>, csum: bool) -> bool {
+    let Ok(head) = frame.clone().read_obj::<[u8; 2]>() else {
+        return false;
+    };
+    let (flags, gso_type) = (head[0], head[1]);
+    let needs_csum = flags & 1 != 0; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    frame.slice_count() <= 1024 && gso_type == 0 && (csum || !needs_csum)
 }
 
 impl VirtioDevice for Net {
@@ -240,6 +268,8 @@ impl VirtioDevice for Net {
         // The tap may checksum-offload frames to the guest only if the guest takes them so.
         let guest_csum = active.features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0;
         self.offload = Some(if guest_csum { libc::TUN_F_CSUM } else { 0 });
+        self.guest_csum = guest_csum;
+        self.csum = active.features & (1 << VIRTIO_NET_F_CSUM) != 0;
         self.active = Some(active);
         self.readable = true;
         self.kick(RX);

@@ -184,3 +184,42 @@ fn net_specs_parse_and_a_missing_tap_says_how_to_make_one() {
     let e = open_tap("rvnope0").unwrap_err().to_string();
     assert!(e.contains("ip tuntap add rvnope0 mode tap"), "{e}");
 }
+
+#[test]
+fn tx_frames_asking_for_offloads_not_negotiated_are_dropped() {
+    let mut r = rig(0); // neither CSUM nor any GSO acknowledged
+    let mut f = frame(1);
+    f[0] = 1; // NEEDS_CSUM
+    r.mem.write_slice(&f, GuestAddress(0x10_0000)).unwrap();
+    let chain = [Buffer {
+        addr: 0x10_0000,
+        len: f.len() as u32,
+        writable: false,
+    }];
+    r.tx.offer(&chain).unwrap();
+    r.dev.process_queue(TX);
+    f[0] = 0;
+    f[1] = 1; // GSO_TCPV4
+    r.mem.write_slice(&f, GuestAddress(0x10_0000)).unwrap();
+    r.tx.offer(&chain).unwrap();
+    r.dev.process_queue(TX);
+    assert_eq!((r.dev.stats.tx, r.dev.stats.tx_dropped), (0, 2));
+    r.peer.set_nonblocking(true).unwrap();
+    assert!(
+        r.peer.recv(&mut [0u8; 64]).is_err(),
+        "nothing reached the tap"
+    );
+}
+
+#[test]
+fn rx_header_flags_are_cleared_without_guest_csum() {
+    let mut r = rig(0);
+    let mut f = frame(2);
+    f[0] = 2; // DATA_VALID, as a tap may set
+    r.peer.send(&f).unwrap();
+    r.rx.offer(&[rx_buffer(0x20_0000, 1526)]).unwrap();
+    r.dev.process_fd(0);
+    let mut hdr = [0xffu8; 1];
+    r.mem.read_slice(&mut hdr, GuestAddress(0x20_0000)).unwrap();
+    assert_eq!(hdr[0], 0);
+}

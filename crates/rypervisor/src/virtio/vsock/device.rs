@@ -138,6 +138,9 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[RX];
         let mut budget = usize::from(queue.size()).max(1);
+        if !queue.ready() {
+            return; // never set up by the driver: nothing to fill
+        }
         let (mut used, mut broken) = (false, false);
         while self.muxer.has_packets() {
             let _ = queue.disable_notification(mem);
