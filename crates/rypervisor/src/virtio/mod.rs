@@ -207,22 +207,54 @@ impl std::fmt::Debug for Active {
 
 /// How [`serve_chains`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Served {
+enum Served {
     /// Nothing more is available (and with EVENT_IDX the driver will kick for more).
     Done,
-    /// A queue's worth was served: the caller kicks its own eventfd, so the event loop
-    /// comes back after serving the others.
+    /// A queue's worth was served.
     OutOfBudget,
-    /// The rings are outside guest memory, or the driver's indexes make no sense: the
-    /// device stops serving until the driver resets it.
+    /// The rings are outside guest memory, or the driver's indexes make no sense.
     BadRing,
 }
 
-/// Pops every available chain, hands it to `serve` (which returns the bytes it wrote for the
-/// used ring) and returns it used. With EVENT_IDX the driver kicks only when told to
-/// (`avail_event`): notifications are re-enabled after draining, and the queue drained again
-/// if buffers came meanwhile. At most the queue's size per call.
-pub fn serve_chains(
+/// The driver broke a queue's rings (outside guest memory, indexes past the queue): the
+/// device stops serving until the driver resets it ([`stop_broken`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingsBroken;
+
+/// Serves a queue: every available chain to `serve` (which returns the bytes it wrote for
+/// the used ring), at most a queue's worth per call — beyond, `kick` is written so the
+/// event loop comes back after serving the others — then interrupts the driver if it
+/// wants to hear of the used buffers.
+pub fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    kick: &EventFd,
+    serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<(), RingsBroken> {
+    let outcome = serve_chains(queue, mem, serve);
+    if outcome == Served::OutOfBudget {
+        let _ = kick.write(1);
+    }
+    notify_used(queue, mem, interrupt);
+    match outcome {
+        Served::BadRing => Err(RingsBroken),
+        _ => Ok(()),
+    }
+}
+
+/// A device whose driver broke its rings drops its queues until the driver resets it.
+pub fn stop_broken(active: &mut Option<Active>, complaints: &mut Complaints, device: &str) {
+    let what = "rings outside memory or indexes past the queue: stopped until reset";
+    complaints.note(device, format_args!("{what}"));
+    *active = None;
+}
+
+/// Pops every available chain, hands it to `serve` and returns it used. With EVENT_IDX the
+/// driver kicks only when told to (`avail_event`): notifications are re-enabled after
+/// draining, and the queue drained again if buffers came meanwhile. At most the queue's size
+/// per call.
+fn serve_chains(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,

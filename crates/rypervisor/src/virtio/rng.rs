@@ -7,8 +7,7 @@ use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    notify_used, queue_eventfds, serve_chains, Active, Complaints, Served, VirtioDevice,
-    VirtioError,
+    queue_eventfds, serve_queue, stop_broken, Active, Complaints, VirtioDevice, VirtioError,
 };
 use crate::sandbox::host::fill_random;
 
@@ -103,7 +102,7 @@ impl VirtioDevice for Rng {
         let mem = &active.mem;
         let mut entropy = vec![0u8; MAX_REQUEST];
         let (complaints, served) = (&mut self.complaints, &mut self.served);
-        let outcome = serve_chains(queue, mem, |chain| {
+        let outcome = serve_queue(queue, mem, &active.interrupt, &self.events[0], |chain| {
             let head = chain.head_index();
             match fill(chain, mem, &mut entropy) {
                 Ok(n) => {
@@ -117,23 +116,9 @@ impl VirtioDevice for Rng {
                 }
             }
         });
-        let broken = outcome == Served::BadRing;
-        match outcome {
-            Served::Done => {}
-            // A driver that keeps refilling gets a queue's worth per turn, so nobody waits
-            // on this device's lock for long.
-            Served::OutOfBudget => {
-                let _ = self.events[0].write(1);
-            }
-            Served::BadRing => {
-                let what = "rings outside memory or indexes past the queue: stopped until reset";
-                self.complaints.note("rng", format_args!("{what}"));
-            }
-        }
         tracing::debug!("virtio-rng: {} bytes served so far", self.served);
-        notify_used(queue, mem, &active.interrupt);
-        if broken {
-            self.active = None;
+        if outcome.is_err() {
+            stop_broken(&mut self.active, &mut self.complaints, "rng");
         }
     }
 }

@@ -13,8 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request::{execute, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS};
 use crate::virtio::{
-    notify_used, queue_eventfds, serve_chains, Active, Complaints, Served, VirtioDevice,
-    VirtioError,
+    queue_eventfds, serve_queue, stop_broken, Active, Complaints, VirtioDevice, VirtioError,
 };
 
 const QUEUE_SIZE: u16 = 256;
@@ -148,7 +147,7 @@ impl VirtioDevice for Block {
         let mem = &active.mem;
         let (disk, serial) = (&self.disk, &self.serial[..]);
         let (stats, complaints) = (&mut self.stats, &mut self.complaints);
-        let outcome = serve_chains(queue, mem, |chain| {
+        let outcome = serve_queue(queue, mem, &active.interrupt, &self.events[0], |chain| {
             let head = chain.head_index();
             match execute(chain, mem, disk, serial) {
                 Ok(done) => {
@@ -165,20 +164,8 @@ impl VirtioDevice for Block {
                 }
             }
         });
-        let broken = outcome == Served::BadRing;
-        match outcome {
-            Served::Done => {}
-            Served::OutOfBudget => {
-                let _ = self.events[0].write(1);
-            }
-            Served::BadRing => {
-                let what = "rings outside memory or indexes past the queue: stopped until reset";
-                self.complaints.note("blk", format_args!("{what}"));
-            }
-        }
-        notify_used(queue, mem, &active.interrupt);
-        if broken {
-            self.active = None;
+        if outcome.is_err() {
+            stop_broken(&mut self.active, &mut self.complaints, "blk");
         }
     }
 }

@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{set_offload, VNET_HDR};
 use crate::virtio::buffers::Buffers;
 use crate::virtio::{
-    notify_used, queue_eventfds, ring_broken, serve_chains, Active, Complaints, Served,
+    notify_used, queue_eventfds, ring_broken, serve_queue, stop_broken, Active, Complaints,
     VirtioDevice, VirtioError,
 };
 
@@ -182,9 +182,7 @@ impl Net {
             notify_used(queue, mem, &active.interrupt);
         }
         if broken {
-            self.complaints
-                .note("net", format_args!("RX rings broken: stopped until reset"));
-            self.active = None;
+            stop_broken(&mut self.active, &mut self.complaints, "net");
         }
     }
 
@@ -198,7 +196,8 @@ impl Net {
         let (tap, stats, complaints) =
             (self.tap.as_raw_fd(), &mut self.stats, &mut self.complaints);
         let csum = self.csum;
-        let outcome = serve_chains(queue, mem, |chain| {
+        let (interrupt, kick) = (&active.interrupt, &self.events[TX]);
+        let outcome = serve_queue(queue, mem, interrupt, kick, |chain| {
             match Buffers::of(chain, mem, false) {
                 Ok(b) if b.len() > VNET_HDR && tx_allowed(&b, csum) => match b.writev_to(tap) {
                     Ok(_) => stats.tx += 1,
@@ -213,15 +212,8 @@ impl Net {
             }
             0
         });
-        let broken = outcome == Served::BadRing;
-        if outcome == Served::OutOfBudget {
-            let _ = self.events[TX].write(1);
-        }
-        notify_used(queue, mem, &active.interrupt);
-        if broken {
-            self.complaints
-                .note("net", format_args!("TX rings broken: stopped until reset"));
-            self.active = None;
+        if outcome.is_err() {
+            stop_broken(&mut self.active, &mut self.complaints, "net");
         }
     }
 }

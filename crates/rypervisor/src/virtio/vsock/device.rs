@@ -14,7 +14,7 @@ use super::packet::{check, Header, Refusal, HEADER_SIZE, MAX_PAYLOAD};
 use super::{VsockError, VIRTIO_ID_VSOCK};
 use crate::virtio::buffers::Buffers;
 use crate::virtio::{
-    notify_used, queue_eventfds, ring_broken, serve_chains, Active, Complaints, Served,
+    notify_used, queue_eventfds, ring_broken, serve_queue, stop_broken, Active, Complaints,
     VirtioDevice,
 };
 use vm_memory::ByteValued;
@@ -94,7 +94,8 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[TX];
         let (muxer, stats, complaints) = (&mut self.muxer, &mut self.stats, &mut self.complaints);
-        let outcome = serve_chains(queue, mem, |chain| {
+        let (interrupt, kick) = (&active.interrupt, &self.events[TX]);
+        let outcome = serve_queue(queue, mem, interrupt, kick, |chain| {
             let head = chain.head_index();
             match read_packet(chain, mem, self.guest_cid) {
                 Ok((header, payload)) => {
@@ -111,21 +112,8 @@ impl Vsock {
             }
             0
         });
-        let broken = outcome == Served::BadRing;
-        match outcome {
-            Served::Done => {}
-            Served::OutOfBudget => {
-                let _ = self.events[TX].write(1);
-            }
-            Served::BadRing => {
-                let what = "rings outside memory or indexes past the queue: stopped until reset";
-                self.complaints.note("vsock", format_args!("{what}"));
-            }
-        }
-        notify_used(queue, mem, &active.interrupt);
-        if broken {
-            self.active = None;
-            return;
+        if outcome.is_err() {
+            return stop_broken(&mut self.active, &mut self.complaints, "vsock");
         }
         self.process_rx();
     }
@@ -183,9 +171,7 @@ impl Vsock {
             notify_used(queue, mem, &active.interrupt);
         }
         if broken {
-            let what = "RX indexes past the queue: stopped until reset";
-            self.complaints.note("vsock", format_args!("{what}"));
-            self.active = None;
+            stop_broken(&mut self.active, &mut self.complaints, "vsock");
         }
     }
 }
