@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::guest::{guest_kernel, initramfs, one_at_a_time, script};
-use common::{require_kvm, rypervisor};
+use common::{require_kvm, rypervisor, threads};
 
 /// Bytes that differ from connection to connection (xorshift).
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -64,20 +64,6 @@ fn echo(path: &Path, data: Vec<u8>) -> Vec<u8> {
     (&s).read_to_end(&mut back).expect("the echo comes back");
     sender.join().unwrap();
     back
-}
-
-/// Every thread of `pid`: (name, Seccomp mode).
-fn threads(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let name = std::fs::read_to_string(t.join("comm")).ok()?;
-            let status = std::fs::read_to_string(t.join("status")).ok()?;
-            let mode = status.lines().find(|l| l.starts_with("Seccomp:"))?;
-            Some((name.trim().to_string(), mode.to_string()))
-        })
-        .collect()
 }
 
 /// The console, line by line, from a reader thread.

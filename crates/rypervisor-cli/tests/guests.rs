@@ -471,16 +471,7 @@ fn every_thread_of_run_is_confined_by_seccomp() {
     let mut seen: Vec<(String, String)> = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
-        seen = tasks
-            .filter_map(|t| {
-                let t = t.ok()?.path();
-                let name = std::fs::read_to_string(t.join("comm")).ok()?;
-                let status = std::fs::read_to_string(t.join("status")).ok()?;
-                let mode = status.lines().find(|l| l.starts_with("Seccomp:"))?;
-                Some((name.trim().to_string(), mode.to_string()))
-            })
-            .collect();
+        seen = threads(child.id());
         let all_there = want.iter().all(|w| seen.iter().any(|(n, _)| n == w));
         if all_there && seen.iter().all(|(_, m)| m.ends_with('2')) {
             break;

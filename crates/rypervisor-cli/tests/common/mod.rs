@@ -192,3 +192,17 @@ fn unsafe_zeroed_rusage() -> libc::rusage {
     // SAFETY: rusage is plain integers; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
 }
+
+/// Every thread of `pid`: (name, Seccomp mode).
+pub fn threads(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let name = std::fs::read_to_string(t.join("comm")).ok()?;
+            let status = std::fs::read_to_string(t.join("status")).ok()?;
+            let mode = status.lines().find(|l| l.starts_with("Seccomp:"))?;
+            Some((name.trim().to_string(), mode.to_string()))
+        })
+        .collect()
+}
