@@ -16,6 +16,15 @@ pub(crate) fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
     for path in &args.allow_read {
         policy.allow_read(path)?;
     }
+    match &args.cwd {
+        Some(dir) => policy.set_cwd(dir)?,
+        // Like a native run, where an allowed root holds the current directory.
+        None => {
+            if let Ok(here) = std::env::current_dir() {
+                let _ = policy.set_cwd(&here);
+            }
+        }
+    }
     for e in &args.env {
         if !e.contains('=') {
             bail!("--env {e}: use NAME=VALUE");

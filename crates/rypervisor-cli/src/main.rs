@@ -96,7 +96,10 @@ enum Command {
         mprotect (recorded), arch_prctl, clocks, nanosleep, getrandom, uname (a fixed identity: pid 1, \
         uid 1000, host 'rypervisor'; umask, getgroups, process group and session ids, times, \
         getrusage, sysinfo, common prctl options), signal calls (recorded, never delivered), and read-only \
-        open/read/fstat/lseek of files under --allow-read, and descriptors with Linux's rules \
+        open/read/stat/lseek of files and directories under --allow-read (getdents64, \
+        chdir/fchdir/getcwd with a working directory that relative paths start from; \
+        metadata as the host has it, owned by uid 1000; readlink), built-in /dev/null, \
+        /dev/zero and /dev/urandom, and descriptors with Linux's rules \
         (dup/dup2/dup3/fcntl F_DUPFD, lowest free fd, close);\n\
         - everything else (files, sockets, processes...) fails with ENOSYS, or with --strict ends \
         the program with status 159 (like SIGSYS).\n\n\
@@ -193,6 +196,10 @@ struct ExecArgs {
     /// (repeatable).
     #[arg(long = "allow-read", value_name = "PATH")]
     allow_read: Vec<PathBuf>,
+    /// Start the program in DIR, a directory under an --allow-read root [default: the
+    /// current directory when an --allow-read root holds it, else /].
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
     /// Pass an environment variable NAME=VALUE to the program (none by default; repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,

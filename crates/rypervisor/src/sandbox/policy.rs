@@ -22,6 +22,14 @@ pub enum PolicyError {
         /// Why it cannot be resolved.
         source: std::io::Error,
     },
+    /// The starting working directory is not a directory under an allowed root.
+    #[error("--cwd {path}: {why}")]
+    Cwd {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// The sandbox's policy.
@@ -32,6 +40,8 @@ pub struct Policy {
     /// End the program (status 159, like SIGSYS) on a system call outside the policy,
     /// instead of returning ENOSYS.
     pub strict: bool,
+    /// The working directory the program starts in (canonical); `/` when unset.
+    cwd: Option<PathBuf>,
 }
 
 /// The host's pseudo file systems: never readable, even under an allowed root such as `/`.
@@ -62,6 +72,31 @@ impl Policy {
         }
         self.allow_read.push(canonical);
         Ok(())
+    }
+
+    /// Starts the program in `path`, a directory under an allowed root (allow it first).
+    pub fn set_cwd(&mut self, path: &Path) -> Result<(), PolicyError> {
+        let canonical = std::fs::canonicalize(path).map_err(|source| PolicyError::BadPath {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let why = if !canonical.is_dir() {
+            "not a directory"
+        } else if self.allowed(canonical.clone()).is_none() {
+            "not under an --allow-read directory"
+        } else {
+            self.cwd = Some(canonical);
+            return Ok(());
+        };
+        Err(PolicyError::Cwd {
+            path: path.to_path_buf(),
+            why,
+        })
+    }
+
+    /// The working directory the program starts in.
+    pub fn cwd(&self) -> &Path {
+        self.cwd.as_deref().unwrap_or(Path::new("/"))
     }
 
     /// The allowed roots.
@@ -95,13 +130,39 @@ impl Policy {
         self.allowed(parent.join(name))
     }
 
+    /// Whether a path that [`Policy::check_read`] refused simply does not exist in a directory
+    /// the program may read (so `ENOENT` is the truth and tells nothing about the rest of the
+    /// host), rather than lying outside the roots (`EACCES`).
+    pub fn missing(&self, guest_path: &[u8]) -> bool {
+        let Some(normal) = self.normalise(guest_path) else {
+            return false;
+        };
+        let Some(parent) = normal.parent().and_then(|p| std::fs::canonicalize(p).ok()) else {
+            return false;
+        };
+        let Some(name) = normal.file_name() else {
+            return false;
+        };
+        let gone = match std::fs::symlink_metadata(parent.join(name)) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(_) => false,
+        };
+        gone && parent.is_dir() && self.allowed(parent).is_some()
+    }
+
     /// Whether the path is an allowed root or a directory on the way to one (`/`, `/usr` for
     /// a root `/usr/lib`): real directories, as the roots are canonical, so not links.
     pub fn leads_to_root(&self, guest_path: &[u8]) -> bool {
-        match self.normalise(guest_path) {
-            Some(p) => self.allow_read.iter().any(|root| root.starts_with(&p)),
-            None => false,
-        }
+        self.on_the_way(guest_path).is_some()
+    }
+
+    /// The path (lexically normal) if [`Policy::leads_to_root`] holds for it.
+    pub fn on_the_way(&self, guest_path: &[u8]) -> Option<PathBuf> {
+        let p = self.normalise(guest_path)?;
+        self.allow_read
+            .iter()
+            .any(|root| root.starts_with(&p))
+            .then_some(p)
     }
 
     /// The path made absolute (relative paths start at `/`) and lexically normal.
@@ -180,5 +241,35 @@ mod tests {
         assert_eq!(everything.check_read(b"/proc/self/mem"), None);
         assert_eq!(everything.check_read(b"/dev/zero"), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_start_directory_must_be_an_allowed_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = std::fs::canonicalize(dir.path()).unwrap().join("in");
+        std::fs::create_dir(&inside).unwrap();
+        std::fs::write(inside.join("f"), "x").unwrap();
+        let mut policy = Policy::default();
+        assert_eq!(policy.cwd(), Path::new("/"));
+        let err = policy.set_cwd(&inside).unwrap_err();
+        assert!(
+            err.to_string().contains("not under an --allow-read"),
+            "{err}"
+        );
+        policy.allow_read(&inside).unwrap();
+        let err = policy.set_cwd(&inside.join("f")).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        policy.set_cwd(&inside.join(".")).unwrap();
+        assert_eq!(policy.cwd(), inside);
+        // ENOENT only where the directory is readable.
+        let missing = inside.join("none");
+        assert!(policy.missing(missing.to_str().unwrap().as_bytes()));
+        assert!(!policy.missing(inside.join("f").to_str().unwrap().as_bytes()));
+        let beside = inside.parent().unwrap().join("none");
+        assert!(!policy.missing(beside.to_str().unwrap().as_bytes()));
+        assert!(policy.on_the_way(b"/").is_some());
+        assert!(policy
+            .on_the_way(inside.join("f").to_str().unwrap().as_bytes())
+            .is_none());
     }
 }

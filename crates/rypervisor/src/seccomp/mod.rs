@@ -122,8 +122,9 @@ pub(crate) const VMM_BASICS: [i64; 24] = [
     libc::SYS_exit_group,
 ];
 
-/// What canonicalising a path and reading an allowed file need (besides `openat`).
-const FILE_READS: [i64; 10] = [
+/// What canonicalising a path, reading an allowed file and listing an allowed directory
+/// need (besides `openat`).
+const FILE_READS: [i64; 14] = [
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
@@ -134,6 +135,10 @@ const FILE_READS: [i64; 10] = [
     libc::SYS_getcwd,
     libc::SYS_lseek,
     libc::SYS_pread64,
+    libc::SYS_getdents64,
+    libc::SYS_getdents,
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
 ];
 
 /// The filter for a sandbox VMM. `files`: the policy lets the program open host files

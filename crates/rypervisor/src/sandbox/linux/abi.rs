@@ -56,6 +56,10 @@ abi_structs! {
     Rusage(libc::rusage);
     /// `struct tms`.
     Tms(libc::tms);
+    /// `struct statx` (256 bytes).
+    Statx(libc::statx);
+    /// `struct statfs`.
+    Statfs(libc::statfs);
 }
 
 // SAFETY: the only non-integer fields (iovec's base, stack_t's sp) hold guest addresses that
@@ -121,6 +125,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<Sysinfo>(), 112);
         assert_eq!(std::mem::size_of::<Rusage>(), 144);
         assert_eq!(std::mem::size_of::<Tms>(), 32);
+        assert_eq!(std::mem::size_of::<Statx>(), 256);
+        assert_eq!(std::mem::size_of::<Statfs>(), 120);
     }
 
     #[test]

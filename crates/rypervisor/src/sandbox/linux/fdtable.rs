@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Errno;
@@ -25,6 +26,30 @@ pub enum OpenFile {
     Host(Arc<File>),
     /// One of the built-in devices: `/dev/null`, `/dev/zero`, `/dev/urandom` (`/dev/random`).
     Device(Device),
+    /// A directory under `--allow-read`, for `getdents64`, `fchdir` and `openat(fd, ...)`.
+    Dir(Arc<Directory>),
+}
+
+/// An open directory: the host's descriptor (its listing position is the kernel's) and its
+/// canonical path, which is also the program's path for it (relative paths from it and
+/// `fchdir` start there).
+#[derive(Debug)]
+pub struct Directory {
+    /// Opened read-only with `O_DIRECTORY`.
+    pub file: File,
+    /// Canonical, under an allowed root.
+    pub path: PathBuf,
+}
+
+impl OpenFile {
+    /// The host object behind the descriptor, if any: duplicates share it (for counting).
+    fn host_object(&self) -> Option<*const ()> {
+        match self {
+            OpenFile::Host(f) => Some(Arc::as_ptr(f).cast()),
+            OpenFile::Dir(d) => Some(Arc::as_ptr(d).cast()),
+            OpenFile::Std(_) | OpenFile::Device(_) => None,
+        }
+    }
 }
 
 /// The devices every program may open, served by the VMM (no host file behind them).
@@ -88,11 +113,11 @@ impl Default for FdTable {
 }
 
 impl Clone for FdTable {
-    /// A copy for snapshots: the standard streams' descriptors. Host files are not copied:
-    /// a snapshot is only taken with none open (see [`FdTable::host_files`]).
+    /// A copy for snapshots: the standard streams' and devices' descriptors. Host files are
+    /// not copied: a snapshot is only taken with none open (see [`FdTable::host_files`]).
     fn clone(&self) -> Self {
         let entries = (self.entries.iter())
-            .filter(|(_, e)| matches!(e.file, OpenFile::Std(_)))
+            .filter(|(_, e)| e.file.host_object().is_none())
             .map(|(fd, e)| (*fd, e.clone()))
             .collect();
         Self { entries }
@@ -100,15 +125,12 @@ impl Clone for FdTable {
 }
 
 impl FdTable {
-    /// Distinct host files open.
+    /// Distinct host files and directories open.
     pub fn host_files(&self) -> usize {
-        let mut seen: Vec<*const File> = Vec::new();
-        for e in self.entries.values() {
-            if let OpenFile::Host(f) = &e.file {
-                let p = Arc::as_ptr(f);
-                if !seen.contains(&p) {
-                    seen.push(p);
-                }
+        let mut seen: Vec<*const ()> = Vec::new();
+        for p in self.entries.values().filter_map(|e| e.file.host_object()) {
+            if !seen.contains(&p) {
+                seen.push(p);
             }
         }
         seen.len()
@@ -136,11 +158,19 @@ impl FdTable {
 
     /// Installs a newly opened host file at the lowest free descriptor.
     pub fn install(&mut self, file: File, cloexec: bool) -> Result<i32, Errno> {
+        self.install_host(OpenFile::Host(Arc::new(file)), cloexec)
+    }
+
+    /// Installs a newly opened directory at the lowest free descriptor.
+    pub fn install_dir(&mut self, dir: Directory, cloexec: bool) -> Result<i32, Errno> {
+        self.install_host(OpenFile::Dir(Arc::new(dir)), cloexec)
+    }
+
+    fn install_host(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
         if self.host_files() >= MAX_HOST_FILES {
             return Err(Errno::EMFILE);
         }
         let fd = self.lowest_free(0)?;
-        let file = OpenFile::Host(Arc::new(file));
         self.entries.insert(fd, Entry { file, cloexec });
         Ok(fd)
     }
@@ -204,6 +234,7 @@ impl FdTable {
             libc::F_GETFL => Ok(i64::from(match entry.file {
                 OpenFile::Std(1) | OpenFile::Std(2) => libc::O_WRONLY,
                 OpenFile::Device(_) => libc::O_RDWR,
+                OpenFile::Dir(_) => libc::O_RDONLY | libc::O_DIRECTORY,
                 _ => libc::O_RDONLY,
             })),
             libc::F_SETFL => Ok(0), // O_NONBLOCK, O_APPEND...: nothing here blocks or appends

@@ -1,4 +1,4 @@
-//! Who and where the program is: its fixed identity (`uname`, `getcwd`; the ids are answered
+//! Who the program is: its fixed identity (`uname`; the ids are answered
 //! in the dispatch table), its limits (`prlimit`), its TLS (`arch_prctl`), and randomness
 //! (`getrandom`).
 
@@ -35,14 +35,6 @@ pub(super) fn uname(buf: u64, cx: &mut Context<'_>) -> SysResult {
     };
     cx.mem.write_obj(buf, &Utsname(u))?;
     Ok(0)
-}
-
-pub(super) fn getcwd(buf: u64, size: u64, cx: &mut Context<'_>) -> SysResult {
-    if size < 2 {
-        return Err(Errno::ERANGE.into());
-    }
-    cx.mem.write(buf, b"/\0")?;
-    Ok(2)
 }
 
 pub(super) fn getrandom(buf: u64, len: u64, cx: &mut Context<'_>) -> SysResult {

@@ -8,15 +8,17 @@
 //!
 //! The layer is split the way the kernel's is: [`sysno`] (numbers and names), [`errno`],
 //! [`abi`] (the structures), the descriptor table [`fdtable`], then handlers by area: [`files`],
-//! [`memory`], [`time`],
+//! [`stat`] (metadata), [`dirs`] (paths, the working directory, listings), [`memory`], [`time`],
 //! [`signals`] (with `futex`), [`identity`], [`process`] (the small calls about the process
 //! itself), and [`trace`] for `--trace-syscalls`; the
 //! process start (argv, envp, auxv) is [`start`].
 //!
 //! The identity the program sees is fixed: pid 1, uid/gid 1000, host name `rypervisor`,
-//! kernel `Linux 6.1.0-rypervisor x86_64`, working directory `/`.
+//! kernel `Linux 6.1.0-rypervisor x86_64`; the working directory starts where the policy says
+//! (`/` unless set).
 
 pub mod abi;
+pub mod dirs;
 pub mod errno;
 pub mod fdtable;
 pub mod files;
@@ -25,11 +27,13 @@ pub mod memory;
 pub mod process;
 pub mod signals;
 pub mod start;
+pub mod stat;
 pub mod sysno;
 pub mod time;
 pub mod trace;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use errno::Errno;
@@ -117,6 +121,8 @@ pub struct Process {
     started: Option<(i64, i64)>,
     /// umask, the name, prctl flags.
     process: process::ProcessState,
+    /// The working directory (canonical).
+    cwd: PathBuf,
     /// Counters.
     pub stats: SyscallStats,
 }
@@ -126,6 +132,7 @@ impl Process {
     /// stack of `stack_size` bytes at the top.
     pub fn new(policy: Policy, image_end: u64, mem_size: u64, stack_size: u64) -> Self {
         Self {
+            cwd: policy.cwd().to_path_buf(),
             policy,
             memory: MemoryState::new(image_end, mem_size, stack_size),
             files: FdTable::default(),
@@ -188,6 +195,7 @@ impl Process {
         use sysno::*;
         let [a0, a1, a2, a3, a4, a5] = call.args;
         let fd = a0 as i32;
+        const NOFOLLOW: u64 = libc::AT_SYMLINK_NOFOLLOW as u64;
         match call.nr {
             // Files and the standard streams.
             READ => self.read(fd, a1, a2, cx),
@@ -202,15 +210,25 @@ impl Process {
             DUP2 => Ok(self.files.dup_to(fd, a1 as i32, None)?),
             DUP3 => Ok(self.files.dup_to(fd, a1 as i32, Some(a2 as i32))?),
             FSTAT => self.fstat(fd, a1, cx),
-            STAT | LSTAT => self.stat_path(a0, a1, cx),
+            STAT => self.newfstatat(libc::AT_FDCWD, a0, a1, 0, cx),
+            LSTAT => self.newfstatat(libc::AT_FDCWD, a0, a1, NOFOLLOW, cx),
             NEWFSTATAT => self.newfstatat(fd, a1, a2, a3, cx),
+            STATX => self.statx(fd, a1, a2, a4, cx),
+            STATFS => self.statfs(-1, Some(a0), a1, cx),
+            FSTATFS => self.statfs(fd, None, a1, cx),
             LSEEK => self.lseek(fd, a1 as i64, a2 as i32, cx),
             IOCTL => self.ioctl(fd, a1, a2, cx),
             FCNTL => Ok(self.files.fcntl(fd, a1 as i32, a2)?),
-            ACCESS => self.access(a0, cx),
-            FACCESSAT => self.access(a1, cx),
+            ACCESS => self.access(libc::AT_FDCWD, a0, a1, cx),
+            FACCESSAT | FACCESSAT2 => self.access(fd, a1, a2, cx),
             READLINK => self.readlink(libc::AT_FDCWD, a0, a1, a2, cx),
             READLINKAT => self.readlink(fd, a1, a2, a3, cx),
+            // Directories.
+            GETDENTS64 => self.getdents(libc::SYS_getdents64, fd, a1, a2, cx),
+            GETDENTS => self.getdents(libc::SYS_getdents, fd, a1, a2, cx),
+            CHDIR => self.chdir(a0, cx),
+            FCHDIR => self.fchdir(fd),
+            GETCWD => self.getcwd(a0, a1, cx),
             // Memory.
             BRK => Ok(self.memory.set_brk(a0, cx) as i64),
             MMAP => self.mmap(a0, a1, a3, a4 as i32, a5, cx),
@@ -235,7 +253,6 @@ impl Process {
             SYSINFO => self.sysinfo(a0, cx),
             RSEQ => Err(Errno::ENOSYS.into()), // served: "not supported"
             UNAME => identity::uname(a0, cx),
-            GETCWD => identity::getcwd(a0, a1, cx),
             GETRANDOM => identity::getrandom(a0, a1, cx),
             GETRLIMIT => self.prlimit(a0, a1, cx),
             PRLIMIT64 if a0 != 0 && a0 as i64 != PID => Err(Errno::ESRCH.into()),

@@ -1,0 +1,140 @@
+//! `rypervisor exec` and the file system a program sees: directories, the working
+//! directory, metadata, each compared with the same program run natively, and the ways out
+//! of the allowed roots, each refused.
+
+mod common;
+#[path = "../../rypervisor/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{require_kvm, rypervisor};
+use support::{program, Libc};
+
+/// A tree to look at: files, a subdirectory, a link inside, a link out of the root.
+fn tree() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap().join("root");
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("sub/a.txt"), "alpha").unwrap();
+    std::fs::write(root.join("sub/b.txt"), "beta").unwrap();
+    std::fs::write(root.join("sub/deeper/c.txt"), "c\n").unwrap();
+    std::fs::write(root.join("x.dat"), "x\n").unwrap();
+    std::os::unix::fs::symlink("a.txt", root.join("sub/link")).unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+    (dir, root)
+}
+
+fn native(prog: &Path, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap();
+    assert!(out.status.success(), "native {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn sandboxed(flags: &[&str], prog: &Path, args: &[&str]) -> String {
+    require_kvm();
+    let mut all = vec!["exec"];
+    all.extend_from_slice(flags);
+    all.push("--");
+    all.push(prog.to_str().unwrap());
+    all.extend_from_slice(args);
+    let r = rypervisor(&all, b"");
+    assert_eq!(r.status, 0, "{all:?}: {}", r.stderr);
+    r.stdout
+}
+
+#[test]
+fn directories_look_as_they_do_natively() {
+    let (_dir, root) = tree();
+    let root_s = root.to_str().unwrap();
+    for libc in support::libcs() {
+        let prog = program("dirs", libc);
+        let want = native(&prog, &["walk", root_s]);
+        let got = sandboxed(&["--allow-read", root_s], &prog, &["walk", root_s]);
+        assert_eq!(got, want, "{libc:?}");
+        // The walk really covered what it says (a native run that printed nothing would
+        // compare equal too).
+        for line in [
+            "entry sub type=4",
+            "walk ./sub/deeper/c.txt f mode=100644 nlink=1 size=2",
+            "glob sub/b.txt",
+            "relative: 5 'alpha'",
+            "openat: 4 'beta'",
+            &format!("after fchdir cwd={root_s}/sub"),
+            "stat link: file, lstat link: link",
+            "listed 6 then 6",
+        ] {
+            assert!(got.contains(line), "{libc:?}: no {line:?} in\n{got}");
+        }
+    }
+}
+
+#[test]
+fn the_ways_out_of_a_root_are_refused() {
+    let (_dir, root) = tree();
+    let root_s = root.to_str().unwrap();
+    let parent = root.parent().unwrap().to_str().unwrap();
+    for libc in support::libcs() {
+        let prog = program("dirs", libc);
+        let got = sandboxed(&["--allow-read", root_s], &prog, &["escape", root_s]);
+        let denied = "Permission denied"; // strerror(EACCES) in both C libraries
+        for line in [
+            format!("openat ../..: {denied}"),
+            format!("absolute: {denied}"),
+            "access W_OK: Read-only file system".into(),
+            "access R_OK: ok".into(),
+            // Standing on the way to a root is allowed; looking around there is not.
+            "chdir ..: ok".into(),
+            format!("cwd={parent}"),
+            format!("list ..: {denied}"),
+            format!("via escape link: {denied}"),
+            format!("chdir escape link: {denied}"),
+        ] {
+            assert!(got.contains(&line), "{libc:?}: no {line:?} in\n{got}");
+        }
+    }
+}
+
+#[test]
+fn the_working_directory_starts_where_it_is_told() {
+    require_kvm();
+    let (_dir, root) = tree();
+    let root_s = root.to_str().unwrap();
+    let prog = program("dirs", Libc::Glibc);
+    let sub = root.join("sub");
+    let run = |cwd: &Path, flags: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+            .arg("exec")
+            .args(flags)
+            .args(["--", prog.to_str().unwrap(), "pwd", "a.txt"])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), text, err)
+    };
+    // The host's working directory, where an allowed root holds it, as a native run.
+    let (code, out, err) = run(&sub, &["--allow-read", root_s]);
+    assert_eq!(code, Some(0), "{err}");
+    let want = format!("cwd={}\na.txt: 5 'alpha'\n", sub.display());
+    assert_eq!(out, want);
+    // --cwd says otherwise.
+    let (code, out, err) = run(&sub, &["--allow-read", root_s, "--cwd", root_s]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        format!("cwd={root_s}\na.txt: No such file or directory\n")
+    );
+    // Outside the roots: /, where nothing is readable.
+    let (code, out, _) = run(Path::new("/"), &["--allow-read", root_s]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "cwd=/\na.txt: Permission denied\n");
+    // A --cwd outside the roots, or not a directory: one clear error.
+    for bad in ["/", root.join("x.dat").to_str().unwrap()] {
+        let (code, _, err) = run(&sub, &["--allow-read", root_s, "--cwd", bad]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("--cwd") && err.lines().count() == 1, "{err}");
+    }
+}
