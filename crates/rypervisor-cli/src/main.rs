@@ -99,7 +99,7 @@ enum Command {
         open/read/stat/lseek of files and directories under --allow-read (getdents64, \
         chdir/fchdir/getcwd with a working directory that relative paths start from; \
         metadata as the host has it, owned by uid 1000; readlink), built-in /dev/null, \
-        /dev/zero and /dev/urandom, and descriptors with Linux's rules \
+        /dev/zero and /dev/urandom, poll/select (stdin waited for on the host), and descriptors with Linux's rules \
         (dup/dup2/dup3/fcntl F_DUPFD, lowest free fd, close);\n\
         - everything else (files, sockets, processes...) fails with ENOSYS, or with --strict ends \
         the program with status 159 (like SIGSYS).\n\n\

@@ -35,6 +35,24 @@ pub trait Host {
     fn seek_stdin(&mut self, _offset: i64, _whence: i32) -> std::io::Result<i64> {
         Err(std::io::Error::from_raw_os_error(libc::ESPIPE))
     }
+    /// Waits until one of the standard streams in `fds` (fd 0–2, `poll`'s events) is ready,
+    /// at most `timeout` (None: no end); fills `revents`, returns how many are ready.
+    /// `Err(Interrupted)` when the watchdog kicked. By default every stream is ready.
+    fn poll_streams(
+        &mut self,
+        fds: &mut [libc::pollfd],
+        _timeout: Option<Duration>,
+    ) -> std::io::Result<usize> {
+        const READY: i16 = libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM;
+        for p in fds.iter_mut() {
+            p.revents = p.events & READY;
+        }
+        Ok(fds.iter().filter(|p| p.revents != 0).count())
+    }
+    /// Bytes waiting on stdin (`FIONREAD`).
+    fn stdin_pending(&mut self) -> std::io::Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Fills `buf` from the host's random source (getrandom(2)).
@@ -120,6 +138,10 @@ impl Host for BufferHost {
             std::thread::sleep(d);
         }
     }
+
+    fn stdin_pending(&mut self) -> std::io::Result<usize> {
+        Ok(self.stdin.len().saturating_sub(self.stdin_pos))
+    }
 }
 
 /// A [`Host`] on the VMM's own standard streams (the CLI's `exec`).
@@ -170,6 +192,48 @@ impl Host for StdHost {
         // SAFETY: the request writes at most `size` bytes, which `out` holds; checked.
         if unsafe { libc::ioctl(fd, request, out.as_mut_ptr()) } == 0 {
             Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    fn poll_streams(
+        &mut self,
+        fds: &mut [libc::pollfd],
+        timeout: Option<Duration>,
+    ) -> std::io::Result<usize> {
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // The raw ppoll(2), the one the seccomp filter allows; no signal mask.
+        // SAFETY: `fds` is a live array of `fds.len()` pollfds for the kernel to update and
+        // `tsp` null or a live timespec; the result is checked.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_ppoll,
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                tsp,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn stdin_pending(&mut self) -> std::io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, `n`, live; the result is checked.
+        if unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) } == 0 {
+            Ok(n.max(0) as usize)
         } else {
             Err(std::io::Error::last_os_error())
         }

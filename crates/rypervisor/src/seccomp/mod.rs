@@ -158,10 +158,12 @@ pub fn sandbox_filter(files: bool) -> Result<BpfProgram, SeccompError> {
     // The standard streams as they really are: their metadata, terminal queries (read-only),
     // seeking stdin when it is a regular file.
     rules.allow(&[libc::SYS_fstat]);
-    for request in [libc::TCGETS, libc::TIOCGWINSZ] {
+    for request in [libc::TCGETS, libc::TIOCGWINSZ, libc::FIONREAD] {
         rules.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, request)?;
     }
     rules.allow_when(libc::SYS_lseek, 0, SeccompCmpOp::Eq, 0)?;
+    // Waiting for the standard streams (poll/select served for the program).
+    rules.allow(&[libc::SYS_ppoll]);
     if files {
         // Read-only opens of files the policy allows (checked by the dispatcher first).
         let writes = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;

@@ -60,6 +60,8 @@ abi_structs! {
     Statx(libc::statx);
     /// `struct statfs`.
     Statfs(libc::statfs);
+    /// `struct pollfd`.
+    Pollfd(libc::pollfd);
 }
 
 // SAFETY: the only non-integer fields (iovec's base, stack_t's sp) hold guest addresses that
@@ -127,6 +129,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Tms>(), 32);
         assert_eq!(std::mem::size_of::<Statx>(), 256);
         assert_eq!(std::mem::size_of::<Statfs>(), 120);
+        assert_eq!(std::mem::size_of::<Pollfd>(), 8);
     }
 
     #[test]

@@ -67,6 +67,9 @@ impl Process {
     /// Terminal queries on a standard stream that is a terminal are the host's answers;
     /// nothing else the program holds is a terminal.
     pub(super) fn ioctl(&self, fd: i32, request: u64, arg: u64, cx: &mut Context<'_>) -> SysResult {
+        if request == libc::FIONREAD {
+            return self.fionread(fd, arg, cx);
+        }
         let OpenFile::Std(n) = self.files.get(fd)? else {
             return Err(Errno::ENOTTY.into());
         };

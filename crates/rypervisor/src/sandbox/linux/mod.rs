@@ -8,7 +8,8 @@
 //!
 //! The layer is split the way the kernel's is: [`sysno`] (numbers and names), [`errno`],
 //! [`abi`] (the structures), the descriptor table [`fdtable`], then handlers by area: [`files`],
-//! [`stat`] (metadata), [`dirs`] (paths, the working directory, listings), [`memory`], [`time`],
+//! [`stat`] (metadata), [`dirs`] (paths, the working directory, listings), [`poll`], [`memory`],
+//! [`time`],
 //! [`signals`] (with `futex`), [`identity`], [`process`] (the small calls about the process
 //! itself), and [`trace`] for `--trace-syscalls`; the
 //! process start (argv, envp, auxv) is [`start`].
@@ -24,6 +25,7 @@ pub mod fdtable;
 pub mod files;
 pub mod identity;
 pub mod memory;
+pub mod poll;
 pub mod process;
 pub mod signals;
 pub mod start;
@@ -219,6 +221,10 @@ impl Process {
             LSEEK => self.lseek(fd, a1 as i64, a2 as i32, cx),
             IOCTL => self.ioctl(fd, a1, a2, cx),
             FCNTL => Ok(self.files.fcntl(fd, a1 as i32, a2)?),
+            POLL => self.poll(a0, a1, poll::poll_timeout(a2), cx),
+            PPOLL => self.poll(a0, a1, poll::timespec_timeout(a2, cx)?, cx),
+            SELECT => self.select(a0, [a1, a2, a3], poll::timeval_timeout(a4, cx)?, cx),
+            PSELECT6 => self.select(a0, [a1, a2, a3], poll::timespec_timeout(a4, cx)?, cx),
             ACCESS => self.access(libc::AT_FDCWD, a0, a1, cx),
             FACCESSAT | FACCESSAT2 => self.access(fd, a1, a2, cx),
             READLINK => self.readlink(libc::AT_FDCWD, a0, a1, a2, cx),

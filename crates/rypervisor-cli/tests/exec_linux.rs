@@ -138,3 +138,59 @@ fn the_working_directory_starts_where_it_is_told() {
         assert!(err.contains("--cwd") && err.lines().count() == 1, "{err}");
     }
 }
+
+/// Runs `wait MODE` with stdin from `feed`, which may keep it open (and empty) for a while.
+fn wait_run(libc: Libc, mode: &str, flags: &[&str], feed: Option<&[u8]>) -> (Option<i32>, String) {
+    use std::io::Write;
+    require_kvm();
+    let prog = program("wait", libc);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .arg("exec")
+        .args(flags)
+        .args(["--", prog.to_str().unwrap(), mode])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    match feed {
+        Some(data) => input.write_all(data).unwrap(),
+        // Open and silent until the program is done.
+        None => std::mem::forget(input),
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn poll_and_select_wait_for_stdin_as_they_do_natively() {
+    for libc in support::libcs() {
+        for mode in ["poll", "select"] {
+            let (code, out) = wait_run(libc, mode, &[], Some(b"hello"));
+            assert_eq!(code, Some(0), "{libc:?} {mode}");
+            let ready = format!("{mode}=1");
+            assert!(out.contains(&ready), "{libc:?}: {out}");
+            assert!(
+                out.contains("fionread=5\nread=5 'hello'\n"),
+                "{libc:?}: {out}"
+            );
+            // Nothing written, stdin still open: the wait times out and nothing is read.
+            let (code, out) = wait_run(libc, mode, &[], None);
+            assert_eq!(code, Some(0), "{libc:?} {mode}");
+            assert!(out.starts_with(&format!("{mode}=0 ")), "{libc:?}: {out}");
+            assert!(!out.contains("read="), "{libc:?}: {out}");
+            let rest = if mode == "poll" {
+                "many=3 out=1 nval=1 null=1\n"
+            } else {
+                "bad fd: -1\n"
+            };
+            assert!(out.ends_with(rest), "{libc:?}: {out}");
+        }
+    }
+    // A wait without end on a silent stdin is ended by the time limit.
+    let (code, out) = wait_run(Libc::Glibc, "block", &["--timeout", "1"], None);
+    assert_eq!(code, Some(124), "{out}");
+}
