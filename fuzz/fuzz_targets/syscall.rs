@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
             mem: &mut mem,
             host: &mut host,
             remaining: Some(std::time::Duration::from_millis(1)),
+            vdso_clock: None,
         };
         if let Next::End(_) = process.dispatch(&call, &mut cx) {
             break;

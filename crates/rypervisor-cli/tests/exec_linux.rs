@@ -194,3 +194,40 @@ fn poll_and_select_wait_for_stdin_as_they_do_natively() {
     let (code, out) = wait_run(Libc::Glibc, "block", &["--timeout", "1"], None);
     assert_eq!(code, Some(124), "{out}");
 }
+
+#[test]
+fn the_vdso_serves_the_clocks_without_a_vm_exit() {
+    for libc in support::libcs() {
+        require_kvm();
+        let prog = program("clock", libc);
+        let r = rypervisor(
+            &["exec", "--stats", "--", prog.to_str().unwrap(), "check"],
+            b"",
+        );
+        assert_eq!(r.status, 0, "{libc:?}: {}", r.stderr);
+        let out = &r.stdout;
+        assert!(out.starts_with("vdso=yes\n"), "{libc:?}: {out}");
+        assert_eq!(out.matches(": between").count(), 6, "{libc:?}: {out}");
+        for line in [
+            "gettimeofday: ok",
+            "time: ok",
+            "getres: 0 1",
+            "backwards: 0",
+            "cputime: 0",
+        ] {
+            assert!(out.contains(line), "{libc:?}: no {line:?} in\n{out}");
+        }
+        // A million and more readings through the C library; the system calls are only the
+        // program's own (the checks' syscall(2) pairs, the CPU-time clock).
+        let calls: u64 = r
+            .stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("clock_gettime"))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        assert!(
+            (13..=20).contains(&calls),
+            "{libc:?}: {calls} clock_gettime exits\n{}",
+            r.stderr
+        );
+    }
+}

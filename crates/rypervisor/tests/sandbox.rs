@@ -118,3 +118,43 @@ fn bad_programs_and_sizes_are_refused_before_any_vm_exists() {
     assert!(err(SandboxBuilder::new("h", bytes[..2000].to_vec())).contains("corrupt"));
     assert!(err(SandboxBuilder::new("h", b"#!/bin/sh\n".to_vec())).contains("script"));
 }
+
+#[test]
+fn without_the_tsc_the_vdso_falls_back_to_system_calls() {
+    use rypervisor::sandbox::linux::sysno;
+    for libc in support::libcs() {
+        for tsc in [true, false] {
+            let mut sandbox = builder("clock", libc)
+                .args(["clock", "check", "300"])
+                .tsc_clock(tsc)
+                .build()
+                .unwrap();
+            let mut host = BufferHost::default();
+            assert_eq!(sandbox.run(&mut host).unwrap(), Exit::Exited(0), "{libc:?}");
+            let out = String::from_utf8_lossy(&host.stdout);
+            assert_eq!(out.matches(": between").count(), 6, "{libc:?} {tsc}: {out}");
+            assert!(out.contains("backwards: 0\n"), "{libc:?} {tsc}: {out}");
+            assert!(
+                out.contains("gettimeofday: ok\ntime: ok\n"),
+                "{libc:?} {tsc}: {out}"
+            );
+            let counts = &sandbox.syscall_stats().counts;
+            let clock_calls = counts.get(&sysno::CLOCK_GETTIME).copied().unwrap_or(0);
+            if tsc {
+                assert!(
+                    clock_calls < 50,
+                    "{libc:?}: {clock_calls} exits for the clocks"
+                );
+            } else {
+                assert!(
+                    clock_calls > 300,
+                    "{libc:?}: {clock_calls}: each reading an exit"
+                );
+                // glibc calls __vdso_gettimeofday (musl builds it on clock_gettime).
+                if libc == Libc::Glibc {
+                    assert!(counts.contains_key(&sysno::GETTIMEOFDAY));
+                }
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ use super::linux::{Process, UID};
 use super::program::Program;
 use super::run::Sandbox;
 use super::usermem::UserMemory;
+use super::vdso::{self, clock::HostTime, clock::TimeKeeper};
 use super::{layout, Policy, SandboxError, DEFAULT_MEM, MAX_STACK};
 use crate::arch::rflags;
 use crate::hostfile::read_regular;
@@ -36,6 +37,7 @@ pub struct SandboxBuilder {
     policy: Policy,
     trace: Option<crate::sandbox::linux::trace::TraceSink>,
     kvm_device: PathBuf,
+    tsc_clock: bool,
 }
 
 impl SandboxBuilder {
@@ -55,6 +57,7 @@ impl SandboxBuilder {
             policy: Policy::default(),
             trace: None,
             kvm_device: PathBuf::from(DEFAULT_DEVICE),
+            tsc_clock: true,
         }
     }
 
@@ -110,6 +113,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// Whether the vDSO reads the clocks from the TSC where the TSC can be trusted (the
+    /// default); `false` sends every vDSO call to the VMM as a system call, as on a host
+    /// without an invariant TSC.
+    pub fn tsc_clock(mut self, on: bool) -> Self {
+        self.tsc_clock = on;
+        self
+    }
+
     /// The KVM device to open.
     pub fn kvm_device(mut self, path: &Path) -> Self {
         self.kvm_device = path.into();
@@ -139,6 +150,7 @@ impl SandboxBuilder {
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpu = create_vcpu(&vm, &cpuid, &mem)?;
         program.load(mem.ram())?;
+        let clock = start_clock(&vcpu, &cpuid, &mem, self.tsc_clock)?;
         let stack_bottom = self.mem - stack_size;
         let info = StartInfo {
             args: &self.args,
@@ -146,6 +158,7 @@ impl SandboxBuilder {
             hwcap: leaf(&cpuid, 1).map_or(0, |e| u64::from(e.edx)),
             random: random_bytes(),
             uid: UID as u64,
+            vdso: vdso::VDSO_BASE,
         };
         let rsp = start::build_stack(mem.ram(), &program, &info, stack_bottom, self.mem)?;
         let regs = kvm_regs {
@@ -166,7 +179,7 @@ impl SandboxBuilder {
         let process = Process::new(self.policy, program.end, self.mem, stack_size);
         Ok(Sandbox::new(
             self.name,
-            (kvm, vm, vcpu, mem),
+            (kvm, vm, vcpu, mem, clock),
             process,
             (watchdog, self.timeout),
             self.trace,
@@ -182,6 +195,29 @@ enum Source {
     Bytes(Vec<u8>),
     /// A file, read at build time.
     File(PathBuf),
+}
+
+/// The vDSO and its time page, written into the VMM's low pages: the TSC is trusted where
+/// KVM's CPUID says it is invariant and KVM tells its frequency; else the page sends every
+/// vDSO call to the VMM.
+fn start_clock(
+    vcpu: &Vcpu,
+    cpuid: &CpuId,
+    mem: &UserMemory,
+    tsc_clock: bool,
+) -> Result<TimeKeeper, SandboxError> {
+    let invariant = leaf(cpuid, 0x8000_0007).is_some_and(|e| e.edx & (1 << 8) != 0);
+    let invariant = invariant && tsc_clock;
+    let khz = vcpu.fd().get_tsc_khz().ok().filter(|&k| k > 0);
+    let tsc = match (invariant, khz) {
+        (true, Some(khz)) => Some((vcpu.get_msr(layout::msr::TSC)?, khz)),
+        _ => None,
+    };
+    let keeper = TimeKeeper::start(tsc, &HostTime::now());
+    mem.ram().write(vdso::VDSO_BASE, &vdso::image()?)?;
+    mem.ram()
+        .write(vdso::VVAR, vm_memory::ByteValued::as_slice(keeper.page()))?;
+    Ok(keeper)
 }
 
 /// A CPUID leaf (index 0) of what KVM supports.

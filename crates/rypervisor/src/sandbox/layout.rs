@@ -13,7 +13,9 @@
 //! | `0x9000`–`0xb068`   | TSS + I/O permission bitmap            | none             |
 //! | `0xc000`–`0xffff`   | exception stack (TSS.RSP0)             | none             |
 //! | `0x10000`           | syscall stub (`LSTAR`)                 | read + execute   |
-//! | `0x11000`–`2 MiB`   | unused                                 | none             |
+//! | `0x11000`           | the vDSO's time page ([`vdso::VVAR`])   | read             |
+//! | `0x12000`–`0x13fff` | the vDSO ([`vdso::VDSO_BASE`])          | read + execute   |
+//! | `0x14000`–`2 MiB`   | unused                                 | none             |
 //! | `2 MiB`–`--mem`     | the program: ELF, heap, mmap, stack    | read/write/exec  |
 //!
 //! The program's part is mapped with 2 MiB pages; memory protection inside it is the
@@ -46,6 +48,7 @@ use crate::arch::segments::{flat_segments, load_segments, selector, write_gdt};
 use crate::arch::tss::{write_tss, IoPorts};
 use crate::arch::{cr0, cr4, efer, rflags};
 use crate::memory::{GuestRam, MemoryError};
+use crate::sandbox::vdso;
 
 pub use crate::arch::msr;
 
@@ -135,10 +138,11 @@ pub fn write_tables(
         a if a >= USER_BASE && a < mem_size => Pde::Huge(pte::WRITABLE | pte::USER),
         _ => Pde::Absent,
     })?;
-    // Supervisor pages for the CPU tables and exception stack, one user read-only page for
-    // the syscall stub, nothing else.
+    // Supervisor pages for the CPU tables and exception stack, user read-only pages for the
+    // syscall stub, the time page and the vDSO, nothing else.
     write_page_table(ram, PT_LOW, 0, |page| match page {
-        SYSCALL_STUB => Some(pte::USER),
+        SYSCALL_STUB | vdso::VVAR => Some(pte::USER),
+        p if (vdso::VDSO_BASE..vdso::VDSO_BASE + vdso::VDSO_MAX).contains(&p) => Some(pte::USER),
         p if (GDT..EXCEPTION_STACK_TOP).contains(&p) => Some(pte::WRITABLE),
         _ => None,
     })?;
@@ -217,7 +221,14 @@ mod tests {
             assert!(!user, "{sys:#x} must be supervisor only");
         }
         assert_eq!(walk(&ram, SYSCALL_STUB), Some((SYSCALL_STUB, true, false)));
-        assert_eq!(walk(&ram, SYSCALL_STUB + 0x1000), None);
+        for page in [vdso::VVAR, vdso::VDSO_BASE, vdso::VDSO_BASE + 0x1000] {
+            assert_eq!(
+                walk(&ram, page),
+                Some((page, true, false)),
+                "{page:#x}: read-only"
+            );
+        }
+        assert_eq!(walk(&ram, vdso::VDSO_BASE + vdso::VDSO_MAX), None);
         assert_eq!(walk(&ram, USER_BASE), Some((USER_BASE, true, true)));
         assert_eq!(walk(&ram, (8 << 20) - 1), Some(((8 << 20) - 1, true, true)));
         assert_eq!(walk(&ram, 8 << 20), None, "nothing past the end of memory");

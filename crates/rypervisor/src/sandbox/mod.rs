@@ -36,6 +36,7 @@ pub mod policy;
 pub mod program;
 pub mod run;
 pub mod usermem;
+pub mod vdso;
 pub mod warm;
 
 pub use builder::SandboxBuilder;
@@ -87,6 +88,9 @@ pub enum SandboxError {
     /// The watchdog could not start.
     #[error(transparent)]
     Watchdog(#[from] WatchdogError),
+    /// The vDSO image could not be built.
+    #[error(transparent)]
+    Vdso(#[from] vdso::VdsoError),
     /// A snapshot was asked for while the program holds host files open.
     #[error("cannot snapshot: the program holds {0} host file(s) open")]
     FilesOpen(usize),

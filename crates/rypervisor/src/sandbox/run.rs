@@ -15,6 +15,7 @@ use super::layout;
 use super::linux::trace::{self, TraceSink};
 use super::linux::{Context, Next, Process, SyscallArgs, SyscallStats};
 use super::usermem::UserMemory;
+use super::vdso::{self, clock::host_monotonic_ns, clock::HostTime, clock::TimeKeeper};
 use super::warm::WarmSandbox;
 use super::{Policy, SandboxError};
 use crate::arch::ExceptionFrame;
@@ -76,6 +77,8 @@ pub struct Sandbox {
     /// Whether the vCPU's segment/control registers may differ from the snapshot's.
     pub(super) sregs_touched: bool,
     build_time: Duration,
+    /// The vDSO's time page.
+    clock: TimeKeeper,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -109,7 +112,7 @@ const SYSRET_RFLAGS: u64 = 0x3c_7fd7;
 impl Sandbox {
     pub(super) fn new(
         name: String,
-        (kvm, vm, vcpu, mem): (KvmSystem, Vm, Vcpu, UserMemory),
+        (kvm, vm, vcpu, mem, clock): (KvmSystem, Vm, Vcpu, UserMemory, TimeKeeper),
         process: Process,
         (watchdog, timeout): (Option<Arc<Watchdog>>, Option<Duration>),
         trace: Option<TraceSink>,
@@ -133,6 +136,7 @@ impl Sandbox {
             baseline: None,
             sregs_touched: false,
             build_time,
+            clock,
         }
     }
 
@@ -295,6 +299,7 @@ impl Sandbox {
     /// Serves the system call in the registers and completes it: `None` to continue the
     /// program, or how it ended.
     fn serve(&mut self, host: &mut dyn Host) -> Result<Option<Exit>, SandboxError> {
+        self.keep_time()?;
         let (regs, sregs) = self.vcpu.exit_state()?;
         let call = syscall_args(&regs);
         self.stats.syscalls += 1;
@@ -302,10 +307,13 @@ impl Sandbox {
             .watchdog
             .as_ref()
             .map(|w| w.remaining().unwrap_or_default());
+        let (vcpu, clock) = (&self.vcpu, &self.clock);
+        let vdso_clock = move |c: i32| clock.read(c, || vcpu.get_msr(layout::msr::TSC).ok());
         let mut cx = Context {
             mem: &mut self.mem,
             host,
             remaining,
+            vdso_clock: Some(&vdso_clock),
         };
         let next = self.process.dispatch(&call, &mut cx);
         if let Some(sink) = self.trace.as_mut() {
@@ -321,6 +329,23 @@ impl Sandbox {
             }
             Next::End(exit) => Ok(Some(exit)),
         }
+    }
+
+    /// Re-bases the vDSO's time page when a refresh is due (the vCPU is stopped, so the
+    /// program never sees a half-written page).
+    fn keep_time(&mut self) -> Result<(), SandboxError> {
+        if self.clock.due(host_monotonic_ns()) {
+            let tsc = self.vcpu.get_msr(layout::msr::TSC)?;
+            self.clock.refresh(tsc, &HostTime::now());
+            self.write_time_page()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the keeper's page (also after a restore put back an older one).
+    pub(super) fn write_time_page(&mut self) -> Result<(), SandboxError> {
+        let page = vm_memory::ByteValued::as_slice(self.clock.page());
+        Ok(self.mem.ram().write(vdso::VVAR, page)?)
     }
 
     /// Puts a system call's result in RAX and returns to the program (see [`layout`]).

@@ -87,6 +87,7 @@ pub(crate) fn kvm_ioctls() -> Vec<u64> {
         iorw(W, 0x82, std::mem::size_of::<kvm_regs>()),      // KVM_SET_REGS
         iorw(R, 0x83, std::mem::size_of::<kvm_sregs>()),     // KVM_GET_SREGS
         iorw(W, 0x84, std::mem::size_of::<kvm_sregs>()),     // KVM_SET_SREGS
+        iorw(R | W, 0x88, std::mem::size_of::<kvm_msrs>()),  // KVM_GET_MSRS (the TSC)
         iorw(W, 0x89, std::mem::size_of::<kvm_msrs>()),      // KVM_SET_MSRS
         iorw(W, 0x42, std::mem::size_of::<kvm_dirty_log>()), // KVM_GET_DIRTY_LOG
         iorw(R, 0xa4, std::mem::size_of::<kvm_xsave>()),     // KVM_GET_XSAVE

@@ -192,6 +192,20 @@ impl Vcpu {
         Ok(())
     }
 
+    /// `KVM_GET_MSRS` for one MSR.
+    pub fn get_msr(&self, index: u32) -> Result<u64, VcpuError> {
+        let entry = kvm_bindings::kvm_msr_entry {
+            index,
+            ..Default::default()
+        };
+        let mut msrs = kvm_bindings::Msrs::from_entries(&[entry])
+            .map_err(|_| ioctl("KVM_GET_MSRS")(kvm_ioctls::Error::new(libc::E2BIG)))?;
+        match self.fd.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))? {
+            1 => Ok(msrs.as_slice()[0].data),
+            _ => Err(ioctl("KVM_GET_MSRS")(kvm_ioctls::Error::new(libc::EINVAL)).into()),
+        }
+    }
+
     /// `KVM_SET_MSRS` for `(index, value)` pairs.
     pub fn set_msrs(&self, entries: &[(u32, u64)]) -> Result<(), VcpuError> {
         Ok(set_msrs(&self.fd, entries).map_err(ioctl("KVM_SET_MSRS"))?)

@@ -106,6 +106,9 @@ pub struct Context<'a> {
     pub host: &'a mut dyn Host,
     /// Time the program has left (caps sleeps); `None` without a time limit.
     pub remaining: Option<Duration>,
+    /// The vDSO's clocks as the program would read them now (`None` for a clock the time
+    /// page does not carry), so a system call and the vDSO never disagree.
+    pub vdso_clock: Option<&'a dyn Fn(i32) -> Option<(i64, i64)>>,
 }
 
 /// The process the sandbox runs: everything a kernel would keep about it.

@@ -44,6 +44,8 @@ pub mod at {
     pub const HWCAP2: u64 = libc::AT_HWCAP2;
     /// File name of the program.
     pub const EXECFN: u64 = libc::AT_EXECFN;
+    /// The vDSO's ELF header.
+    pub const SYSINFO_EHDR: u64 = libc::AT_SYSINFO_EHDR;
 }
 
 /// What the process start needs besides the program.
@@ -59,6 +61,8 @@ pub struct StartInfo<'a> {
     pub random: [u8; 16],
     /// The identity the program sees (AT_UID etc.).
     pub uid: u64,
+    /// AT_SYSINFO_EHDR: where the vDSO is (0: none).
+    pub vdso: u64,
 }
 
 /// The strings at the top of the stack: argv and envp, the platform name, AT_RANDOM's
@@ -96,7 +100,7 @@ impl Strings {
 /// The auxiliary vector, with the strings placed at `strings`.
 fn auxv(program: &Program, info: &StartInfo<'_>, s: &Strings, strings: u64) -> Vec<(u64, u64)> {
     let execfn = s.offsets.first().map_or(0, |o| strings + *o as u64);
-    vec![
+    let mut auxv = vec![
         (at::PHDR, program.phdr),
         (
             at::PHENT,
@@ -118,8 +122,12 @@ fn auxv(program: &Program, info: &StartInfo<'_>, s: &Strings, strings: u64) -> V
         (at::PLATFORM, strings + s.platform as u64),
         (at::RANDOM, strings + s.random as u64),
         (at::EXECFN, execfn),
-        (at::NULL, 0),
-    ]
+    ];
+    if info.vdso != 0 {
+        auxv.push((at::SYSINFO_EHDR, info.vdso));
+    }
+    auxv.push((at::NULL, 0));
+    auxv
 }
 
 /// Builds the initial stack below `top` (in `[bottom, top)`) and returns RSP, which points
@@ -132,8 +140,9 @@ pub fn build_stack(
     top: u64,
 ) -> Result<u64, ProgramError> {
     let s = Strings::new(info);
-    const AUXV_ENTRIES: usize = 19;
-    let words = 1 + info.args.len() + 1 + info.env.len() + 1 + AUXV_ENTRIES * 2;
+    // The auxv's length does not depend on where the strings go.
+    let aux_len = auxv(program, info, &s, 0).len();
+    let words = 1 + info.args.len() + 1 + info.env.len() + 1 + aux_len * 2;
     let needed = s.blob.len() as u64 + 16 + words as u64 * 8 + 16;
     if needed > (top - bottom) / 2 {
         return Err(ProgramError::ArgsTooLong(needed as usize, top - bottom));
@@ -150,7 +159,6 @@ pub fn build_stack(
     table.extend(addresses);
     table.push(0);
     let aux = auxv(program, info, &s, strings);
-    debug_assert_eq!(aux.len(), AUXV_ENTRIES);
     table.extend(aux.iter().flat_map(|&(key, value)| [key, value]));
     let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_le_bytes()).collect();
     ram.write(rsp, &bytes)?;
@@ -178,6 +186,7 @@ mod tests {
             hwcap: 0x1234,
             random: [7; 16],
             uid: 1000,
+            vdso: 0x12000,
         };
         let rsp = build_stack(&ram, &p, &info, 7 << 20, 8 << 20).unwrap();
         assert_eq!(rsp % 16, 0);
@@ -202,6 +211,7 @@ mod tests {
         assert_eq!(aux[&at::ENTRY], 0x40_1000);
         assert_eq!(aux[&at::PAGESZ], 4096);
         assert_eq!(aux[&at::HWCAP], 0x1234);
+        assert_eq!(aux[&at::SYSINFO_EHDR], 0x12000);
         assert_eq!(string(aux[&at::EXECFN]), "prog");
         assert_eq!(string(aux[&at::PLATFORM]), "x86_64");
         let mut random = [0u8; 16];

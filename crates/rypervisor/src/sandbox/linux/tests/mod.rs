@@ -34,6 +34,7 @@ impl Rig {
             mem: &mut self.mem,
             host: &mut self.host,
             remaining: None,
+            vdso_clock: None,
         };
         self.process.dispatch(&SyscallArgs { nr, args: a }, &mut cx)
     }

@@ -110,6 +110,7 @@ fn a_wait_without_end_stops_at_the_time_limit() {
             mem: &mut r.mem,
             host,
             remaining: Some(Duration::from_secs(2)),
+            vdso_clock: None,
         };
         let call = SyscallArgs {
             nr: nr::POLL,
