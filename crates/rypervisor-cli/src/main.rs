@@ -86,12 +86,14 @@ enum Command {
         stack starts below the top 48 KiB of RAM."
     )]
     Run(RunArgs),
-    /// Run a static x86-64 Linux program in a sandbox micro-VM: every system call goes
-    /// through a policy.
+    /// Run an x86-64 Linux program (static, or dynamic with --allow-read /usr) in a sandbox
+    /// micro-VM: every system call goes through a policy.
     #[command(
-        long_about = "Run a static x86-64 Linux program (built with `gcc -static` or \
-        `musl-gcc -static`) in its own KVM micro-VM, with no guest kernel. The program runs at \
-        CPL3; each system call it makes exits to rypervisor, which serves it under a policy:\n\n\
+        long_about = "Run an x86-64 Linux program in its own KVM micro-VM, with no guest \
+        kernel: a static one (`gcc -static`, `musl-gcc -static`), or a dynamically linked one \
+        whose interpreter and libraries lie under --allow-read (Debian's: --allow-read /usr). \
+        The program runs at CPL3; each system call it makes exits to rypervisor, which serves \
+        it under a policy (a vDSO serves the clocks without an exit):\n\n\
         - served: read/write on stdin/stdout/stderr, exit, brk, anonymous mmap/munmap/mremap, \
         mprotect (recorded), arch_prctl, clocks, nanosleep, getrandom, uname (a fixed identity: pid 1, \
         uid 1000, host 'rypervisor'; umask, getgroups, process group and session ids, times, \
@@ -99,14 +101,20 @@ enum Command {
         open/read/stat/lseek of files and directories under --allow-read (getdents64, \
         chdir/fchdir/getcwd with a working directory that relative paths start from; \
         metadata as the host has it, owned by uid 1000; readlink), built-in /dev/null, \
-        /dev/zero and /dev/urandom, poll/select (stdin waited for on the host), and descriptors with Linux's rules \
-        (dup/dup2/dup3/fcntl F_DUPFD, lowest free fd, close);\n\
-        - everything else (files, sockets, processes...) fails with ENOSYS, or with --strict ends \
-        the program with status 159 (like SIGSYS).\n\n\
+        /dev/zero and /dev/urandom, poll/select (stdin waited for on the host), pipes inside \
+        the process, and descriptors with Linux's rules (dup/dup2/dup3/fcntl F_DUPFD, lowest \
+        free fd, close);\n\
+        - refused as Linux refuses an unprivileged process: writes (EROFS), paths outside \
+        --allow-read (EACCES; /proc, /sys and the rest of /dev do not exist: ENOENT), sockets \
+        (EACCES), ids other than its own (EPERM);\n\
+        - everything else (processes, signals delivered, ptrace...) fails with ENOSYS, or with \
+        --strict ends the program with status 159 (like SIGSYS).\n\n\
         --mem is the whole guest: an allocation beyond it fails inside the program (ENOMEM). \
         A fault ends the program like a signal: 139 (SIGSEGV), 132 (SIGILL), 136 (SIGFPE), with a \
         one-line report. Once the VM is built, rypervisor confines itself with a seccomp filter.",
-        after_help = "Example: rypervisor exec --mem 32M --timeout 5 -- ./hello world"
+        after_help = "Examples:\n  rypervisor exec --mem 32M --timeout 5 -- ./hello world\n  \
+        rypervisor exec --allow-read /usr --allow-read . -- /usr/bin/ls -l\n  \
+        rypervisor exec --mem 512M --allow-read /usr -- /usr/bin/python3 -c 'print(6*7)'"
     )]
     Exec(ExecArgs),
     /// Boot a Linux kernel (bzImage or vmlinux) with an initrd, a serial console and N vCPUs.

@@ -12,7 +12,7 @@ use kvm_ioctls::Cap;
 use super::host::fill_random;
 use super::linux::start::{self, StartInfo};
 use super::linux::{Process, UID};
-use super::program::Program;
+use super::program::{Program, ProgramError};
 use super::run::Sandbox;
 use super::usermem::UserMemory;
 use super::vdso::{self, clock::HostTime, clock::TimeKeeper};
@@ -128,17 +128,23 @@ impl SandboxBuilder {
     }
 
     /// Checks the program, creates the VM, loads the program and prepares the process start.
-    pub fn build(self) -> Result<Sandbox, SandboxError> {
+    pub fn build(mut self) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         // Cheap checks first: a bad program or size fails before any KVM work.
-        let bytes = match self.program {
+        let bytes = match std::mem::replace(&mut self.program, Source::Bytes(Vec::new())) {
             Source::Bytes(bytes) => bytes,
             Source::File(path) => read_regular("program", &path, self.mem, "guest memory (--mem)")?,
         };
         let program = Program::parse(&self.name, bytes)?;
         layout::check_mem(self.mem)?;
         let stack_size = (self.mem / 8).min(MAX_STACK) & !(PAGE_SIZE - 1);
-        program.check_fits(&self.name, self.mem - stack_size, self.mem)?;
+        let stack_bottom = self.mem - stack_size;
+        let interp = self.interpreter(&program, stack_bottom)?;
+        let limit = interp.as_ref().map_or(stack_bottom, |i| i.start);
+        program.check_fits(&self.name, limit, self.mem)?;
+        if let Some(i) = &interp {
+            i.check_fits(&self.name, stack_bottom, self.mem)?;
+        }
 
         let kvm = KvmSystem::open(&self.kvm_device)?;
         let vm = Vm::create(&kvm)?;
@@ -150,8 +156,10 @@ impl SandboxBuilder {
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpu = create_vcpu(&vm, &cpuid, &mem)?;
         program.load(mem.ram())?;
+        if let Some(i) = &interp {
+            i.load(mem.ram())?;
+        }
         let clock = start_clock(&vcpu, &cpuid, &mem, self.tsc_clock)?;
-        let stack_bottom = self.mem - stack_size;
         let info = StartInfo {
             args: &self.args,
             env: &self.env,
@@ -159,10 +167,11 @@ impl SandboxBuilder {
             random: random_bytes(),
             uid: UID as u64,
             vdso: vdso::VDSO_BASE,
+            interp_base: interp.as_ref().map_or(0, |i| i.start),
         };
         let rsp = start::build_stack(mem.ram(), &program, &info, stack_bottom, self.mem)?;
         let regs = kvm_regs {
-            rip: program.entry,
+            rip: interp.as_ref().map_or(program.entry, |i| i.entry),
             rsp,
             rflags: rflags::FIXED | rflags::IF,
             ..Default::default()
@@ -176,7 +185,10 @@ impl SandboxBuilder {
             Some(_) => Some(Arc::new(Watchdog::new()?)),
             None => None,
         };
-        let process = Process::new(self.policy, program.end, self.mem, stack_size);
+        let mut process = Process::new(self.policy, program.end, self.mem, stack_size);
+        if let Some(i) = &interp {
+            process.reserve(i.start, i.end);
+        }
         Ok(Sandbox::new(
             self.name,
             (kvm, vm, vcpu, mem, clock),
@@ -195,6 +207,32 @@ enum Source {
     Bytes(Vec<u8>),
     /// A file, read at build time.
     File(PathBuf),
+}
+
+impl SandboxBuilder {
+    /// A dynamically linked program's interpreter, read from the host where the policy
+    /// allows it, placed at the top of the mapping area (below the stack).
+    fn interpreter(&self, program: &Program, top: u64) -> Result<Option<Program>, SandboxError> {
+        let Some(path) = &program.interp else {
+            return Ok(None);
+        };
+        let Some(host) = self.policy.check_read(path.as_bytes()) else {
+            let shown = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+            let dir = shown
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .display()
+                .to_string();
+            return Err(ProgramError::InterpreterNotAllowed {
+                name: self.name.clone(),
+                interp: path.clone(),
+                dir,
+            }
+            .into());
+        };
+        let bytes = read_regular("interpreter", &host, self.mem, "guest memory (--mem)")?;
+        Ok(Some(Program::interpreter(&self.name, path, bytes, top)?))
+    }
 }
 
 /// The vDSO and its time page, written into the VMM's low pages: the TSC is trusted where

@@ -130,24 +130,49 @@ impl Policy {
         self.allowed(parent.join(name))
     }
 
-    /// Whether a path that [`Policy::check_read`] refused simply does not exist in a directory
-    /// the program may read (so `ENOENT` is the truth and tells nothing about the rest of the
-    /// host), rather than lying outside the roots (`EACCES`).
+    /// Whether a path that [`Policy::check_read`] refused simply does not exist below a
+    /// directory the program may read (so `ENOENT` is the truth and tells nothing about the
+    /// rest of the host), rather than lying outside the roots (`EACCES`). The deepest part of
+    /// the path that exists is resolved on the host and must lie under a root, so a link
+    /// out of a root cannot be used to probe what exists beyond it.
     pub fn missing(&self, guest_path: &[u8]) -> bool {
         let Some(normal) = self.normalise(guest_path) else {
             return false;
         };
-        let Some(parent) = normal.parent().and_then(|p| std::fs::canonicalize(p).ok()) else {
-            return false;
-        };
-        let Some(name) = normal.file_name() else {
-            return false;
-        };
-        let gone = match std::fs::symlink_metadata(parent.join(name)) {
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-            Ok(_) => false,
-        };
-        gone && parent.is_dir() && self.allowed(parent).is_some()
+        let mut at = normal.as_path();
+        loop {
+            match std::fs::symlink_metadata(at) {
+                Ok(_) if at == normal => return false, // it exists
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return false,
+            }
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => return false,
+            }
+        }
+        match std::fs::canonicalize(at) {
+            Ok(found) => found.is_dir() && self.allowed(found).is_some(),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the path names something in the host's pseudo file systems (`/proc`, `/sys`,
+    /// `/dev`), which the sandbox does not have at all.
+    pub fn in_pseudo(&self, guest_path: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(guest_path);
+        let mut normal = PathBuf::from("/");
+        for part in Path::new(&*text).components() {
+            match part {
+                Component::ParentDir => {
+                    normal.pop();
+                }
+                Component::Normal(p) => normal.push(p),
+                _ => {}
+            }
+        }
+        pseudo_root(&normal).is_some()
     }
 
     /// Whether the path is an allowed root or a directory on the way to one (`/`, `/usr` for

@@ -1,14 +1,16 @@
-//! The program: checking a static x86-64 ELF and loading it.
-//!
-//! Only static programs run: a dynamic one would need `ld.so` and shared libraries from the
-//! host's file system, which the sandbox does not expose. The process start itself (the
+//! The program: checking an x86-64 ELF and loading it — a static program or static PIE
+//! alone; a dynamically linked one together with its interpreter (`PT_INTERP`, `ld.so`),
+//! loaded as the kernel does: the program at its base, the interpreter at the top of the
+//! mapping area, and the interpreter started with `AT_BASE` and `AT_ENTRY` telling it where
+//! both are. The interpreter then opens and maps the shared libraries itself, through the
+//! system calls the policy serves (`openat`, `mmap` of allowed files). The process start (the
 //! stack with argv, envp and auxv) is the Linux ABI's, in `linux/start.rs`.
 
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;
 
-use super::layout::USER_BASE;
+use super::layout::{self, USER_BASE};
 use crate::memory::{human_size, GuestRam, MemoryError};
 
 /// Where a static-PIE program is loaded (the usual non-PIE base).
@@ -42,9 +44,19 @@ pub enum ProgramError {
         /// e_type.
         kind: u16,
     },
-    /// The program asks for a dynamic loader.
-    #[error("{name} is dynamically linked (interpreter {interp}): rebuild it static, e.g. `gcc -static` or `musl-gcc -static`")]
-    Dynamic {
+    /// The program's interpreter lies outside the files the policy lets it read.
+    #[error("{name} is dynamically linked: its interpreter {interp} is not under an --allow-read root; add --allow-read {dir} (its shared libraries must be readable too: --allow-read /usr covers Debian's), or rebuild it static (`gcc -static`)")]
+    InterpreterNotAllowed {
+        /// The file.
+        name: String,
+        /// The PT_INTERP path.
+        interp: String,
+        /// The directory that holds it (resolved).
+        dir: String,
+    },
+    /// The interpreter is itself dynamic, or not a shared object.
+    #[error("{name}: its interpreter {interp} is not a shared object the sandbox can start (it has an interpreter of its own or is not position independent)")]
+    BadInterpreter {
         /// The file.
         name: String,
         /// The PT_INTERP path.
@@ -114,8 +126,10 @@ pub struct Program {
     pub start: u64,
     /// One past the highest loaded address.
     pub end: u64,
-    /// Whether the program is position independent (static PIE).
+    /// Whether the program is position independent (PIE).
     pub pie: bool,
+    /// The interpreter it asks for (`PT_INTERP`), if it is dynamically linked.
+    pub interp: Option<String>,
 }
 
 fn corrupt(name: &str, why: impl Into<String>) -> ProgramError {
@@ -223,29 +237,52 @@ fn phdr_address(
 }
 
 impl Program {
-    /// Checks `bytes` (named `name` in errors) as a static x86-64 program.
+    /// Checks `bytes` (named `name` in errors) as an x86-64 program; a PIE is placed at
+    /// [`PIE_BASE`].
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self, ProgramError> {
+        Self::parse_at(name, bytes, PIE_BASE)
+    }
+
+    /// Checks `bytes` as the interpreter `interp` of program `name`, placed so that it ends
+    /// at or below `top` (2 MiB aligned, as a large page of the sandbox's memory).
+    pub fn interpreter(
+        name: &str,
+        interp: &str,
+        bytes: Vec<u8>,
+        top: u64,
+    ) -> Result<Self, ProgramError> {
+        let bad = || ProgramError::BadInterpreter {
+            name: name.into(),
+            interp: interp.into(),
+        };
+        let probe = Self::parse_at(interp, bytes, 0)?;
+        if probe.interp.is_some() || !probe.pie {
+            return Err(bad());
+        }
+        let span = (probe.end - probe.start).next_multiple_of(layout::MEM_ALIGN);
+        let base = top.checked_sub(span).ok_or_else(bad)? & !(layout::MEM_ALIGN - 1);
+        Self::parse_at(interp, probe.bytes, base)
+    }
+
+    fn parse_at(name: &str, bytes: Vec<u8>, pie_base: u64) -> Result<Self, ProgramError> {
         let header = elf_header(name, &bytes)?;
         let endian = Endianness::Little;
         let kind = header.e_type(endian);
         let headers = header
             .program_headers(endian, &*bytes)
             .map_err(|e| corrupt(name, e.to_string()))?;
-        if let Some(interp) = headers.iter().find(|p| p.p_type(endian) == elf::PT_INTERP) {
-            let path = interp
-                .data(endian, &*bytes)
-                .ok()
-                .map(|d| {
-                    String::from_utf8_lossy(d)
-                        .trim_end_matches('\0')
-                        .to_string()
-                })
-                .unwrap_or_else(|| "?".into());
-            return Err(ProgramError::Dynamic {
-                name: name.into(),
-                interp: path,
-            });
-        }
+        let interp = match headers.iter().find(|p| p.p_type(endian) == elf::PT_INTERP) {
+            Some(p) => {
+                let data = (p.data(endian, &*bytes)).map_err(|_| corrupt(name, "bad PT_INTERP"))?;
+                let path = std::str::from_utf8(data)
+                    .ok()
+                    .map(|t| t.trim_end_matches('\0'))
+                    .filter(|t| !t.is_empty() && !t.contains('\0'))
+                    .ok_or_else(|| corrupt(name, "PT_INTERP is not a path"))?;
+                Some(path.to_string())
+            }
+            None => None,
+        };
         let pie = kind == elf::ET_DYN;
         let loads: Vec<&elf::ProgramHeader64<Endianness>> = headers
             .iter()
@@ -257,7 +294,7 @@ impl Program {
             .min()
             .ok_or_else(|| corrupt(name, "no loadable segments"))?;
         let bias = if pie {
-            PIE_BASE.saturating_sub(first & !0xfff)
+            pie_base.saturating_sub(first & !0xfff)
         } else {
             0
         };
@@ -280,6 +317,7 @@ impl Program {
             start,
             end,
             pie,
+            interp,
             bytes,
         })
     }
@@ -386,7 +424,9 @@ pub(crate) mod tests {
         assert!(err(b"#!/bin/sh\n".to_vec()).contains("script"));
         assert!(err(b"hello".to_vec()).contains("not an ELF"));
         let dynamic = tiny_elf(elf::ET_EXEC, 0x40_1000, &[0xf4], Some(b"/lib64/ld.so\0"));
-        assert!(err(dynamic).contains("dynamically linked (interpreter /lib64/ld.so)"));
+        let dynamic = Program::parse("t", dynamic).unwrap();
+        assert_eq!(dynamic.interp.as_deref(), Some("/lib64/ld.so"));
+        assert!(err(tiny_elf(elf::ET_EXEC, 0x40_1000, &[0xf4], Some(b"\0"))).contains("PT_INTERP"));
         let mut i386 = tiny_elf(elf::ET_EXEC, 0x40_1000, &[0xf4], None);
         i386[4] = elf::ELFCLASS32;
         assert!(err(i386).contains("32-bit"));
@@ -398,6 +438,20 @@ pub(crate) mod tests {
         assert!(err(obj).contains("not an executable"));
         let whole = tiny_elf(elf::ET_EXEC, 0x40_1000, &[0x90; 64], None);
         assert!(err(whole[..whole.len() - 10].to_vec()).contains("corrupt"));
+    }
+
+    #[test]
+    fn an_interpreter_is_placed_below_the_top_and_must_be_a_plain_shared_object() {
+        let ld = tiny_elf(elf::ET_DYN, 0, &[0xf4; 0x3000], None);
+        let top = 60 << 20;
+        let i = Program::interpreter("p", "/ld.so", ld, top).unwrap();
+        assert_eq!(i.start, top - (2 << 20));
+        assert!(i.end <= top && i.entry == i.start);
+        let exec = tiny_elf(elf::ET_EXEC, 0x40_1000, &[0xf4], None);
+        let e = Program::interpreter("p", "/ld.so", exec, top).unwrap_err();
+        assert!(e.to_string().contains("not a shared object"), "{e}");
+        let chained = tiny_elf(elf::ET_DYN, 0, &[0xf4], Some(b"/other\0"));
+        assert!(Program::interpreter("p", "/ld.so", chained, top).is_err());
     }
 
     #[test]

@@ -52,9 +52,11 @@ impl Process {
         self.policy.check_read(abs).ok_or_else(|| self.refusal(abs))
     }
 
-    /// The errno for a path the policy refused.
+    /// The errno for a path the policy refused: `ENOENT` for what is missing from a readable
+    /// directory and for the host's `/proc`, `/sys` and `/dev` (the sandbox has none: its
+    /// devices are built in), `EACCES` for the rest.
     pub(super) fn refusal(&self, abs: &[u8]) -> Errno {
-        if self.policy.missing(abs) {
+        if self.policy.in_pseudo(abs) || self.policy.missing(abs) {
             Errno::ENOENT
         } else {
             Errno::EACCES

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::pipe::{PipeBuffer, PipeEnd};
 use super::Errno;
 
 /// Highest descriptor number + 1 (Linux's default `RLIMIT_NOFILE`): bash keeps a script on
@@ -28,6 +29,8 @@ pub enum OpenFile {
     Device(Device),
     /// A directory under `--allow-read`, for `getdents64`, `fchdir` and `openat(fd, ...)`.
     Dir(Arc<Directory>),
+    /// One end of a pipe inside the process.
+    Pipe(PipeEnd),
 }
 
 /// An open directory: the host's descriptor (its listing position is the kernel's) and its
@@ -47,6 +50,7 @@ impl OpenFile {
         match self {
             OpenFile::Host(f) => Some(Arc::as_ptr(f).cast()),
             OpenFile::Dir(d) => Some(Arc::as_ptr(d).cast()),
+            OpenFile::Pipe(p) => Some(Arc::as_ptr(&p.buffer).cast()),
             OpenFile::Std(_) | OpenFile::Device(_) => None,
         }
     }
@@ -166,6 +170,19 @@ impl FdTable {
         self.install_host(OpenFile::Dir(Arc::new(dir)), cloexec)
     }
 
+    /// Installs a pipe end (or any open file) at the lowest free descriptor.
+    pub fn install_open(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
+        self.install_host(file, cloexec)
+    }
+
+    /// Whether a pipe end on `buffer` is open for writing (`write`) or reading.
+    pub fn pipe_has(&self, buffer: &PipeBuffer, write: bool) -> bool {
+        self.entries.values().any(|e| match &e.file {
+            OpenFile::Pipe(p) => p.write == write && Arc::ptr_eq(&p.buffer, buffer),
+            _ => false,
+        })
+    }
+
     fn install_host(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
         if self.host_files() >= MAX_HOST_FILES {
             return Err(Errno::EMFILE);
@@ -231,13 +248,27 @@ impl FdTable {
                 entry.cloexec = arg as i32 & libc::FD_CLOEXEC != 0;
                 Ok(0)
             }
-            libc::F_GETFL => Ok(i64::from(match entry.file {
+            libc::F_GETFL => Ok(i64::from(match &entry.file {
+                OpenFile::Pipe(p) => {
+                    let mode = if p.write {
+                        libc::O_WRONLY
+                    } else {
+                        libc::O_RDONLY
+                    };
+                    mode | if p.nonblock { libc::O_NONBLOCK } else { 0 }
+                }
                 OpenFile::Std(1) | OpenFile::Std(2) => libc::O_WRONLY,
                 OpenFile::Device(_) => libc::O_RDWR,
                 OpenFile::Dir(_) => libc::O_RDONLY | libc::O_DIRECTORY,
                 _ => libc::O_RDONLY,
             })),
-            libc::F_SETFL => Ok(0), // O_NONBLOCK, O_APPEND...: nothing here blocks or appends
+            libc::F_SETFL => {
+                // Only a pipe can block; nothing here appends.
+                if let OpenFile::Pipe(p) = &mut entry.file {
+                    p.nonblock = arg as i32 & libc::O_NONBLOCK != 0;
+                }
+                Ok(0)
+            }
             _ => Err(Errno::EINVAL),
         }
     }

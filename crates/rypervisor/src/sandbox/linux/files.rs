@@ -27,7 +27,7 @@ impl Process {
             OpenFile::Host(f) => Ok(f),
             OpenFile::Dir(d) if dirs => Ok(&d.file),
             OpenFile::Dir(_) => Err(Errno::EISDIR),
-            OpenFile::Std(_) | OpenFile::Device(_) => Err(Errno::ESPIPE),
+            OpenFile::Std(_) | OpenFile::Device(_) | OpenFile::Pipe(_) => Err(Errno::ESPIPE),
         }
     }
 
@@ -62,6 +62,12 @@ impl Process {
             Ok(p) => Ok(p as i64),
             Err(e) => Err(Errno(e.raw_os_error().unwrap_or(libc::EINVAL)).into()),
         }
+    }
+
+    /// `getpeername`/`getsockname`: nothing the program holds is a socket.
+    pub(super) fn not_a_socket(&self, fd: i32) -> SysResult {
+        self.files.get(fd)?;
+        Err(Errno::ENOTSOCK.into())
     }
 
     /// Terminal queries on a standard stream that is a terminal are the host's answers;
@@ -124,6 +130,7 @@ impl Process {
             OpenFile::Std(_) => Err(Errno::EBADF.into()),
             OpenFile::Host(f) => (&**f).read(data).map_err(|e| Errno::from_io(&e).into()),
             OpenFile::Dir(_) => Err(Errno::EISDIR.into()),
+            OpenFile::Pipe(end) => self.pipe_read(&end.clone(), data, cx),
             OpenFile::Device(Device::Null) => Ok(0),
             OpenFile::Device(Device::Zero) => {
                 data.fill(0);
@@ -153,6 +160,7 @@ impl Process {
         let stream = match self.files.get(fd)? {
             OpenFile::Std(n @ (1 | 2)) => *n,
             OpenFile::Device(_) => return Ok(data.len() as i64), // taken, and gone
+            OpenFile::Pipe(end) => return self.pipe_write(&end.clone(), data, cx),
             _ => return Err(Errno::EBADF.into()),
         };
         match cx.host.write_out(stream, data) {

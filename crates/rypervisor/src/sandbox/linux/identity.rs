@@ -1,5 +1,6 @@
-//! Who the program is: its fixed identity (`uname`; the ids are answered
-//! in the dispatch table), its limits (`prlimit`), its TLS (`arch_prctl`), and randomness
+//! Who the program is: its fixed identity (`uname`; the ids are answered in the dispatch
+//! table, and the `set*id` calls succeed only for the identity it already has, as for an
+//! unprivileged process), its limits (`prlimit`), its TLS (`arch_prctl`), and randomness
 //! (`getrandom`).
 
 use super::abi::{uts_field, Rlimit, Utsname};
@@ -34,6 +35,29 @@ pub(super) fn uname(buf: u64, cx: &mut Context<'_>) -> SysResult {
         domainname: uts_field(UNAME[5]),
     };
     cx.mem.write_obj(buf, &Utsname(u))?;
+    Ok(0)
+}
+
+/// `setuid`, `setgid`, `setreuid`, `setregid`, `setresuid`, `setresgid`: each id is -1
+/// (unchanged) or the one the program has; anything else is `EPERM`, as for an unprivileged
+/// process (busybox and shells drop privileges they do not have at start-up).
+pub(super) fn set_ids(ids: &[u64]) -> SysResult {
+    let same = |&id: &u64| id as u32 == u32::MAX || i64::from(id as u32) == UID;
+    if ids.iter().all(same) {
+        Ok(0)
+    } else {
+        Err(Errno::EPERM.into())
+    }
+}
+
+/// `getresuid`/`getresgid`: real, effective and saved ids, all the sandbox's.
+pub(super) fn get_res_ids(ptrs: [u64; 3], cx: &mut Context<'_>) -> SysResult {
+    for p in ptrs {
+        cx.mem.check(p, 4)?;
+    }
+    for p in ptrs {
+        cx.mem.write(p, &(UID as u32).to_le_bytes())?;
+    }
     Ok(0)
 }
 

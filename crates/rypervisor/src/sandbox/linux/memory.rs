@@ -116,6 +116,13 @@ impl MemoryState {
         }
     }
 
+    /// Records `[start, end)` as a mapping made before the program started.
+    pub fn reserve(&mut self, start: u64, end: u64) {
+        if let (Some(s), Some(e)) = (Some(start & !(PAGE_SIZE - 1)), page_up(end)) {
+            self.mappings.insert(s, e);
+        }
+    }
+
     /// Stack bottom.
     pub fn stack_bottom(&self) -> u64 {
         self.stack_bottom
@@ -266,6 +273,21 @@ impl MemoryState {
             let _ = cx.mem.discard(s, e - s);
         }
         Ok(new as i64)
+    }
+
+    /// `mincore`: every page of program memory is resident (guest memory is the VM's);
+    /// outside it, `ENOMEM`.
+    pub(super) fn mincore(&self, addr: u64, len: u64, vec: u64, cx: &mut Context<'_>) -> SysResult {
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL.into());
+        }
+        let len = page_up(len).ok_or(Errno::ENOMEM)?;
+        if !layout::is_user(addr, len, self.mem_size) {
+            return Err(Errno::ENOMEM.into());
+        }
+        let pages = (len / PAGE_SIZE) as usize;
+        cx.mem.write(vec, &vec![1u8; pages.min(IO_CHUNK)])?;
+        Ok(0)
     }
 
     pub(super) fn madvise(

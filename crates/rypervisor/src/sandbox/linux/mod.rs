@@ -25,6 +25,7 @@ pub mod fdtable;
 pub mod files;
 pub mod identity;
 pub mod memory;
+pub mod pipe;
 pub mod poll;
 pub mod process;
 pub mod signals;
@@ -150,6 +151,11 @@ impl Process {
         }
     }
 
+    /// Marks `[start, end)` as mapped (the interpreter the loader placed there).
+    pub fn reserve(&mut self, start: u64, end: u64) {
+        self.memory.reserve(start, end);
+    }
+
     /// Stack bottom (the stack is `[stack_bottom, mem_size)`).
     pub fn stack_bottom(&self) -> u64 {
         self.memory.stack_bottom()
@@ -224,6 +230,8 @@ impl Process {
             LSEEK => self.lseek(fd, a1 as i64, a2 as i32, cx),
             IOCTL => self.ioctl(fd, a1, a2, cx),
             FCNTL => Ok(self.files.fcntl(fd, a1 as i32, a2)?),
+            PIPE => self.pipe(a0, 0, cx),
+            PIPE2 => self.pipe(a0, a1, cx),
             POLL => self.poll(a0, a1, poll::poll_timeout(a2), cx),
             PPOLL => self.poll(a0, a1, poll::timespec_timeout(a2, cx)?, cx),
             SELECT => self.select(a0, [a1, a2, a3], poll::timeval_timeout(a4, cx)?, cx),
@@ -232,6 +240,19 @@ impl Process {
             FACCESSAT | FACCESSAT2 => self.access(fd, a1, a2, cx),
             READLINK => self.readlink(libc::AT_FDCWD, a0, a1, a2, cx),
             READLINKAT => self.readlink(fd, a1, a2, a3, cx),
+            GETXATTR => self.xattr(Some(a0), -1, false, true, cx),
+            LGETXATTR => self.xattr(Some(a0), -1, false, false, cx),
+            FGETXATTR => self.xattr(None, fd, false, true, cx),
+            LISTXATTR => self.xattr(Some(a0), -1, true, true, cx),
+            LLISTXATTR => self.xattr(Some(a0), -1, true, false, cx),
+            FLISTXATTR => self.xattr(None, fd, true, true, cx),
+            // Nothing is ever written back, so there is nothing to sync; advice is taken.
+            FSYNC | FDATASYNC => self.files.get(fd).map(|_| 0).map_err(Into::into),
+            FADVISE64 => self.files.get(fd).map(|_| 0).map_err(Into::into),
+            // Sockets: the program has none (bash asks whether stdin is one) and may make
+            // none (glibc's name service probes nscd's socket at start-up).
+            GETPEERNAME | GETSOCKNAME => self.not_a_socket(fd),
+            SOCKET | SOCKETPAIR => Err(Errno::EACCES.into()),
             // Directories.
             GETDENTS64 => self.getdents(libc::SYS_getdents64, fd, a1, a2, cx),
             GETDENTS => self.getdents(libc::SYS_getdents, fd, a1, a2, cx),
@@ -245,12 +266,19 @@ impl Process {
             MPROTECT => self.memory.mprotect(a0, a1),
             MREMAP => self.memory.mremap(a0, a1, a2, a3, cx),
             MADVISE => self.memory.madvise(a0, a1, a2, cx),
+            MINCORE => self.memory.mincore(a0, a1, a2, cx),
             // Identity, limits, randomness, TLS.
             ARCH_PRCTL => self.arch_prctl(a0, a1, cx),
             SET_TID_ADDRESS | GETTID | GETPID => Ok(PID),
             GETPPID => Ok(0),
             GETUID | GETGID | GETEUID | GETEGID => Ok(UID),
             SET_ROBUST_LIST => Ok(0),
+            SETUID | SETGID => identity::set_ids(&[a0]),
+            SETREUID | SETREGID => identity::set_ids(&[a0, a1]),
+            SETRESUID | SETRESGID => identity::set_ids(&[a0, a1, a2]),
+            GETRESUID | GETRESGID => identity::get_res_ids([a0, a1, a2], cx),
+            SETFSUID | SETFSGID => Ok(UID), // the previous id, unchanged unless it is the same
+            SETGROUPS => Err(Errno::EPERM.into()),
             GETPGRP => Ok(PID),
             GETPGID | GETSID => Process::own_group(a0),
             SETPGID => Process::setpgid(a0, a1),
@@ -274,6 +302,9 @@ impl Process {
             NANOSLEEP => time::nanosleep(a0, cx),
             CLOCK_NANOSLEEP => self.clock_nanosleep(a0 as i32, a1, a2, cx),
             SCHED_YIELD => Ok(0),
+            SCHED_GETAFFINITY => Process::getaffinity(a0, a1, a2, cx),
+            SCHED_SETAFFINITY => Process::setaffinity(a0, a1, a2, cx),
+            GETCPU => Process::getcpu(a0, a1, cx),
             // Signals (recorded; none is ever delivered) and futexes.
             RT_SIGACTION => self.signals.sigaction(a0, a1, a2, cx),
             RT_SIGPROCMASK => self.signals.sigprocmask(a0 as i32, a1, a2, cx),

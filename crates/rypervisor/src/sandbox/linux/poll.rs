@@ -1,8 +1,9 @@
 //! Waiting for descriptors: `poll`, `ppoll`, `select`, `pselect6`, and `ioctl(FIONREAD)`.
 //!
 //! Only the standard streams can keep a program waiting: they are asked of the host
-//! ([`Host::poll_streams`](crate::sandbox::host::Host::poll_streams)); files, directories and
-//! the built-in devices are always ready, as regular files are on Linux. A wait is capped at
+//! ([`Host::poll_streams`](crate::sandbox::host::Host::poll_streams)); a pipe is ready as
+//! its buffer says; files, directories and the built-in devices are always ready, as
+//! regular files are on Linux. A wait is capped at
 //! the time the program has left, and reaching that cap ends the program like any other
 //! wait past the time limit.
 
@@ -42,11 +43,17 @@ impl Process {
                         revents: 0,
                     },
                 )),
+                Ok(OpenFile::Pipe(end)) => p.revents = self.pipe_events(end, p.events),
                 Ok(_) => p.revents = p.events & ALWAYS,
             }
             ready += usize::from(p.revents != 0);
         }
         if streams.is_empty() {
+            // Nothing outside the program can make a pipe ready: a wait runs its course.
+            if ready == 0 && timeout != Some(Duration::ZERO) {
+                let d = timeout.unwrap_or(Duration::MAX);
+                super::time::sleep(d, cx)?;
+            }
             return Ok(ready);
         }
         // Something is ready already: only look at the streams, do not wait.
@@ -173,6 +180,7 @@ impl Process {
         cx.mem.check(arg, 4)?;
         let n = match self.files.get(fd)? {
             OpenFile::Std(0) => cx.host.stdin_pending().map_err(|e| Errno::from_io(&e))?,
+            OpenFile::Pipe(end) if !end.write => end.pending(),
             OpenFile::Host(f) => {
                 use std::io::Seek;
                 let size = f.metadata().map_err(|_| Errno::EIO)?.len();

@@ -2,7 +2,7 @@
 //! would for a lone process that leads its own session: `umask`, `getgroups`, the process
 //! group and session ids, `times`, `getrusage`, `sysinfo`, and the `prctl` options programs
 //! set or probe (the name, the child subreaper, dumpability, the parent-death signal,
-//! no-new-privileges).
+//! no-new-privileges), and the CPU it runs on (one CPU: `sched_getaffinity`, `getcpu`).
 
 use super::abi::{Rusage, Sysinfo, Tms};
 use super::identity::{PID, UID};
@@ -38,6 +38,43 @@ impl Default for ProcessState {
 }
 
 impl Process {
+    /// `sched_getaffinity`: CPU 0 only (the sandbox has one vCPU); the size written.
+    pub(super) fn getaffinity(pid: u64, len: u64, mask: u64, cx: &mut Context<'_>) -> SysResult {
+        if pid != 0 && pid as i64 != PID {
+            return Err(Errno::ESRCH.into());
+        }
+        // Linux copies whole longs of its CPU mask and refuses a buffer too small for it.
+        if len < 8 || !len.is_multiple_of(8) {
+            return Err(Errno::EINVAL.into());
+        }
+        cx.mem.write(mask, &1u64.to_le_bytes())?;
+        Ok(8)
+    }
+
+    /// `sched_setaffinity`: any mask that includes CPU 0.
+    pub(super) fn setaffinity(pid: u64, len: u64, mask: u64, cx: &mut Context<'_>) -> SysResult {
+        if pid != 0 && pid as i64 != PID {
+            return Err(Errno::ESRCH.into());
+        }
+        let mut first = [0u8; 1];
+        if len == 0 {
+            return Err(Errno::EINVAL.into());
+        }
+        cx.mem.read(mask, &mut first)?;
+        if first[0] & 1 == 0 {
+            return Err(Errno::EINVAL.into());
+        }
+        Ok(0)
+    }
+
+    /// `getcpu`: CPU 0, node 0.
+    pub(super) fn getcpu(cpu: u64, node: u64, cx: &mut Context<'_>) -> SysResult {
+        for at in [cpu, node].into_iter().filter(|&a| a != 0) {
+            cx.mem.write(at, &0u32.to_le_bytes())?;
+        }
+        Ok(0)
+    }
+
     /// Microseconds the program has run (it is the only thread: time since start).
     fn run_time(&self, cx: &mut Context<'_>) -> (i64, i64) {
         let (s0, n0) = self.started.unwrap_or((0, 0));

@@ -63,6 +63,8 @@ pub struct StartInfo<'a> {
     pub uid: u64,
     /// AT_SYSINFO_EHDR: where the vDSO is (0: none).
     pub vdso: u64,
+    /// AT_BASE: where the interpreter is (0: a static program).
+    pub interp_base: u64,
 }
 
 /// The strings at the top of the stack: argv and envp, the platform name, AT_RANDOM's
@@ -108,7 +110,7 @@ fn auxv(program: &Program, info: &StartInfo<'_>, s: &Strings, strings: u64) -> V
         ),
         (at::PHNUM, program.phnum),
         (at::PAGESZ, 4096),
-        (at::BASE, 0),
+        (at::BASE, info.interp_base),
         (at::FLAGS, 0),
         (at::ENTRY, program.entry),
         (at::UID, info.uid),
@@ -187,6 +189,7 @@ mod tests {
             random: [7; 16],
             uid: 1000,
             vdso: 0x12000,
+            interp_base: 0,
         };
         let rsp = build_stack(&ram, &p, &info, 7 << 20, 8 << 20).unwrap();
         assert_eq!(rsp % 16, 0);

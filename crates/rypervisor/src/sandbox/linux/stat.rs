@@ -4,6 +4,7 @@
 //! nanosecond, device and inode), owned by the sandbox's identity; the standard streams are
 //! what the host has; the built-in devices are character devices with Linux's numbers.
 
+use std::fs::Metadata;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -59,8 +60,9 @@ fn device_stat(d: Device) -> Stat {
     st
 }
 
-/// The `statx` answer for what `stat` said (the basic fields, all of them valid).
-fn statx_of(st: &Stat) -> Statx {
+/// The `statx` answer for what `stat` said (the basic fields, all of them valid), with the
+/// birth time where the host's file system keeps one.
+fn statx_of(st: &Stat, meta: Option<&Metadata>) -> Statx {
     let s = &st.0;
     let mut x = Statx::default();
     let t = |ts: &mut libc::statx_timestamp, sec: i64, nsec: i64| {
@@ -80,15 +82,28 @@ fn statx_of(st: &Stat) -> Statx {
     t(&mut x.0.stx_ctime, s.st_ctime, s.st_ctime_nsec);
     (x.0.stx_rdev_major, x.0.stx_rdev_minor) = (libc::major(s.st_rdev), libc::minor(s.st_rdev));
     (x.0.stx_dev_major, x.0.stx_dev_minor) = (libc::major(s.st_dev), libc::minor(s.st_dev));
+    let born = meta.and_then(|m| m.created().ok());
+    if let Some(d) = born.and_then(|b| b.duration_since(std::time::UNIX_EPOCH).ok()) {
+        t(
+            &mut x.0.stx_btime,
+            d.as_secs() as i64,
+            i64::from(d.subsec_nanos()),
+        );
+        x.0.stx_mask |= libc::STATX_BTIME;
+    }
     x
 }
 
 impl Process {
-    /// What `fstat(fd)` says.
-    fn stat_fd(&self, fd: i32, cx: &mut Context<'_>) -> Result<Stat, Errno> {
-        Ok(match self.files.get(fd)? {
-            OpenFile::Host(f) => host_stat(&f.metadata().map_err(|_| Errno::EIO)?),
-            OpenFile::Dir(d) => host_stat(&d.file.metadata().map_err(|_| Errno::EIO)?),
+    /// What `fstat(fd)` says, with the host's metadata where there is a host file.
+    fn stat_fd(&self, fd: i32, cx: &mut Context<'_>) -> Result<(Stat, Option<Metadata>), Errno> {
+        let host = |meta: std::io::Result<Metadata>| {
+            let m = meta.map_err(|_| Errno::EIO)?;
+            Ok((host_stat(&m), Some(m)))
+        };
+        let st = match self.files.get(fd)? {
+            OpenFile::Host(f) => return host(f.metadata()),
+            OpenFile::Dir(d) => return host(d.file.metadata()),
             // The standard streams as the host has them (a file, a pipe, a terminal); a
             // host that cannot say makes them character devices that are not terminals.
             OpenFile::Std(n) => match cx.host.stream_stat(*n) {
@@ -104,7 +119,16 @@ impl Process {
                 None => made_stat(libc::S_IFCHR | 0o620, 0, 0, 10 + *n as u64),
             },
             OpenFile::Device(d) => device_stat(*d),
-        })
+            // A pipe: a FIFO on the pipe file system (device 0:13 on Linux), its inode its
+            // buffer's identity.
+            OpenFile::Pipe(p) => {
+                let ino = std::sync::Arc::as_ptr(&p.buffer) as u64 >> 4;
+                let mut st = made_stat(libc::S_IFIFO | 0o600, p.pending() as u64, 0, ino);
+                st.0.st_dev = libc::makedev(0, 13);
+                st
+            }
+        };
+        Ok((st, None))
     }
 
     /// What `fstatat(dirfd, name, flags)` says (`AT_EMPTY_PATH`: the descriptor itself;
@@ -115,19 +139,20 @@ impl Process {
         name: &[u8],
         flags: u64,
         cx: &mut Context<'_>,
-    ) -> Result<Stat, Errno> {
+    ) -> Result<(Stat, Option<Metadata>), Errno> {
         if name.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 {
             return self.stat_fd(dirfd, cx);
         }
         let abs = self.absolute(dirfd, name)?;
         if let Some(d) = Device::at(&abs) {
-            return Ok(device_stat(d));
+            return Ok((device_stat(d), None));
         }
         // The directories on the way to a root show their metadata (`ls -la` in a root
         // asks about `..`), as they are already known to be there; they cannot be listed.
+        let with_stat = |m: Metadata| (host_stat(&m), Some(m));
         if let Some(dir) = self.policy.on_the_way(&abs) {
             return std::fs::metadata(dir)
-                .map(|m| host_stat(&m))
+                .map(with_stat)
                 .map_err(|e| Errno::from_io(&e));
         }
         let meta = if flags & libc::AT_SYMLINK_NOFOLLOW as u64 != 0 {
@@ -139,11 +164,11 @@ impl Process {
         } else {
             std::fs::metadata(self.host_path(&abs)?)
         };
-        meta.map(|m| host_stat(&m)).map_err(|e| Errno::from_io(&e))
+        meta.map(with_stat).map_err(|e| Errno::from_io(&e))
     }
 
     pub(super) fn fstat(&mut self, fd: i32, buf: u64, cx: &mut Context<'_>) -> SysResult {
-        let st = self.stat_fd(fd, cx)?;
+        let (st, _) = self.stat_fd(fd, cx)?;
         cx.mem.write_obj(buf, &st)?;
         Ok(0)
     }
@@ -158,7 +183,7 @@ impl Process {
         cx: &mut Context<'_>,
     ) -> SysResult {
         let name = cx.mem.read_cstr(path, PATH_MAX)?;
-        let st = self.stat_at(dirfd, &name, flags, cx)?;
+        let (st, _) = self.stat_at(dirfd, &name, flags, cx)?;
         cx.mem.write_obj(buf, &st)?;
         Ok(0)
     }
@@ -174,8 +199,8 @@ impl Process {
         cx: &mut Context<'_>,
     ) -> SysResult {
         let name = cx.mem.read_cstr(path, PATH_MAX)?;
-        let st = self.stat_at(dirfd, &name, flags, cx)?;
-        cx.mem.write_obj(buf, &statx_of(&st))?;
+        let (st, meta) = self.stat_at(dirfd, &name, flags, cx)?;
+        cx.mem.write_obj(buf, &statx_of(&st, meta.as_ref()))?;
         Ok(0)
     }
 
@@ -203,7 +228,9 @@ impl Process {
                 let raw = match self.files.get(fd)? {
                     OpenFile::Host(f) => f.as_raw_fd(),
                     OpenFile::Dir(d) => d.file.as_raw_fd(),
-                    OpenFile::Std(_) | OpenFile::Device(_) => return Err(Errno::ENOSYS.into()),
+                    OpenFile::Std(_) | OpenFile::Device(_) | OpenFile::Pipe(_) => {
+                        return Err(Errno::ENOSYS.into())
+                    }
                 };
                 // SAFETY: an open descriptor of ours and a live statfs for the kernel to fill.
                 unsafe { libc::fstatfs(raw, &mut out.0) }
@@ -248,6 +275,38 @@ impl Process {
         let n = bytes.len().min(size as usize).min(PATH_MAX);
         cx.mem.write(buf, &bytes[..n])?;
         Ok(n as i64)
+    }
+
+    /// The extended-attribute calls: the sandbox shows none (`getxattr` family: `ENODATA`;
+    /// `listxattr` family: an empty list) on what the program may see, and the usual refusal
+    /// elsewhere. `path` None: the `f*` forms on a descriptor.
+    pub(super) fn xattr(
+        &mut self,
+        path: Option<u64>,
+        fd: i32,
+        list: bool,
+        follow: bool,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        match path {
+            None => {
+                self.files.get(fd)?;
+            }
+            Some(path) => {
+                let name = cx.mem.read_cstr(path, PATH_MAX)?;
+                let flags = if follow {
+                    0
+                } else {
+                    libc::AT_SYMLINK_NOFOLLOW as u64
+                };
+                self.stat_at(libc::AT_FDCWD, &name, flags, cx)?;
+            }
+        }
+        if list {
+            Ok(0)
+        } else {
+            Err(Errno::ENODATA.into())
+        }
     }
 
     /// `access`/`faccessat`: existence and reading are as the policy says; writing is

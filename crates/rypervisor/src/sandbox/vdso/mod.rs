@@ -4,12 +4,14 @@
 //!
 //! It exports what the kernel's x86-64 vDSO does — `__vdso_clock_gettime`,
 //! `__vdso_gettimeofday`, `__vdso_time`, `__vdso_clock_getres`, `__vdso_getcpu`, each also
-//! under its plain name as a weak alias — with no symbol versions (glibc and musl accept
-//! unversioned symbols for their versioned look-ups). The functions are assembled by
+//! under its plain name as a weak alias — all at version `LINUX_2.6`, as the kernel's are
+//! (Go's runtime insists on the version table; glibc and musl check it). The functions are
+//! assembled by
 //! [`code`]; the time page they read is [`clock`]. The object is laid out by the `object`
 //! crate's ELF writer, linked at the address it is mapped at (so its load bias is 0 and a
 //! loader never needs to relocate or write it): one `PT_LOAD`, a `PT_DYNAMIC` with `DT_HASH`,
-//! `DT_SYMTAB`, `DT_STRTAB` and `DT_SONAME`, and section headers for tools.
+//! `DT_SYMTAB`, `DT_STRTAB`, `DT_VERSYM`, `DT_VERDEF` and `DT_SONAME`, and section headers
+//! for tools.
 //!
 //! The image is the project's own, generated when a sandbox is built; the tests read it back
 //! with `object`'s reader and run its functions in real guests.
@@ -18,7 +20,7 @@ pub mod clock;
 pub mod code;
 
 use object::elf;
-use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, Writer};
+use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, Verdef, Writer};
 use object::Endianness;
 
 /// Guest address of the time page (user read-only).
@@ -62,6 +64,7 @@ pub fn image() -> Result<Vec<u8>, VdsoError> {
     w.reserve_file_header();
     w.reserve_program_headers(2);
     let soname = w.add_dynamic_string(b"linux-vdso.so.1");
+    let version = w.add_dynamic_string(b"LINUX_2.6");
     let (_, functions) = code::assemble(VDSO_BASE, VVAR)?;
     let symbols = exported(&functions);
     let names: Vec<_> = (symbols.iter())
@@ -75,6 +78,8 @@ pub fn image() -> Result<Vec<u8>, VdsoError> {
     let text_name = w.add_section_name(b".text");
     w.reserve_hash_section_index();
     w.reserve_dynsym_section_index();
+    w.reserve_gnu_versym_section_index();
+    w.reserve_gnu_verdef_section_index();
     w.reserve_dynstr_section_index();
     let text_index = w.reserve_section_index();
     w.reserve_dynamic_section_index();
@@ -84,9 +89,11 @@ pub fn image() -> Result<Vec<u8>, VdsoError> {
     let bucket_count = chain_count;
     let hash_off = w.reserve_hash(bucket_count, chain_count) as u64;
     let dynsym_off = w.reserve_dynsym() as u64;
+    let versym_off = w.reserve_gnu_versym() as u64;
+    let verdef_off = w.reserve_gnu_verdef(2, 2) as u64;
     let dynstr_off = w.reserve_dynstr() as u64;
     let text_off = w.reserve(probe.len(), 16) as u64;
-    const DYNAMIC: usize = 7;
+    const DYNAMIC: usize = 10;
     let dynamic_off = w.reserve_dynamic(DYNAMIC) as u64;
     w.reserve_shstrtab();
     w.reserve_section_headers();
@@ -147,6 +154,26 @@ pub fn image() -> Result<Vec<u8>, VdsoError> {
             st_size: f.size,
         });
     }
+    // Versions: 1 is the object itself, 2 is LINUX_2.6, which every symbol has.
+    w.write_null_gnu_versym();
+    for _ in &symbols {
+        w.write_gnu_versym(2);
+    }
+    w.write_align_gnu_verdef();
+    w.write_gnu_verdef(&Verdef {
+        version: elf::VER_DEF_CURRENT,
+        flags: elf::VER_FLG_BASE,
+        index: 1,
+        aux_count: 1,
+        name: soname,
+    });
+    w.write_gnu_verdef(&Verdef {
+        version: elf::VER_DEF_CURRENT,
+        flags: 0,
+        index: 2,
+        aux_count: 1,
+        name: version,
+    });
     w.write_dynstr();
     w.write_align(16);
     w.write(&code);
@@ -160,12 +187,17 @@ pub fn image() -> Result<Vec<u8>, VdsoError> {
         elf::DT_SYMENT,
         std::mem::size_of::<elf::Sym64<Endianness>>() as u64,
     );
+    w.write_dynamic(elf::DT_VERSYM, at(versym_off));
+    w.write_dynamic(elf::DT_VERDEF, at(verdef_off));
+    w.write_dynamic(elf::DT_VERDEFNUM, 2);
     w.write_dynamic_string(elf::DT_SONAME, soname);
     w.write_dynamic(elf::DT_NULL, 0);
     w.write_shstrtab();
     w.write_null_section_header();
     w.write_hash_section_header(at(hash_off));
     w.write_dynsym_section_header(at(dynsym_off), 1);
+    w.write_gnu_versym_section_header(at(versym_off));
+    w.write_gnu_verdef_section_header(at(verdef_off));
     w.write_dynstr_section_header(at(dynstr_off));
     w.write_section_header(&SectionHeader {
         name: Some(text_name),
@@ -222,6 +254,12 @@ mod tests {
         let hash = elf_hash_lookup(&bytes, "__vdso_clock_gettime");
         assert_eq!(hash, lookup("__vdso_clock_gettime"));
         assert!(bytes.len() as u64 <= VDSO_MAX);
+        // Every symbol at LINUX_2.6 (Go's runtime, glibc and musl match on it).
+        let versions: Vec<String> = (file.dynamic_symbols())
+            .map(|s| format!("{:?}", s.name()))
+            .collect();
+        assert_eq!(versions.len(), 10);
+        assert!(bytes.windows(9).any(|w| w == b"LINUX_2.6"));
     }
 
     /// A DT_HASH lookup done the way a loader does it, on the raw image.

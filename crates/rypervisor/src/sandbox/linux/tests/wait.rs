@@ -123,3 +123,95 @@ fn a_wait_without_end_stops_at_the_time_limit() {
     assert_eq!(wait(&mut r, &mut host, -1), Next::End(Exit::TimedOut));
     assert_eq!(host.0, Duration::from_secs(2), "capped at the time left");
 }
+
+#[test]
+fn a_pipe_inside_the_process_follows_linux_rules() {
+    let mut r = Rig::new();
+    let e = |n: i32| -i64::from(n);
+    let fds = BUF;
+    let nonblock = libc::O_NONBLOCK as u64 | libc::O_CLOEXEC as u64;
+    assert_eq!(r.ret(nr::PIPE2, &[fds, nonblock]), 0);
+    let (rd, wr) = (3u64, 4u64);
+    assert_eq!(r.mem.read_u64(fds).unwrap(), rd | wr << 32);
+    let out = BUF + 0x100;
+    assert_eq!(r.ret(nr::READ, &[rd, out, 8]), e(libc::EAGAIN), "empty");
+    r.mem.write(out, b"hello").unwrap();
+    assert_eq!(r.ret(nr::WRITE, &[wr, out, 5]), 5);
+    assert_eq!(
+        r.ret(nr::WRITE, &[rd, out, 5]),
+        e(libc::EBADF),
+        "the read end"
+    );
+    let n = BUF + 0x200;
+    assert_eq!(r.ret(nr::IOCTL, &[rd, libc::FIONREAD, n]), 0);
+    assert_eq!(r.mem.read_u64(n).unwrap() as u32, 5);
+    // poll: the read end is readable, the write end writable.
+    let pfd = BUF + 0x300;
+    r.mem
+        .write(pfd, &[3, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0])
+        .unwrap();
+    assert_eq!(r.ret(nr::POLL, &[pfd, 2, 0]), 2);
+    let st = BUF + 0x400;
+    assert_eq!(r.ret(nr::FSTAT, &[rd, st]), 0);
+    let mut mode = [0u8; 4];
+    r.mem.read(st + 24, &mut mode).unwrap();
+    assert_eq!(u32::from_le_bytes(mode) & libc::S_IFMT, libc::S_IFIFO);
+    assert_eq!(
+        r.ret(nr::FCNTL, &[wr, libc::F_GETFL as u64]),
+        i64::from(libc::O_WRONLY | libc::O_NONBLOCK)
+    );
+    assert_eq!(r.ret(nr::READ, &[rd, out + 0x10, 3]), 3);
+    let mut got = [0u8; 3];
+    r.mem.read(out + 0x10, &mut got).unwrap();
+    assert_eq!(&got, b"hel");
+    // A duplicate of the write end keeps the pipe open; once all are closed, end of file.
+    assert_eq!(r.ret(nr::DUP, &[wr]), 5);
+    assert_eq!(r.ret(nr::CLOSE, &[wr]), 0);
+    assert_eq!(r.ret(nr::READ, &[rd, out, 8]), 2, "what is left");
+    assert_eq!(
+        r.ret(nr::READ, &[rd, out, 8]),
+        e(libc::EAGAIN),
+        "a writer is still open"
+    );
+    assert_eq!(r.ret(nr::CLOSE, &[5]), 0);
+    assert_eq!(r.ret(nr::READ, &[rd, out, 8]), 0, "end of file");
+    // Full: EAGAIN; no reader: EPIPE.
+    assert_eq!(r.ret(nr::PIPE2, &[fds, nonblock]), 0);
+    let (rd2, wr2) = (4u64, 5u64);
+    let chunk = 16 * 1024u64;
+    for _ in 0..4 {
+        assert_eq!(r.ret(nr::WRITE, &[wr2, BUF + 0x1000, chunk]), chunk as i64);
+    }
+    assert_eq!(
+        r.ret(nr::WRITE, &[wr2, BUF + 0x1000, 1]),
+        e(libc::EAGAIN),
+        "64 KiB, full"
+    );
+    assert_eq!(r.ret(nr::CLOSE, &[rd2]), 0);
+    assert_eq!(r.ret(nr::WRITE, &[wr2, BUF + 0x1000, 1]), e(libc::EPIPE));
+    assert_eq!(
+        r.ret(nr::PIPE2, &[fds, 0x4000_0000]),
+        e(libc::EINVAL),
+        "unknown flag"
+    );
+}
+
+#[test]
+fn a_blocking_read_of_a_pipe_only_the_program_can_fill_waits_for_the_time_limit() {
+    let mut r = Rig::new();
+    assert_eq!(r.ret(nr::PIPE, &[BUF]), 0);
+    let mut cx = Context {
+        mem: &mut r.mem,
+        host: &mut r.host,
+        remaining: Some(Duration::from_millis(5)),
+        vdso_clock: None,
+    };
+    let call = SyscallArgs {
+        nr: nr::READ,
+        args: [3, BUF + 0x100, 8, 0, 0, 0],
+    };
+    assert_eq!(
+        r.process.dispatch(&call, &mut cx),
+        Next::End(Exit::TimedOut)
+    );
+}
