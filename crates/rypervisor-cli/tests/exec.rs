@@ -118,6 +118,20 @@ fn large_allocations_work_and_the_memory_limit_is_enomem_inside() {
         r.stdout
     );
     assert_eq!(r.status, 1);
+    // Past 4 GiB: memory is mapped lazily, so a large guest costs the host what it touches.
+    let r = exec(
+        &["--mem", "6G"],
+        "alloc",
+        Libc::Glibc,
+        &["high", "5000"],
+        b"",
+    );
+    assert_eq!(r.status, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("high: last byte past 4 GiB, reads 42"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

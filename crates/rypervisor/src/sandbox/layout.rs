@@ -7,7 +7,7 @@
 //! | guest address       | what                                   | program's access |
 //! |---------------------|----------------------------------------|------------------|
 //! | `0x0000`            | null page                              | none (faults)    |
-//! | `0x1000`–`0x6fff`   | PML4, PDPT, 3 page directories, 1 PT   | none (not mapped)|
+//! | `0x6000`            | the page table of the first 2 MiB      | none (not mapped)|
 //! | `0x7000`            | GDT, then 256 one-byte `hlt` stubs     | none             |
 //! | `0x8000`            | IDT (every vector → its stub)          | none             |
 //! | `0x9000`–`0xb068`   | TSS + I/O permission bitmap            | none             |
@@ -15,7 +15,8 @@
 //! | `0x10000`           | syscall stub (`LSTAR`)                 | read + execute   |
 //! | `0x11000`           | the vDSO's time page ([`vdso::VVAR`])   | read             |
 //! | `0x12000`–`0x13fff` | the vDSO ([`vdso::VDSO_BASE`])          | read + execute   |
-//! | `0x14000`–`2 MiB`   | unused                                 | none             |
+//! | `0x14000`–`1 MiB`   | unused                                 | none             |
+//! | `1 MiB`–`2 MiB`     | PML4, PDPT, a page directory per GiB   | none (not mapped)|
 //! | `2 MiB`–`--mem`     | the program: ELF, heap, mmap, stack    | read/write/exec  |
 //!
 //! The program's part is mapped with 2 MiB pages; memory protection inside it is the
@@ -52,12 +53,17 @@ use crate::sandbox::vdso;
 
 pub use crate::arch::msr;
 
-/// The page tables: PML4 here, the PDPT and three page directories (guest memory up to
-/// 3 GiB) after it.
-const PAGE_TABLES: IdentityMap = IdentityMap {
-    pml4: 0x1000,
-    gib: 3,
-};
+/// Where the page tables start: the PML4, then the PDPT, then one page directory per GiB of
+/// guest memory, up to the end of the VMM's 2 MiB.
+const PML4: u64 = 0x10_0000;
+
+/// The page tables for a guest of `mem_size` bytes.
+fn page_tables(mem_size: u64) -> IdentityMap {
+    IdentityMap {
+        pml4: PML4,
+        gib: mem_size.div_ceil(1 << 30),
+    }
+}
 /// The 4 KiB page table for the VMM's first 2 MiB, right after the page directories.
 const PT_LOW: u64 = 0x6000;
 const GDT: u64 = 0x7000;
@@ -78,8 +84,9 @@ pub const USER_BASE: u64 = 2 << 20;
 pub const MEM_ALIGN: u64 = HUGE_PAGE;
 /// Smallest guest: the VMM's 2 MiB and 2 MiB for the program.
 pub const MIN_MEM: u64 = 4 << 20;
-/// Largest guest the page tables map.
-pub const MAX_MEM: u64 = PAGE_TABLES.gib << 30;
+/// Largest guest the page tables map: as many GiB as page directories fit between the PDPT
+/// and 2 MiB (254 GiB); the host's RAM is the real bound, checked when memory is made.
+pub const MAX_MEM: u64 = ((USER_BASE - PML4) / 0x1000 - 2) << 30;
 
 /// `out 0xf5, al; sysretq` (REX.W 0F 07).
 const STUB_CODE: [u8; 5] = [0xe6, SYSCALL_PORT as u8, 0x48, 0x0f, 0x07];
@@ -133,7 +140,9 @@ pub fn write_tables(
     // Upper levels allow everything; the leaves decide. 2 MiB user pages for the program, the
     // VMM's 2 MiB through a 4 KiB table.
     let table = pte::WRITABLE | pte::USER;
-    PAGE_TABLES.write(ram, table, |addr| match addr {
+    let tables = page_tables(mem_size);
+    debug_assert!(tables.end() <= USER_BASE);
+    tables.write(ram, table, |addr| match addr {
         0 => Pde::Table(PT_LOW),
         a if a >= USER_BASE && a < mem_size => Pde::Huge(pte::WRITABLE | pte::USER),
         _ => Pde::Absent,
@@ -165,7 +174,7 @@ pub fn setup_sregs(sregs: &mut kvm_sregs, xsave: bool) {
     let (cs, ds) = flat_segments(true, true);
     load_segments(sregs, cs, ds);
     sregs.cr0 = cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG;
-    sregs.cr3 = PAGE_TABLES.pml4;
+    sregs.cr3 = PML4;
     sregs.cr4 = cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT | if xsave { cr4::OSXSAVE } else { 0 };
     sregs.efer = efer::LME | efer::LMA | efer::SCE;
 }
@@ -198,7 +207,7 @@ mod tests {
     use super::*;
 
     fn walk(ram: &GuestRam, va: u64) -> Option<(u64, bool, bool)> {
-        crate::arch::paging::walk(ram, PAGE_TABLES.pml4, va)
+        crate::arch::paging::walk(ram, PML4, va)
     }
 
     fn tables(size: u64) -> GuestRam {
@@ -211,7 +220,7 @@ mod tests {
     fn the_program_cannot_reach_the_vmm_tables() {
         let ram = tables(8 << 20);
         assert_eq!(walk(&ram, 0), None, "null page");
-        let map = PAGE_TABLES;
+        let map = page_tables(8 << 20);
         for table in [map.pml4, map.pdpt(), map.pd(0), PT_LOW] {
             assert_eq!(walk(&ram, table), None, "page tables are not mapped");
         }
@@ -250,10 +259,13 @@ mod tests {
         assert!(check_mem(64 << 20).is_ok());
         assert!(check_mem(2 << 20).is_err());
         assert!(check_mem(5 << 20).is_err());
-        assert!(check_mem(4 << 30).is_err());
+        assert!(check_mem(4 << 30).is_ok(), "past 4 GiB");
+        assert!(check_mem(MAX_MEM + (2 << 20)).is_err());
+        assert_eq!(MAX_MEM, 254 << 30);
+        assert!(page_tables(MAX_MEM).end() <= USER_BASE);
         assert!(is_user(USER_BASE, 16, 8 << 20));
         assert!(!is_user(SYSCALL_STUB, 1, 8 << 20));
-        assert!(!is_user(PAGE_TABLES.pml4, 8, 8 << 20));
+        assert!(!is_user(PML4, 8, 8 << 20));
         assert!(!is_user((8 << 20) - 4, 8, 8 << 20));
         assert!(!is_user(u64::MAX - 2, 8, 8 << 20));
         assert_eq!(vector_at(STUBS + 15), Some(14));

@@ -1,5 +1,6 @@
 /* Large allocations: malloc/free/realloc of big blocks, then (with "over") more than the
- * sandbox has. The program must see ENOMEM; the host must not care. */
+ * sandbox has. The program must see ENOMEM; the host must not care. With "high N", a
+ * block of N MiB whose last byte lies past 4 GiB is written and read back. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,14 @@ int main(int argc, char **argv) {
     printf("malloc(%zu MiB): %s errno=%s\n", want >> 20, p ? "succeeded" : "failed",
            errno == ENOMEM ? "ENOMEM" : strerror(errno));
     return p ? 1 : 0;
+  }
+  if (argc > 2 && strcmp(argv[1], "high") == 0) {
+    size_t len = strtoul(argv[2], 0, 0) << 20;
+    char *p = malloc(len);
+    if (!p) { printf("high: malloc failed\n"); return 1; }
+    p[len - 1] = 42;
+    printf("high: last byte %s 4 GiB, reads %d\n",
+           (unsigned long)(p + len) > (1UL << 32) ? "past" : "below", p[len - 1]);
   }
   return 0;
 }
