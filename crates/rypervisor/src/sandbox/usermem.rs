@@ -76,6 +76,56 @@ impl UserMemory {
         self.ram.write(addr, data).map_err(|_| Errno::EFAULT)
     }
 
+    /// Fills `[addr, addr+len)` from `file` at `offset` (a private file mapping) straight into
+    /// guest memory, without moving the file's offset; returns the bytes the file had (the
+    /// rest of the range is left as it is, zero for a fresh mapping).
+    pub fn fill_from_file(
+        &mut self,
+        addr: u64,
+        len: u64,
+        file: &std::fs::File,
+        offset: u64,
+    ) -> Result<usize, Errno> {
+        use std::os::fd::AsRawFd;
+        use vm_memory::GuestMemoryBackend;
+        self.check(addr, len)?;
+        if len == 0 {
+            return Ok(0);
+        }
+        self.mark(addr, len);
+        let mem = self.ram.guest_memory();
+        let slice = GuestMemoryBackend::get_slice(mem, GuestAddress(addr), len as usize)
+            .map_err(|_| Errno::EFAULT)?;
+        let guard = slice.ptr_guard_mut();
+        let mut done = 0usize;
+        while done < slice.len() {
+            let at = i64::try_from(offset + done as u64).map_err(|_| Errno::EINVAL)?;
+            // SAFETY: `guard` keeps the slice of guest memory mapped; the kernel writes at most
+            // `slice.len() - done` bytes from `done` on, inside it. Guest memory is plain
+            // bytes (the vCPU is stopped while the VMM serves a call), so any content is valid.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    guard.as_ptr().add(done).cast(),
+                    slice.len() - done,
+                    at,
+                )
+            };
+            match n {
+                0 => break,
+                n if n < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(Errno::from_io(&e));
+                }
+                n => done += n as usize,
+            }
+        }
+        Ok(done)
+    }
+
     /// Reads one kernel structure (or integer) at `addr`, with one bounds check.
     pub fn read_obj<T: ByteValued>(&self, addr: u64) -> Result<T, Errno> {
         self.check(addr, std::mem::size_of::<T>() as u64)?;

@@ -5,7 +5,6 @@
 //! `--mem` is ENOMEM inside the program.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 
 use super::{Context, Errno, Process, SysResult, IO_CHUNK};
 use crate::memory::PAGE_SIZE;
@@ -332,10 +331,11 @@ impl Process {
         };
         let start = self.memory.place(addr, len, flags, cx)?;
         if let Some(file) = file {
-            // A private file mapping: a copy of the file's bytes (never written back).
-            let mut data = vec![0u8; len.min(IO_CHUNK as u64 * 64) as usize];
-            let got = file.read_at(&mut data, offset).unwrap_or(0);
-            cx.mem.write(start, &data[..got])?;
+            // A private file mapping: a copy of the file's bytes (never written back), read
+            // straight into the program's memory.
+            let size = file.metadata().map_or(0, |m| m.len());
+            let have = size.saturating_sub(offset).min(len);
+            cx.mem.fill_from_file(start, have, file, offset)?;
         }
         Ok(start as i64)
     }
