@@ -35,8 +35,10 @@ fn arguments(call: &SyscallArgs, mem: &UserMemory) -> String {
     match call.nr {
         WRITE => format!("{}, {}, {}", a[0] as i32, text(a[1], a[2]), a[2]),
         READ => format!("{}, {:#x}, {}", a[0] as i32, a[1], a[2]),
-        OPEN | STAT | LSTAT | ACCESS | EXECVE | READLINK => format!("{}, {:#x}", path(a[0]), a[1]),
-        OPENAT | NEWFSTATAT | FACCESSAT | READLINKAT => {
+        OPEN | STAT | LSTAT | ACCESS | EXECVE | READLINK | STATFS | GETXATTR | LGETXATTR
+        | LISTXATTR | LLISTXATTR => format!("{}, {:#x}", path(a[0]), a[1]),
+        CHDIR => path(a[0]),
+        OPENAT | NEWFSTATAT | FACCESSAT | FACCESSAT2 | READLINKAT | STATX => {
             let dir = if a[0] as i32 == libc::AT_FDCWD {
                 "AT_FDCWD".to_string()
             } else {
@@ -116,6 +118,15 @@ mod tests {
         assert_eq!(
             trace_line(&open, &Next::Return(-13), &mem),
             "openat(AT_FDCWD, 0x1000, 0x0) = -1 EACCES (Permission denied)"
+        );
+        mem.write(USER_BASE + 0x100, b"/usr\0").unwrap();
+        let statx = SyscallArgs {
+            nr: STATX,
+            args: [libc::AT_FDCWD as u64, USER_BASE + 0x100, 0x100, 0x7ff, 0, 0],
+        };
+        assert_eq!(
+            trace_line(&statx, &Next::Return(0), &mem),
+            r#"statx(AT_FDCWD, "/usr", 0x100) = 0"#
         );
         let pipe2 = SyscallArgs {
             nr: 293,
