@@ -6,7 +6,8 @@
 # Usage: scripts/fuzz-ci.sh [SECONDS] [TARGET...]
 # Seeds: static C programs from crates/rypervisor/tests/programs (program), the recipe
 # kernel's bzImage and vmlinux heads when guest/build-kernel.sh has cached them (kernel),
-# tiny flat and ELF guests (image), sizes (size), random registers (syscall), a driver's
+# tiny flat and ELF guests (image), sizes (size), random registers (syscall, and syscall_fs
+# for the file-system calls under a policy with a root and a secret beside it), a driver's
 # set-up (virtio_mmio), a vsock session (vsock_tx), two block requests (block_request) and
 # a few frames (net_frames).
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall virtio_mmio vsock_tx block_request net_frames)
+[ ${#targets[@]} -gt 0 ] || targets=(size image program kernel syscall syscall_fs virtio_mmio vsock_tx block_request net_frames)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -23,7 +24,7 @@ fi
 
 seeds="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-seeds.XXXXXX")"
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds"/{size,image,program,kernel,syscall,virtio_mmio,vsock_tx,block_request,net_frames}
+mkdir -p "$seeds"/{size,image,program,kernel,syscall,syscall_fs,virtio_mmio,vsock_tx,block_request,net_frames}
 printf '64M' >"$seeds/size/a"; printf '2G' >"$seeds/size/b"; printf '0x1000' >"$seeds/size/c"
 printf '\xba\xf8\x03\x00\xd8\x04\x30\xee\xb0\x0a\xee\xf4' >"$seeds/image/lwn"
 for prog in hello args files; do
@@ -38,6 +39,7 @@ for k in "$cache"/*/vmlinux "$cache"/*/bzImage; do
   [ -f "$k" ] && head -c 65536 "$k" >"$seeds/kernel/$(basename "$k")"
 done
 head -c 2048 /dev/urandom >"$seeds/syscall/random"
+head -c 2048 /dev/urandom >"$seeds/syscall_fs/random"
 # A driver's set-up of the rng's one queue: status steps, features, queue registers, kick.
 python3 - "$seeds/virtio_mmio/setup" <<'PY'
 import struct, sys

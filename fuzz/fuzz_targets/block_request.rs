@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let file = tempfile::tempfile().unwrap();
     file.set_len(IMAGE).unwrap();
-    let disk = Disk::new(file.try_clone().unwrap(), IMAGE, mode & 1 != 0, mode & 2 != 0);
+    let disk = Disk::new(
+        file.try_clone().unwrap(),
+        IMAGE,
+        mode & 1 != 0,
+        mode & 2 != 0,
+    );
     let mut dev = Block::new(disk, Some("FUZZ")).unwrap();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let mut q = DriverQueue::new(&mem, 16, 0x1000);
@@ -55,5 +60,9 @@ fuzz_target!(|data: &[u8]| {
         while q.take_used().is_some() {}
         rest = &rest[need..];
     }
-    assert_eq!(file.metadata().unwrap().len(), IMAGE, "the image keeps its size");
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        IMAGE,
+        "the image keeps its size"
+    );
 });

@@ -34,6 +34,7 @@ pub mod layout;
 pub mod linux;
 pub mod policy;
 pub mod program;
+pub mod resolve;
 pub mod run;
 pub mod usermem;
 pub mod vdso;

@@ -44,13 +44,7 @@ pub struct Policy {
     cwd: Option<PathBuf>,
 }
 
-/// The host's pseudo file systems: never readable, even under an allowed root such as `/`.
-const PSEUDO_ROOTS: [&str; 3] = ["/proc", "/sys", "/dev"];
-
-/// The pseudo file system `path` (canonical) lies in, if any.
-fn pseudo_root(path: &Path) -> Option<&'static str> {
-    PSEUDO_ROOTS.into_iter().find(|root| path.starts_with(root))
-}
+use super::resolve::{on_pseudo_fs, pseudo_root, resolve};
 
 /// Exit status of a program ended by `--strict` (128 + SIGSYS).
 pub const STRICT_STATUS: i32 = 128 + 31;
@@ -112,12 +106,13 @@ impl Policy {
     /// Resolves a path the program asked for (relative paths start at `/`, the program's
     /// working directory) and returns the host path if the policy allows reading it.
     ///
-    /// The path is normalised lexically, then resolved on the host (following symlinks),
-    /// and the *resolved* path must lie under an allowed root: a symlink inside an allowed
-    /// directory that points outside it is refused.
+    /// The path is normalised lexically, then resolved on the host (following symlinks one
+    /// at a time, never into `/proc`, `/sys` or `/dev`: see [`super::resolve`]), and the
+    /// *resolved* path must lie under an allowed root and not on a pseudo file system: a
+    /// symlink inside an allowed directory that points outside it is refused.
     pub fn check_read(&self, guest_path: &[u8]) -> Option<PathBuf> {
         let normal = self.normalise(guest_path)?;
-        let resolved = std::fs::canonicalize(&normal).ok()?;
+        let resolved = resolve(&normal, true).ok()?;
         self.allowed(resolved)
     }
 
@@ -125,9 +120,7 @@ impl Policy {
     /// a symlink itself (for `readlink`), if its directory resolves under an allowed root.
     pub fn check_link(&self, guest_path: &[u8]) -> Option<PathBuf> {
         let normal = self.normalise(guest_path)?;
-        let name = normal.file_name()?.to_owned();
-        let parent = std::fs::canonicalize(normal.parent()?).ok()?;
-        self.allowed(parent.join(name))
+        self.allowed(resolve(&normal, false).ok()?)
     }
 
     /// Whether a path that [`Policy::check_read`] refused simply does not exist below a
@@ -152,7 +145,7 @@ impl Policy {
                 None => return false,
             }
         }
-        match std::fs::canonicalize(at) {
+        match resolve(at, true) {
             Ok(found) => found.is_dir() && self.allowed(found).is_some(),
             Err(_) => false,
         }
@@ -209,10 +202,10 @@ impl Policy {
         Some(normal)
     }
 
-    /// `host` if it lies under an allowed root (and is no pseudo file system).
+    /// `host` (resolved) if it lies under an allowed root and on no pseudo file system.
     fn allowed(&self, host: PathBuf) -> Option<PathBuf> {
         let inside = self.allow_read.iter().any(|root| host.starts_with(root));
-        (inside && pseudo_root(&host).is_none()).then_some(host)
+        (inside && pseudo_root(&host).is_none() && !on_pseudo_fs(&host)).then_some(host)
     }
 }
 

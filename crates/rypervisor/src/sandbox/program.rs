@@ -259,7 +259,9 @@ impl Program {
         if probe.interp.is_some() || !probe.pie {
             return Err(bad());
         }
-        let span = (probe.end - probe.start).next_multiple_of(layout::MEM_ALIGN);
+        let span = (probe.end - probe.start)
+            .checked_next_multiple_of(layout::MEM_ALIGN)
+            .ok_or_else(bad)?;
         let base = top.checked_sub(span).ok_or_else(bad)? & !(layout::MEM_ALIGN - 1);
         Self::parse_at(interp, probe.bytes, base)
     }

@@ -56,6 +56,20 @@ impl OpenFile {
     }
 }
 
+/// The descriptor a `/dev/stdin`, `/dev/stdout`, `/dev/stderr` or `/dev/fd/N` path names.
+pub fn own_descriptor(path: &[u8]) -> Option<i32> {
+    match path {
+        b"/dev/stdin" => Some(0),
+        b"/dev/stdout" => Some(1),
+        b"/dev/stderr" => Some(2),
+        _ => {
+            let n = path.strip_prefix(b"/dev/fd/")?;
+            let text = std::str::from_utf8(n).ok()?;
+            text.parse().ok().filter(|fd| (0..MAX_FDS).contains(fd))
+        }
+    }
+}
+
 /// The devices every program may open, served by the VMM (no host file behind them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {

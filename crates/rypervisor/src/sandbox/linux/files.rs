@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use super::abi::Iovec;
-use super::fdtable::Directory;
+use super::fdtable::{self, Directory};
 use super::{Context, Errno, Process, SysError, SysResult, IO_CHUNK};
 use crate::sandbox::exit::Exit;
 
@@ -264,13 +264,23 @@ impl Process {
         if let Some(device) = Device::at(&abs) {
             return Ok(i64::from(self.files.install_device(device, cloexec)?));
         }
+        // /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N: the program's own descriptors
+        // (Linux reopens them through /proc/self/fd; a duplicate is what that gives here).
+        if let Some(own) = fdtable::own_descriptor(&abs) {
+            return Ok(self.files.dup(own, 0, cloexec)?);
+        }
         let write_flags = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
         let host = self.host_path(&abs)?;
         if flags & write_flags != 0 {
             return Err(Errno::EROFS.into());
         }
-        // Non-blocking, so a FIFO cannot hang the VMM in open(2); only regular files and
-        // directories are kept (for those, O_NONBLOCK changes nothing).
+        // Only regular files and directories are opened at all: a device's driver (a node
+        // outside /dev) never runs for the program. Non-blocking besides, so a FIFO swapped
+        // in meanwhile cannot hang the VMM in open(2) (for files, O_NONBLOCK changes nothing).
+        let kind = std::fs::symlink_metadata(&host).map_err(|e| Errno::from_io(&e))?;
+        if !kind.is_file() && !kind.is_dir() {
+            return Err(Errno::EACCES.into());
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)

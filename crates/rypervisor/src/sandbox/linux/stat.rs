@@ -147,6 +147,9 @@ impl Process {
         if let Some(d) = Device::at(&abs) {
             return Ok((device_stat(d), None));
         }
+        if let Some(own) = super::fdtable::own_descriptor(&abs) {
+            return self.stat_fd(own, cx);
+        }
         // The directories on the way to a root show their metadata (`ls -la` in a root
         // asks about `..`), as they are already known to be there; they cannot be listed.
         let with_stat = |m: Metadata| (host_stat(&m), Some(m));

@@ -121,12 +121,28 @@ impl TimePage {
         page
     }
 
+    /// The clocks' offsets from `CLOCK_MONOTONIC` at `host`, on a first page. Later pages
+    /// keep `MONOTONIC_RAW`'s (it must not step with NTP's slews of `MONOTONIC`) and let
+    /// `BOOTTIME`'s only grow (by a suspend); `REALTIME` takes the host's steps.
     fn set_offsets(&mut self, host: &HostTime) {
         self.mask = 0;
         for c in CARRIED {
             let c = c as usize;
             self.offsets[c] = host.ns[c].wrapping_sub(host.monotonic());
             self.mask |= 1 << c;
+        }
+    }
+
+    fn update_offsets(&mut self, host: &HostTime) {
+        let old = self.offsets;
+        self.set_offsets(host);
+        for c in [libc::CLOCK_MONOTONIC_RAW, libc::CLOCK_MONOTONIC] {
+            self.offsets[c as usize] = old[c as usize];
+        }
+        let boot = libc::CLOCK_BOOTTIME as usize;
+        // Offsets wrap (they may be negative): compare them signed.
+        if (self.offsets[boot] as i64) < (old[boot] as i64) {
+            self.offsets[boot] = old[boot];
         }
     }
 
@@ -154,14 +170,14 @@ impl TimePage {
         let interval_ns = (u128::from(interval_ticks) * u128::from(nominal)) >> 32;
         let target = i128::from(host.monotonic()) + interval_ns as i128 - i128::from(here);
         let wanted = (target.max(0) as u128) << 32;
-        let mult = (wanted / u128::from(interval_ticks)) as u64;
+        let mult = (wanted / u128::from(interval_ticks)).min(u128::from(u64::MAX)) as u64;
         let mut page = Self {
             tsc_base: tsc,
             base_ns: here,
             mult: mult.clamp(nominal / 2, nominal + nominal / 2),
             ..*self
         };
-        page.set_offsets(host);
+        page.update_offsets(host);
         page
     }
 }
@@ -299,6 +315,12 @@ mod tests {
         // Absurd readings are clamped.
         let wild = page.rebased(1, &host(u64::MAX / 4), second, nominal);
         assert_eq!(wild.mult, nominal + nominal / 2);
+        // MONOTONIC_RAW keeps its offset (no step with NTP's slew); BOOTTIME never goes back.
+        let mut later = host(second);
+        later.ns[libc::CLOCK_MONOTONIC_RAW as usize] += 500_000;
+        later.ns[libc::CLOCK_BOOTTIME as usize] -= 1_000;
+        let kept = page.rebased(tsc, &later, second, nominal);
+        assert_eq!(kept.offsets, page.offsets);
         let fallback = TimePage::fallback();
         assert_eq!(fallback.rebased(5, &host(9), second, nominal), fallback);
     }

@@ -266,3 +266,35 @@ fn statx_and_access_tell_the_truth_of_a_read_only_view() {
     assert_eq!(r.ret(nr::STATFS, &[p, out]), 0);
     assert_eq!(r.ret(nr::FSTATFS, &[1, out]), -i64::from(libc::ENOSYS));
 }
+
+#[test]
+fn proc_s_magic_links_are_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    std::os::unix::fs::symlink("/proc/self/cwd", root.join("magic")).unwrap();
+    std::os::unix::fs::symlink("/proc/self", root.join("me")).unwrap();
+    let mut r = Rig::new();
+    // Even a root that holds the VMM's own working directory: /proc/self/cwd leads there.
+    r.process.policy_mut().allow_read(&root).unwrap();
+    r.process
+        .policy_mut()
+        .allow_read(&std::env::current_dir().unwrap())
+        .unwrap();
+    for path in [
+        "/proc/self/cwd".to_string(),
+        "/proc/self/exe".into(),
+        "/proc/1/root/etc/passwd".into(),
+        format!("{}/magic", root.display()),
+        format!("{}/magic/Cargo.toml", root.display()),
+        format!("{}/me/exe", root.display()),
+    ] {
+        let p = put_path(&mut r, BUF, &path);
+        let fd = r.ret(nr::OPEN, &[p, 0]);
+        assert!(fd < 0, "{path}: opened ({fd})");
+        assert!(r.ret(nr::STAT, &[p, BUF + 0x1000]) < 0, "{path}: stat");
+        assert!(r.ret(nr::CHDIR, &[p]) < 0, "{path}: chdir");
+    }
+    // The link itself may be read: its text is inside the root.
+    let p = put_path(&mut r, BUF, &format!("{}/magic", root.display()));
+    assert_eq!(r.ret(nr::READLINK, &[p, BUF + 0x1000, 64]), 14);
+}

@@ -366,6 +366,20 @@ fn dev_null_zero_and_urandom_are_built_in() {
         0,
         "as Linux: always 0"
     );
+    // /dev/stdin, /dev/stdout, /dev/fd/N: the program's own descriptors.
+    r.host.stdin = b"via /dev/stdin".to_vec();
+    r.host.stdin_pos = 0;
+    let fd = open(&mut r, b"/dev/stdin\0", libc::O_RDONLY);
+    assert!(fd > 2, "{fd}");
+    assert_eq!(r.ret(nr::READ, &[fd as u64, BUF + 0x100, 64]), 14);
+    let out = open(&mut r, b"/dev/fd/1\0", libc::O_WRONLY);
+    r.mem.write(BUF + 0x200, b"!").unwrap();
+    assert_eq!(r.ret(nr::WRITE, &[out as u64, BUF + 0x200, 1]), 1);
+    assert!(r.host.stdout.ends_with(b"!"));
+    assert_eq!(
+        open(&mut r, b"/dev/fd/77\0", libc::O_RDONLY),
+        -i64::from(libc::EBADF)
+    );
     // Nothing else under /dev exists in the sandbox, nor /proc or /sys.
     for path in [
         &b"/dev/sda\0"[..],
