@@ -436,8 +436,12 @@ fn programs_that_cannot_run_get_a_clear_error() {
             "at least 4 MiB",
         ),
         (
-            vec!["--mem".into(), "8G".into(), "--".into(), hello.into()],
+            vec!["--mem".into(), "300G".into(), "--".into(), hello.into()],
             "too large",
+        ),
+        (
+            vec!["--mem".into(), "250G".into(), "--".into(), hello.into()],
+            "this host has",
         ),
         (
             vec![

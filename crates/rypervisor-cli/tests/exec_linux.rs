@@ -231,3 +231,28 @@ fn the_vdso_serves_the_clocks_without_a_vm_exit() {
         );
     }
 }
+
+#[test]
+fn dietlibc_reads_the_clocks_through_the_vdso() {
+    require_kvm();
+    // dietlibc once jumped to the legacy vsyscall page, which the sandbox does not have; it
+    // takes the vDSO when AT_SYSINFO_EHDR names one.
+    let out = tempfile::tempdir().unwrap();
+    let prog = out.path().join("dtime");
+    support::compile("dtime", "diet", &["gcc"], &prog);
+    let r = rypervisor(
+        &["exec", "--stats", "--", prog.to_str().unwrap(), "2000"],
+        b"",
+    );
+    assert_eq!(r.status, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "2000 rounds, 0 out of order\n");
+    let calls: u64 = (r.stderr.lines())
+        .find_map(|l| l.trim().strip_prefix("system calls"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        calls < 20,
+        "8000 clock readings took {calls} system calls\n{}",
+        r.stderr
+    );
+}
