@@ -2,7 +2,8 @@
 # Start-up of whole processes: native, `rypervisor exec`, and qemu-user (`qemu-x86_64`, from
 # Debian's qemu-user), interleaved round by round so this machine's drift falls on all alike.
 # Programs: Debian's dynamic `ls` of a small directory and `python3 -c pass` (with
-# --allow-read /usr), and a static busybox `ls` when busybox-static is installed.
+# --allow-read /usr), a static busybox `ls` when busybox-static is installed, and the static
+# test programs `hello` (one write) and `getpid 20000` (the cost of a system call).
 #
 # Usage: scripts/bench-startup.sh [ROUNDS]     (default 15)
 # Prints the median wall time per program and runner, and the ratios to native.
@@ -13,12 +14,17 @@ cargo build -q --release -p rypervisor-cli
 work="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-startup.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/dir" && touch "$work/dir/"{a,b,c}
-python3 - "$rounds" "$work/dir" "$PWD/target/release/rypervisor" <<'PY'
+for p in hello getpid; do
+  gcc -static -O2 -o "$work/$p" "crates/rypervisor/tests/programs/$p.c"
+done
+python3 - "$rounds" "$work/dir" "$PWD/target/release/rypervisor" "$work" <<'PY'
 import shutil, statistics, subprocess, sys, time
-rounds, small, rv = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+rounds, small, rv, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 programs = {
     "ls (dynamic)": ["/usr/bin/ls", small],
     "python3 -c pass": ["/usr/bin/python3", "-c", "pass"],
+    "hello (static)": [f"{work}/hello"],
+    "getpid 20000": [f"{work}/getpid", "20000"],
 }
 if shutil.which("busybox") and open(shutil.which("busybox"), "rb").read(4) == b"\x7fELF":
     programs["busybox ls (static)"] = [shutil.which("busybox"), "ls", small]
