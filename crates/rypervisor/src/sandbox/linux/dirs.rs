@@ -46,6 +46,17 @@ impl Process {
         Ok(abs)
     }
 
+    /// The absolute path the program passed at `path`, relative to `dirfd`.
+    pub(super) fn path_arg(
+        &self,
+        dirfd: i32,
+        path: u64,
+        cx: &Context<'_>,
+    ) -> Result<Vec<u8>, Errno> {
+        let name = cx.mem.read_cstr(path, PATH_MAX)?;
+        self.absolute(dirfd, &name)
+    }
+
     /// The host path of `abs` (symlinks followed) if the policy lets the program read it:
     /// `ENOENT` when it is simply missing from a readable directory, `EACCES` otherwise.
     pub(super) fn host_path(&self, abs: &[u8]) -> Result<PathBuf, Errno> {
@@ -66,8 +77,7 @@ impl Process {
     /// `chdir`: into a readable directory, or one on the way to a root (`/` for a root
     /// `/usr`: the program may stand there, not list it).
     pub(super) fn chdir(&mut self, path: u64, cx: &mut Context<'_>) -> SysResult {
-        let name = cx.mem.read_cstr(path, PATH_MAX)?;
-        let abs = self.absolute(libc::AT_FDCWD, &name)?;
+        let abs = self.path_arg(libc::AT_FDCWD, path, cx)?;
         let host = match self.host_path(&abs) {
             Ok(host) => host,
             Err(e) => self.policy.on_the_way(&abs).ok_or(e)?,

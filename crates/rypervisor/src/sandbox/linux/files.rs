@@ -258,8 +258,7 @@ impl Process {
         flags: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        let name = cx.mem.read_cstr(path, PATH_MAX)?;
-        let abs = self.absolute(dirfd, &name)?;
+        let abs = self.path_arg(dirfd, path, cx)?;
         let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
         if let Some(device) = Device::at(&abs) {
             return Ok(i64::from(self.files.install_device(device, cloexec)?));

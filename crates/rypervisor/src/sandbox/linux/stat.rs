@@ -219,8 +219,7 @@ impl Process {
         let mut out = Statfs::default();
         let rc = match path {
             Some(path) => {
-                let name = cx.mem.read_cstr(path, PATH_MAX)?;
-                let abs = self.absolute(libc::AT_FDCWD, &name)?;
+                let abs = self.path_arg(libc::AT_FDCWD, path, cx)?;
                 let host = self.host_path(&abs)?;
                 let c = std::ffi::CString::new(host.as_os_str().as_bytes())
                     .map_err(|_| Errno::EINVAL)?;
@@ -257,8 +256,7 @@ impl Process {
         size: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        let name = cx.mem.read_cstr(path, PATH_MAX)?;
-        let abs = self.absolute(dirfd, &name)?;
+        let abs = self.path_arg(dirfd, path, cx)?;
         if (size as i64) <= 0 {
             return Err(Errno::EINVAL.into());
         }
@@ -321,8 +319,7 @@ impl Process {
         mode: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        let name = cx.mem.read_cstr(path, PATH_MAX)?;
-        let abs = self.absolute(dirfd, &name)?;
+        let abs = self.path_arg(dirfd, path, cx)?;
         if Device::at(&abs).is_some() {
             return Ok(0);
         }
