@@ -176,6 +176,7 @@ fuzz_target!(|data: &[u8]| {
             host: &mut host,
             remaining: Some(std::time::Duration::from_millis(1)),
             vdso_clock: None,
+            interrupt: None,
         };
         if let Next::End(_) = process.dispatch(&call, &mut cx) {
             break;

@@ -97,7 +97,7 @@ enum Command {
         - served: read/write on stdin/stdout/stderr, exit, brk, anonymous mmap/munmap/mremap, \
         mprotect (recorded), arch_prctl, clocks, nanosleep, getrandom, uname (a fixed identity: pid 1, \
         uid 1000, host 'rypervisor'; umask, getgroups, process group and session ids, times, \
-        getrusage, sysinfo, common prctl options), signal calls (recorded, never delivered), and read-only \
+        getrusage, sysinfo, common prctl options), signals the program sends itself and SIGALRM (alarm/setitimer), delivered to its handlers, and read-only \
         open/read/stat/lseek of files and directories under --allow-read (getdents64, \
         chdir/fchdir/getcwd with a working directory that relative paths start from; \
         metadata as the host has it, owned by uid 1000; readlink), built-in /dev/null, \

@@ -256,3 +256,35 @@ fn dietlibc_reads_the_clocks_through_the_vdso() {
         r.stderr
     );
 }
+
+#[test]
+fn signal_handlers_run_as_they_do_natively() {
+    for libc in support::libcs() {
+        let prog = program("signals", libc);
+        let want = native(&prog, &["handlers"]);
+        let got = sandboxed(&[], &prog, &["handlers"]);
+        assert_eq!(got, want, "{libc:?}");
+        for line in [
+            "fpu kept",
+            "pending 1",
+            "nested: 11",
+            "altstack: on it",
+            "EINTR, alarms 1",
+            "itimer: alarms 4",
+        ] {
+            assert!(got.contains(line), "{libc:?}: no {line:?} in\n{got}");
+        }
+    }
+    // Default actions end the program as a shell shows it.
+    let prog = program("signals", Libc::Glibc);
+    for (mode, status, name) in [("term", 143, "SIGTERM"), ("abort", 134, "SIGABRT")] {
+        let r = rypervisor(&["exec", "--", prog.to_str().unwrap(), mode], b"");
+        assert_eq!(r.status, status, "{mode}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{mode}: {}", r.stdout);
+        assert!(
+            r.stderr.contains(&format!("program killed by {name}")),
+            "{}",
+            r.stderr
+        );
+    }
+}

@@ -16,6 +16,9 @@ pub enum Exit {
     },
     /// A CPU exception at CPL3.
     Fault(Fault),
+    /// A signal whose default action ends the process (from the program itself: `kill`,
+    /// `raise`, `alarm`, or a signal frame it could not take).
+    Signaled(i32),
     /// The time limit expired.
     TimedOut,
     /// The VM stopped for a reason that is not the program's doing (emulation failure,
@@ -41,6 +44,7 @@ impl Exit {
             Exit::Exited(s) => *s,
             Exit::Denied { .. } => STRICT_STATUS,
             Exit::Fault(f) => fault_status(f.vector),
+            Exit::Signaled(sig) => 128 + sig,
             Exit::TimedOut => 124,
             Exit::Crashed(_) => 1,
         }
@@ -55,9 +59,51 @@ impl Exit {
                 sysno::name(*nr)
             )),
             Exit::Fault(f) => Some(f.to_string()),
+            Exit::Signaled(sig) => Some(format!("program killed by {}", signal_name(*sig))),
             Exit::TimedOut => Some("program stopped: time limit expired".into()),
             Exit::Crashed(why) => Some(format!("sandbox VM stopped: {why}")),
         }
+    }
+}
+
+/// A signal's name (`SIGTERM`), or its number.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match usize::try_from(sig - 1).ok().and_then(|i| NAMES.get(i)) {
+        Some(name) => (*name).to_string(),
+        None => format!("signal {sig}"),
     }
 }
 

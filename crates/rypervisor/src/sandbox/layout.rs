@@ -179,6 +179,13 @@ pub fn setup_sregs(sregs: &mut kvm_sregs, xsave: bool) {
     sregs.efer = efer::LME | efer::LMA | efer::SCE;
 }
 
+/// Puts `sregs` back at CPL3: the user code and data segments (for returning to the
+/// program from the system-call stub without `sysret`).
+pub fn user_segments(sregs: &mut kvm_sregs) {
+    let (cs, ds) = flat_segments(true, true);
+    load_segments(sregs, cs, ds);
+}
+
 /// The MSRs of the system-call path, with FS/GS bases cleared.
 pub fn msrs() -> [(u32, u64); 6] {
     // sysret: CS = STAR[63:48]+16 (USER_CODE64), SS = STAR[63:48]+8 (USER_DATA), RPL 3.

@@ -12,8 +12,9 @@ use kvm_ioctls::VmFd;
 use super::exit::{Exit, Fault};
 use super::host::{BufferHost, Host};
 use super::layout;
+use super::linux::sigframe::{self, UserRegs};
 use super::linux::trace::{self, TraceSink};
-use super::linux::{Context, Next, Process, SyscallArgs, SyscallStats};
+use super::linux::{Context, Next, Process, SysError, SyscallArgs, SyscallStats};
 use super::usermem::UserMemory;
 use super::vdso::{self, clock::host_monotonic_ns, clock::HostTime, clock::TimeKeeper};
 use super::warm::WarmSandbox;
@@ -22,7 +23,7 @@ use crate::arch::ExceptionFrame;
 use crate::bus::Bus;
 use crate::devices::StopSignal;
 use crate::disasm;
-use crate::kvm::KvmSystem;
+use crate::kvm::{ioctl, KvmSystem};
 use crate::vcpu::{handle_exit, ExitAction, ExitKind, ExitStats, Stop, Vcpu};
 use crate::vm::Vm;
 use crate::watchdog::Watchdog;
@@ -79,6 +80,9 @@ pub struct Sandbox {
     build_time: Duration,
     /// The vDSO's time page.
     clock: TimeKeeper,
+    /// The FPU state of each signal handler running, to restore at its `rt_sigreturn`
+    /// (bounded: a handler that leaves by `siglongjmp` never returns).
+    pub(super) fpu_saved: Vec<Box<kvm_bindings::kvm_xsave>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -105,6 +109,33 @@ fn is_stdin_read(call: &SyscallArgs) -> bool {
 
 /// Sandbox ids.
 static NEXT_SANDBOX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Signal handlers running at once whose FPU state is kept (deeper: the oldest is dropped).
+const MAX_NESTED_HANDLERS: usize = 64;
+
+/// The program's registers after its system call returned `value` (what `sysret` gives it).
+fn user_regs(r: &kvm_regs, value: i64) -> UserRegs {
+    UserRegs {
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rdi: r.rdi,
+        rsi: r.rsi,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        rdx: r.rdx,
+        rax: value as u64,
+        rcx: r.rcx,
+        rsp: r.rsp,
+        rip: r.rcx,
+        rflags: (r.r11 & SYSRET_RFLAGS) | crate::arch::rflags::FIXED,
+    }
+}
 
 /// RFLAGS bits `sysret` restores from R11 (it clears RF and VM, and bit 1 is always set).
 const SYSRET_RFLAGS: u64 = 0x3c_7fd7;
@@ -137,6 +168,7 @@ impl Sandbox {
             sregs_touched: false,
             build_time,
             clock,
+            fpu_saved: Vec::new(),
         }
     }
 
@@ -314,21 +346,101 @@ impl Sandbox {
             host,
             remaining,
             vdso_clock: Some(&vdso_clock),
+            interrupt: None,
         };
         let next = self.process.dispatch(&call, &mut cx);
         if let Some(sink) = self.trace.as_mut() {
-            sink.line(&trace::trace_line(&call, &next, &self.mem));
+            sink.line(&trace::trace_line(&call, &next, cx.mem));
         }
+        // The program's registers once the call is done: the result in RAX and, as after
+        // `sysret`, RIP from RCX and RFLAGS from R11; or, for `rt_sigreturn`, the frame's.
+        let (after, sigreturn) = match next {
+            Next::Return(value) => (user_regs(&regs, value), false),
+            Next::SigReturn => match self.process.sigreturn(regs.rsp, regs.r11, &mut cx) {
+                Ok(restored) => (restored, true),
+                Err(SysError::End(exit)) => return Ok(Some(exit)),
+                Err(SysError::Errno(_)) => unreachable!("sigreturn ends or restores"),
+            },
+            Next::End(exit) => return Ok(Some(exit)),
+        };
+        let entry = match self.process.deliver(&after, &mut cx) {
+            Ok(entry) => entry,
+            Err(SysError::End(exit)) => return Ok(Some(exit)),
+            Err(SysError::Errno(_)) => unreachable!("delivery runs a handler or ends"),
+        };
         if let Some(base) = self.process.take_fs_change() {
             self.vcpu.set_msrs(&[(layout::msr::FS_BASE, base)])?;
         }
-        match next {
-            Next::Return(value) => {
-                self.complete(value, regs, &sregs)?;
-                Ok(None)
+        if sigreturn {
+            if let Some(fpu) = self.fpu_saved.pop() {
+                // SAFETY: the buffer came from KVM_GET_XSAVE on this vCPU (see `restore`).
+                unsafe { self.vcpu.fd().set_xsave(&fpu) }.map_err(ioctl("KVM_SET_XSAVE"))?;
             }
-            Next::End(exit) => Ok(Some(exit)),
         }
+        match (entry, sigreturn) {
+            (None, false) => {
+                let value = after.rax as i64;
+                self.complete(value, regs, &sregs)?;
+            }
+            (None, true) => self.resume(&after, regs, &sregs)?,
+            (Some(e), _) => {
+                let fpu = Box::new(self.vcpu.fd().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+                // The FXSAVE image, where the frame's `fpstate` points (for handlers that
+                // look; what is restored is the VMM's own copy).
+                let image: Vec<u8> = (fpu.region.iter())
+                    .take(sigframe::FPSTATE_SIZE as usize / 4)
+                    .flat_map(|w| w.to_le_bytes())
+                    .collect();
+                if self.mem.write(e.fpstate, &image).is_err() {
+                    // Checked with the frame; a frame the program cannot have is SIGSEGV.
+                    return Ok(Some(Exit::Signaled(libc::SIGSEGV)));
+                }
+                if self.fpu_saved.len() >= MAX_NESTED_HANDLERS {
+                    self.fpu_saved.remove(0);
+                }
+                self.fpu_saved.push(fpu);
+                let handler = UserRegs {
+                    rip: e.rip,
+                    rsp: e.rsp,
+                    rdi: e.args[0],
+                    rsi: e.args[1],
+                    rdx: e.args[2],
+                    rax: 0,
+                    rflags: e.rflags,
+                    ..after
+                };
+                self.resume(&handler, regs, &sregs)?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resumes the program with the whole register state `user`. Where the system call
+    /// entered CPL0 (hardware), the stub's `sysretq` takes RIP from RCX and RFLAGS from R11,
+    /// which is right for a handler's entry; `rt_sigreturn` needs RCX and R11 exact too, so
+    /// there the VMM returns to CPL3 itself (user segments, then the registers).
+    fn resume(
+        &mut self,
+        user: &UserRegs,
+        mut regs: kvm_regs,
+        sregs: &kvm_sregs,
+    ) -> Result<(), SandboxError> {
+        let u = user;
+        (
+            regs.r8, regs.r9, regs.r10, regs.r12, regs.r13, regs.r14, regs.r15,
+        ) = (u.r8, u.r9, u.r10, u.r12, u.r13, u.r14, u.r15);
+        (
+            regs.rdi, regs.rsi, regs.rbp, regs.rbx, regs.rdx, regs.rax, regs.rsp,
+        ) = (u.rdi, u.rsi, u.rbp, u.rbx, u.rdx, u.rax, u.rsp);
+        let flags = (u.rflags & SYSRET_RFLAGS) | crate::arch::rflags::FIXED;
+        if layout::is_kernel_cs(sregs) {
+            let mut user_sregs = *sregs;
+            layout::user_segments(&mut user_sregs);
+            self.vcpu.set_sregs(&user_sregs)?;
+            self.sregs_touched = true;
+        }
+        (regs.rip, regs.rflags, regs.rcx, regs.r11) = (u.rip, flags, u.rcx, u.r11);
+        Ok(self.vcpu.set_regs(&regs)?)
     }
 
     /// Re-bases the vDSO's time page when a refresh is due (the vCPU is stopped, so the

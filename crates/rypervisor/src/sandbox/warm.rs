@@ -114,6 +114,7 @@ impl Sandbox {
         };
         self.baseline = Some(snap.id);
         self.write_time_page()?;
+        self.fpu_saved.clear();
         // Through kvm_run's synced copy when there is one, which must not keep the last exit's
         // registers: the next system call reads its arguments from there.
         self.vcpu.set_regs(&snap.regs)?;

@@ -19,6 +19,7 @@
 //! (`/` unless set).
 
 pub mod abi;
+pub mod deliver;
 pub mod dirs;
 pub mod errno;
 pub mod fdtable;
@@ -28,6 +29,7 @@ pub mod memory;
 pub mod pipe;
 pub mod poll;
 pub mod process;
+pub mod sigframe;
 pub mod signals;
 pub mod start;
 pub mod stat;
@@ -70,6 +72,9 @@ pub enum Next {
     Return(i64),
     /// The program has ended (exit, `--strict`, the time limit while the VMM served it).
     End(Exit),
+    /// `rt_sigreturn`: the run loop resumes the state [`Process::sigreturn`] reads from the
+    /// signal frame at the program's stack.
+    SigReturn,
 }
 
 /// Why a handler did not return a value: an error for the program, or the program's end.
@@ -110,6 +115,8 @@ pub struct Context<'a> {
     /// The vDSO's clocks as the program would read them now (`None` for a clock the time
     /// page does not carry), so a system call and the vDSO never disagree.
     pub vdso_clock: Option<&'a dyn Fn(i32) -> Option<(i64, i64)>>,
+    /// How long until a signal (the alarm) interrupts a wait (`EINTR`); set by `dispatch`.
+    pub interrupt: Option<Duration>,
 }
 
 /// The process the sandbox runs: everything a kernel would keep about it.
@@ -194,6 +201,13 @@ impl Process {
     /// Serves one system call.
     pub fn dispatch(&mut self, call: &SyscallArgs, cx: &mut Context<'_>) -> Next {
         *self.stats.counts.entry(call.nr).or_default() += 1;
+        if call.nr == sysno::RT_SIGRETURN {
+            return Next::SigReturn;
+        }
+        if self.signals.alarm.is_some() {
+            let now = signals::now_ns(cx);
+            cx.interrupt = self.alarm_in(now);
+        }
         match self.serve(call, cx) {
             Ok(value) => Next::Return(value),
             Err(SysError::Errno(e)) => Next::Return(e.ret()),
@@ -305,10 +319,18 @@ impl Process {
             SCHED_GETAFFINITY => Process::getaffinity(a0, a1, a2, cx),
             SCHED_SETAFFINITY => Process::setaffinity(a0, a1, a2, cx),
             GETCPU => Process::getcpu(a0, a1, cx),
-            // Signals (recorded; none is ever delivered) and futexes.
+            // Signals (delivered on the way back from a call: see `deliver`) and futexes.
             RT_SIGACTION => self.signals.sigaction(a0, a1, a2, cx),
             RT_SIGPROCMASK => self.signals.sigprocmask(a0 as i32, a1, a2, cx),
-            SIGALTSTACK => signals::sigaltstack(a1, cx),
+            SIGALTSTACK => self.signals.sigaltstack(a0, a1, cx),
+            RT_SIGPENDING => self.sigpending(a0, cx),
+            KILL => self.kill(a0, a1),
+            TKILL => self.tgkill(None, a0, a1),
+            TGKILL => self.tgkill(Some(a0), a1, a2),
+            ALARM => self.alarm(a0, cx),
+            SETITIMER => self.itimer(a0, a1, a2, cx),
+            GETITIMER => self.itimer(a0, 0, a1, cx),
+            PAUSE => self.pause(cx),
             FUTEX => signals::futex(a0, a1, a2, a3, cx),
             // The end.
             EXIT | EXIT_GROUP => Err(SysError::End(Exit::Exited(a0 as i32 & 0xff))),

@@ -1,17 +1,62 @@
-//! Signals, recorded but never delivered (a single-process sandbox has nobody to send one):
-//! `rt_sigaction`, `rt_sigprocmask`, `sigaltstack`; and `futex`, where the only thread can
-//! never be woken by another.
+//! Signals inside the process: dispositions (`rt_sigaction`), the blocked mask
+//! (`rt_sigprocmask`), the alternate stack (`sigaltstack`), what is pending
+//! (`rt_sigpending`), the signals the program sends itself (`kill`, `tkill`, `tgkill`, so
+//! `raise` and `abort`), and SIGALRM from `alarm`/`setitimer(ITIMER_REAL)`; their delivery is
+//! [`super::deliver`]. Also `futex`, where the only thread can never be woken by another.
 
 use std::collections::BTreeMap;
 
 use super::abi::{KernelSigaction, SignalStack};
-use super::{Context, Errno, SysResult};
+use super::identity::PID;
+use super::{Context, Errno, Process, SysResult};
 
-/// Dispositions and the blocked mask.
-#[derive(Clone, Debug, Default)]
+/// Dispositions, the blocked mask, what is pending, the alternate stack and the alarm.
+#[derive(Clone, Debug)]
 pub struct SignalState {
     actions: BTreeMap<u64, KernelSigaction>,
-    mask: u64,
+    pub(super) mask: u64,
+    /// Bit `n - 1`: signal `n` is pending.
+    pub(super) pending: u64,
+    /// `sigaltstack`: sp, flags, size.
+    pub(super) altstack: (u64, u64, u64),
+    /// SIGALRM's deadline and period (`setitimer`'s interval), in host monotonic ns.
+    pub(super) alarm: Option<(u64, u64)>,
+    /// Per signal, the `si_code` it was sent with (`SI_USER` for `kill`, `SI_TKILL`...).
+    pub(super) codes: [i32; 64],
+}
+
+impl Default for SignalState {
+    fn default() -> Self {
+        Self {
+            actions: BTreeMap::new(),
+            mask: 0,
+            pending: 0,
+            altstack: (0, libc::SS_DISABLE as u64, 0),
+            alarm: None,
+            codes: [0; 64],
+        }
+    }
+}
+
+/// The bit of signal `sig` in a mask.
+pub(super) fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+/// `si_code`s: sent by `kill`, by `tkill`/`tgkill`, by the kernel (the alarm).
+pub(super) const SI_USER: i32 = 0;
+pub(super) const SI_TKILL: i32 = -6;
+pub(super) const SI_KERNEL: i32 = 0x80;
+
+/// Signals that can be neither blocked nor caught.
+const UNBLOCKABLE: u64 = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
+
+/// Host monotonic time in nanoseconds.
+pub(super) fn now_ns(cx: &mut Context<'_>) -> u64 {
+    let (s, n) = cx.host.clock(libc::CLOCK_MONOTONIC).unwrap_or((0, 0));
+    (s as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(n as u64)
 }
 
 impl SignalState {
@@ -25,7 +70,7 @@ impl SignalState {
         if !(1..=64).contains(&sig) || sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
             return Err(Errno::EINVAL.into());
         }
-        let previous = self.actions.get(&sig).copied().unwrap_or_default();
+        let previous = self.action(sig as i32);
         if act != 0 {
             let new: KernelSigaction = cx.mem.read_obj(act)?;
             self.actions.insert(sig, new);
@@ -51,7 +96,7 @@ impl SignalState {
                 libc::SIG_UNBLOCK => self.mask & !s,
                 libc::SIG_SETMASK => s,
                 _ => return Err(Errno::EINVAL.into()),
-            };
+            } & !UNBLOCKABLE;
         }
         if old != 0 {
             cx.mem.write_obj(old, &previous)?;
@@ -60,14 +105,179 @@ impl SignalState {
     }
 }
 
-/// No alternate stack is ever in use.
-pub(super) fn sigaltstack(old: u64, cx: &mut Context<'_>) -> SysResult {
-    if old != 0 {
-        let mut ss = SignalStack::default();
-        ss.0.ss_flags = libc::SS_DISABLE;
-        cx.mem.write_obj(old, &ss)?;
+impl SignalState {
+    /// The disposition of `sig` (SIG_DFL when never set).
+    pub(super) fn action(&self, sig: i32) -> KernelSigaction {
+        self.actions.get(&(sig as u64)).copied().unwrap_or_default()
     }
-    Ok(0)
+
+    /// Back to SIG_DFL (`SA_RESETHAND`).
+    pub(super) fn reset(&mut self, sig: i32) {
+        self.actions.remove(&(sig as u64));
+    }
+
+    /// `sigaltstack(new, old)`.
+    pub(super) fn sigaltstack(&mut self, new: u64, old: u64, cx: &mut Context<'_>) -> SysResult {
+        if old != 0 {
+            let mut ss = SignalStack::default();
+            let (sp, flags, size) = self.altstack;
+            ss.0.ss_sp = sp as *mut libc::c_void;
+            ss.0.ss_flags = flags as i32;
+            ss.0.ss_size = size as usize;
+            cx.mem
+                .check(old, std::mem::size_of::<SignalStack>() as u64)?;
+            if new == 0 {
+                cx.mem.write_obj(old, &ss)?;
+                return Ok(0);
+            }
+            let next = self.read_altstack(new, cx)?;
+            cx.mem.write_obj(old, &ss)?;
+            self.altstack = next;
+            return Ok(0);
+        }
+        if new != 0 {
+            self.altstack = self.read_altstack(new, cx)?;
+        }
+        Ok(0)
+    }
+
+    fn read_altstack(&self, at: u64, cx: &mut Context<'_>) -> Result<(u64, u64, u64), Errno> {
+        let ss: SignalStack = cx.mem.read_obj(at)?;
+        let flags = ss.0.ss_flags;
+        if flags & libc::SS_DISABLE != 0 {
+            return Ok((0, libc::SS_DISABLE as u64, 0));
+        }
+        if flags & !libc::SS_ONSTACK != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if (ss.0.ss_size as u64) < libc::MINSIGSTKSZ as u64 {
+            return Err(Errno::ENOMEM);
+        }
+        Ok((ss.0.ss_sp as u64, 0, ss.0.ss_size as u64))
+    }
+
+    /// SIGALRM becomes pending when its deadline has passed (and is re-armed by its period).
+    pub(super) fn check_alarm(&mut self, now: u64) {
+        if let Some((at, period)) = self.alarm {
+            if now >= at {
+                self.pending |= bit(libc::SIGALRM);
+                self.codes[libc::SIGALRM as usize - 1] = SI_KERNEL;
+                self.alarm = (period > 0).then(|| (now + period, period));
+            }
+        }
+    }
+}
+
+impl Process {
+    /// `kill(pid, sig)`: the process is alone, so only it (pid 1, 0 for its group, -1 for
+    /// everyone it may signal, -1 for its group) can be signalled; signal 0 asks whether it
+    /// exists.
+    pub(super) fn kill(&mut self, pid: u64, sig: u64) -> SysResult {
+        let pid = pid as i32;
+        if !matches!(pid, 0 | -1) && i64::from(pid.abs()) != PID {
+            return Err(Errno::ESRCH.into());
+        }
+        self.send(sig, SI_USER)
+    }
+
+    /// `tgkill(tgid, tid, sig)` and `tkill(tid, sig)` (`tgid` None).
+    pub(super) fn tgkill(&mut self, tgid: Option<u64>, tid: u64, sig: u64) -> SysResult {
+        let is_me = |id: u64| id as i32 as i64 == PID;
+        if tgid.is_some_and(|g| !is_me(g)) || !is_me(tid) {
+            return Err(Errno::ESRCH.into());
+        }
+        self.send(sig, SI_TKILL)
+    }
+
+    fn send(&mut self, sig: u64, code: i32) -> SysResult {
+        match sig {
+            0 => Ok(0),
+            1..=64 => {
+                self.signals.pending |= bit(sig as i32);
+                self.signals.codes[sig as usize - 1] = code;
+                Ok(0)
+            }
+            _ => Err(Errno::EINVAL.into()),
+        }
+    }
+
+    /// `rt_sigpending`: the pending signals.
+    pub(super) fn sigpending(&self, set: u64, cx: &mut Context<'_>) -> SysResult {
+        cx.mem.write_obj(set, &self.signals.pending)?;
+        Ok(0)
+    }
+
+    /// `alarm(secs)`: SIGALRM in `secs` seconds (0: none); the seconds the last one had left.
+    pub(super) fn alarm(&mut self, secs: u64, cx: &mut Context<'_>) -> SysResult {
+        let now = now_ns(cx);
+        let left = self
+            .signals
+            .alarm
+            .map_or(0, |(at, _)| at.saturating_sub(now));
+        let secs = secs as u32; // the kernel takes an unsigned int
+        self.signals.alarm = (secs > 0).then(|| (now + u64::from(secs) * 1_000_000_000, 0));
+        Ok(left.div_ceil(1_000_000_000) as i64)
+    }
+
+    /// `setitimer(ITIMER_REAL, new, old)` and `getitimer` (`new` 0); the CPU-time timers are
+    /// not kept (`EINVAL`).
+    pub(super) fn itimer(
+        &mut self,
+        which: u64,
+        new: u64,
+        old: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        if which != libc::ITIMER_REAL as u64 {
+            return Err(Errno::EINVAL.into());
+        }
+        let now = now_ns(cx);
+        let us = |ns: u64| libc::timeval {
+            tv_sec: (ns / 1_000_000_000) as i64,
+            tv_usec: (ns % 1_000_000_000 / 1000) as i64,
+        };
+        let (left, period) = self
+            .signals
+            .alarm
+            .map_or((0, 0), |(at, p)| (at.saturating_sub(now), p));
+        let current = [us(period), us(left)];
+        if new != 0 {
+            let v: [super::abi::Timeval; 2] = [cx.mem.read_obj(new)?, cx.mem.read_obj(new + 16)?];
+            let ns = |t: &super::abi::Timeval| -> Result<u64, Errno> {
+                if t.0.tv_sec < 0 || !(0..1_000_000).contains(&t.0.tv_usec) {
+                    return Err(Errno::EINVAL);
+                }
+                Ok(t.0.tv_sec as u64 * 1_000_000_000 + t.0.tv_usec as u64 * 1000)
+            };
+            let (interval, value) = (ns(&v[0])?, ns(&v[1])?);
+            if old != 0 {
+                cx.mem.write_obj(old, &super::abi::Timeval(current[0]))?;
+                cx.mem
+                    .write_obj(old + 16, &super::abi::Timeval(current[1]))?;
+            }
+            self.signals.alarm = (value > 0).then(|| (now + value, interval));
+            return Ok(0);
+        }
+        if old != 0 {
+            cx.mem.write_obj(old, &super::abi::Timeval(current[0]))?;
+            cx.mem
+                .write_obj(old + 16, &super::abi::Timeval(current[1]))?;
+        }
+        Ok(0)
+    }
+
+    /// `pause`: waits for a signal; the only one that can come is the alarm.
+    pub(super) fn pause(&mut self, cx: &mut Context<'_>) -> SysResult {
+        super::time::sleep(std::time::Duration::MAX, cx)?;
+        Err(Errno::EINTR.into())
+    }
+
+    /// How long until the alarm, for sleeps to end early (`EINTR`).
+    pub(super) fn alarm_in(&self, now: u64) -> Option<std::time::Duration> {
+        self.signals
+            .alarm
+            .map(|(at, _)| std::time::Duration::from_nanos(at.saturating_sub(now)))
+    }
 }
 
 /// `futex` operations (`linux/futex.h`; libc exports them only for some targets).

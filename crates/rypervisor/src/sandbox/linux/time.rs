@@ -98,8 +98,15 @@ pub(super) fn read_timespec(cx: &Context<'_>, addr: u64) -> Result<Duration, Err
     Ok(Duration::new(s as u64, n as u32))
 }
 
-/// Sleeps `d`, or until the time limit, which ends the program.
+/// Sleeps `d`, or until the time limit, which ends the program, or until the alarm, which
+/// interrupts the sleep (`EINTR`; the signal is delivered on the way back).
 pub(super) fn sleep(d: Duration, cx: &mut Context<'_>) -> SysResult {
+    if let Some(alarm) = cx.interrupt {
+        if alarm < d && cx.remaining.is_none_or(|left| alarm < left) {
+            cx.host.sleep(alarm);
+            return Err(Errno::EINTR.into());
+        }
+    }
     match cx.remaining {
         Some(left) if d >= left => {
             cx.host.sleep(left);

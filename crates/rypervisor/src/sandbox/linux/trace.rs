@@ -69,6 +69,7 @@ fn result(nr: u64, next: &Next) -> String {
         Next::End(Exit::Denied { .. }) => "? (denied by --strict: program killed)".into(),
         Next::End(Exit::TimedOut) => "? (time limit)".into(),
         Next::End(_) => "?".into(),
+        Next::SigReturn => "? (back from a signal handler)".into(),
     }
 }
 

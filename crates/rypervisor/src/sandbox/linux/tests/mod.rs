@@ -38,6 +38,7 @@ impl Rig {
             host: &mut self.host,
             remaining: self.remaining,
             vdso_clock: None,
+            interrupt: None,
         };
         self.process.dispatch(&SyscallArgs { nr, args: a }, &mut cx)
     }
@@ -418,4 +419,5 @@ fn a_futex_wait_with_a_timeout_times_out() {
 }
 
 mod fs;
+mod signals;
 mod wait;

@@ -111,6 +111,7 @@ fn a_wait_without_end_stops_at_the_time_limit() {
             host,
             remaining: Some(Duration::from_secs(2)),
             vdso_clock: None,
+            interrupt: None,
         };
         let call = SyscallArgs {
             nr: nr::POLL,
@@ -205,6 +206,7 @@ fn a_blocking_read_of_a_pipe_only_the_program_can_fill_waits_for_the_time_limit(
         host: &mut r.host,
         remaining: Some(Duration::from_millis(5)),
         vdso_clock: None,
+        interrupt: None,
     };
     let call = SyscallArgs {
         nr: nr::READ,
