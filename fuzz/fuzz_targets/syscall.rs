@@ -6,6 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use rypervisor::sandbox::host::BufferHost;
 use rypervisor::sandbox::layout::{MIN_MEM, USER_BASE};
+use rypervisor::sandbox::linux::sigframe::UserRegs;
 use rypervisor::sandbox::linux::{Context, Next, Process, SyscallArgs};
 use rypervisor::sandbox::usermem::UserMemory;
 use rypervisor::sandbox::Policy;
@@ -50,7 +51,23 @@ fuzz_target!(|data: &[u8]| {
             vdso_clock: None,
             interrupt: None,
         };
-        if let Next::End(_) = process.dispatch(&call, &mut cx) {
+        // The way back: rt_sigreturn reads a frame wherever RSP points; pending signals are
+        // delivered onto a frame at a stack the input chooses.
+        let regs = UserRegs {
+            rsp: call.args[4],
+            rip: call.args[5],
+            rflags: 0x202,
+            ..UserRegs::default()
+        };
+        let regs = match process.dispatch(&call, &mut cx) {
+            Next::End(_) => break,
+            Next::SigReturn => match process.sigreturn(call.args[4], 0x202, &mut cx) {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+            Next::Return(_) => regs,
+        };
+        if process.deliver(&regs, &mut cx).is_err() {
             break;
         }
     }
