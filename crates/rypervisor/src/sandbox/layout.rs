@@ -179,11 +179,12 @@ pub fn setup_sregs(sregs: &mut kvm_sregs, xsave: bool) {
     sregs.efer = efer::LME | efer::LMA | efer::SCE;
 }
 
-/// Puts `sregs` back at CPL3: the user code and data segments (for returning to the
-/// program from the system-call stub without `sysret`).
+/// Puts `sregs` back at CPL3 as `sysret` would: the user CS and SS only (for returning to
+/// the program from the system-call stub without `sysret`). FS and GS, whose bases hold the
+/// program's TLS, stay as they are.
 pub fn user_segments(sregs: &mut kvm_sregs) {
-    let (cs, ds) = flat_segments(true, true);
-    load_segments(sregs, cs, ds);
+    let (cs, ss) = flat_segments(true, true);
+    (sregs.cs, sregs.ss) = (cs, ss);
 }
 
 /// The MSRs of the system-call path, with FS/GS bases cleared.
@@ -248,6 +249,20 @@ mod tests {
         assert_eq!(walk(&ram, USER_BASE), Some((USER_BASE, true, true)));
         assert_eq!(walk(&ram, (8 << 20) - 1), Some(((8 << 20) - 1, true, true)));
         assert_eq!(walk(&ram, 8 << 20), None, "nothing past the end of memory");
+    }
+
+    #[test]
+    fn returning_to_cpl3_keeps_the_tls_bases() {
+        let mut sregs = kvm_sregs::default();
+        setup_sregs(&mut sregs, false);
+        let user_cs = sregs.cs;
+        sregs.fs.base = 0x7f00_1000;
+        sregs.gs.base = 0x1234;
+        sregs.cs.selector = selector::CODE64; // as in the stub, at CPL0
+        user_segments(&mut sregs);
+        assert_eq!(sregs.cs, user_cs);
+        assert_eq!(sregs.ss.selector & 3, 3);
+        assert_eq!((sregs.fs.base, sregs.gs.base), (0x7f00_1000, 0x1234));
     }
 
     #[test]

@@ -415,10 +415,11 @@ impl Sandbox {
         Ok(None)
     }
 
-    /// Resumes the program with the whole register state `user`. Where the system call
-    /// entered CPL0 (hardware), the stub's `sysretq` takes RIP from RCX and RFLAGS from R11,
-    /// which is right for a handler's entry; `rt_sigreturn` needs RCX and R11 exact too, so
-    /// there the VMM returns to CPL3 itself (user segments, then the registers).
+    /// Resumes the program with the whole register state `user` (a handler's entry, or what
+    /// `rt_sigreturn` restores, RCX and R11 included). Where the system call entered CPL0
+    /// (hardware), the VMM returns to CPL3 itself instead of through the stub's `sysretq`:
+    /// the user CS and SS as `sysret` loads them (FS and GS, the TLS, untouched), then the
+    /// registers.
     fn resume(
         &mut self,
         user: &UserRegs,

@@ -98,7 +98,7 @@ impl Process {
             signo: sig,
             code,
             pid: if code == SI_KERNEL { 0 } else { 1 },
-            uid: UID as u32,
+            uid: if code == SI_KERNEL { 0 } else { UID as u32 },
         };
         let restorer = action.restorer;
         let entry = sigframe::push(

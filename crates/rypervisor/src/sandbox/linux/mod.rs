@@ -313,7 +313,7 @@ impl Process {
             CLOCK_GETRES => time::clock_getres(a1, cx),
             GETTIMEOFDAY => self.gettimeofday(a0, cx),
             TIME => self.time(a0, cx),
-            NANOSLEEP => time::nanosleep(a0, cx),
+            NANOSLEEP => time::nanosleep(a0, a1, cx),
             CLOCK_NANOSLEEP => self.clock_nanosleep(a0 as i32, a1, a2, cx),
             SCHED_YIELD => Ok(0),
             SCHED_GETAFFINITY => Process::getaffinity(a0, a1, a2, cx),

@@ -111,6 +111,11 @@ const SIGRETURN_FLAGS: u64 = 0x40dd5 | (1 << 16);
 /// An alternate signal stack: sp, flags, size (`stack_t`).
 pub type AltStack = (u64, u64, u64);
 
+/// Whether `addr` is canonical (bits 63:47 all equal).
+fn canonical(addr: u64) -> bool {
+    ((addr as i64) << 16 >> 16) as u64 == addr
+}
+
 /// What the signal is and who sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Info {
@@ -155,8 +160,13 @@ pub fn push(
     let fpstate = stack_top.checked_sub(FPSTATE_SIZE).ok_or(Errno::EFAULT)? & !63;
     let size = std::mem::size_of::<RtSigFrame>() as u64;
     // Aligned so that RSP + 8 is a multiple of 16 at entry, as after a `call`.
-    let frame = (fpstate.checked_sub(size).ok_or(Errno::EFAULT)? & !15).wrapping_sub(8);
+    let frame = (fpstate.checked_sub(size).ok_or(Errno::EFAULT)? & !15)
+        .checked_sub(8)
+        .ok_or(Errno::EFAULT)?;
     mem.check(frame, fpstate + FPSTATE_SIZE - frame)?;
+    if !canonical(handler) {
+        return Err(Errno::EFAULT);
+    }
     let r = regs;
     let mut f = RtSigFrame {
         pretcode: restorer,
@@ -200,6 +210,11 @@ pub fn pop(
 ) -> Result<(UserRegs, u64, AltStack), Errno> {
     let uc: UContext = mem.read_obj(rsp)?;
     let g = uc.mcontext.regs;
+    // A return address the CPU cannot enter (VMX refuses a non-canonical RIP): SIGSEGV, as
+    // Linux gives.
+    if !canonical(g[16]) {
+        return Err(Errno::EFAULT);
+    }
     let regs = UserRegs {
         r8: g[0],
         r9: g[1],
@@ -291,7 +306,17 @@ mod tests {
         let (back, mask, alt) = pop(&mem, e.rsp + 8, 0x202).unwrap();
         assert_eq!(back, regs);
         assert_eq!((mask, alt), (0b100, (0, 2, 0)));
-        // A frame that would leave program memory is refused.
+        // A handler or return address the CPU cannot enter is refused.
+        let bad = (0x8000_0000_0000, 0x40_3000);
+        assert_eq!(
+            push(&mut mem, regs.rsp - 128, &regs, 0, (0, 2, 0), bad, info),
+            Err(Errno::EFAULT)
+        );
+        // A frame that would leave program memory is refused (also near address 0).
+        assert_eq!(
+            push(&mut mem, 1100, &regs, 0, (0, 2, 0), (1, 2), info),
+            Err(Errno::EFAULT)
+        );
         assert_eq!(
             push(&mut mem, USER_BASE + 100, &regs, 0, (0, 2, 0), (1, 2), info),
             Err(Errno::EFAULT)

@@ -67,8 +67,9 @@ impl SignalState {
         old: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        if !(1..=64).contains(&sig) || sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
-            return Err(Errno::EINVAL.into());
+        let fixed = sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64;
+        if !(1..=64).contains(&sig) || (fixed && act != 0) {
+            return Err(Errno::EINVAL.into()); // SIGKILL and SIGSTOP may be asked, not set
         }
         let previous = self.action(sig as i32);
         if act != 0 {
@@ -162,7 +163,7 @@ impl SignalState {
             if now >= at {
                 self.pending |= bit(libc::SIGALRM);
                 self.codes[libc::SIGALRM as usize - 1] = SI_KERNEL;
-                self.alarm = (period > 0).then(|| (now + period, period));
+                self.alarm = (period > 0).then(|| (now.saturating_add(period), period));
             }
         }
     }
@@ -174,7 +175,7 @@ impl Process {
     /// exists.
     pub(super) fn kill(&mut self, pid: u64, sig: u64) -> SysResult {
         let pid = pid as i32;
-        if !matches!(pid, 0 | -1) && i64::from(pid.abs()) != PID {
+        if !matches!(pid, 0 | -1) && i64::from(pid).abs() != PID {
             return Err(Errno::ESRCH.into());
         }
         self.send(sig, SI_USER)
@@ -215,7 +216,8 @@ impl Process {
             .alarm
             .map_or(0, |(at, _)| at.saturating_sub(now));
         let secs = secs as u32; // the kernel takes an unsigned int
-        self.signals.alarm = (secs > 0).then(|| (now + u64::from(secs) * 1_000_000_000, 0));
+        let at = now.saturating_add(u64::from(secs) * 1_000_000_000);
+        self.signals.alarm = (secs > 0).then_some((at, 0));
         Ok(left.div_ceil(1_000_000_000) as i64)
     }
 
@@ -247,7 +249,8 @@ impl Process {
                 if t.0.tv_sec < 0 || !(0..1_000_000).contains(&t.0.tv_usec) {
                     return Err(Errno::EINVAL);
                 }
-                Ok(t.0.tv_sec as u64 * 1_000_000_000 + t.0.tv_usec as u64 * 1000)
+                let ns = (t.0.tv_sec as u64).saturating_mul(1_000_000_000);
+                Ok(ns.saturating_add(t.0.tv_usec as u64 * 1000))
             };
             let (interval, value) = (ns(&v[0])?, ns(&v[1])?);
             if old != 0 {
@@ -255,7 +258,7 @@ impl Process {
                 cx.mem
                     .write_obj(old + 16, &super::abi::Timeval(current[1]))?;
             }
-            self.signals.alarm = (value > 0).then(|| (now + value, interval));
+            self.signals.alarm = (value > 0).then(|| (now.saturating_add(value), interval));
             return Ok(0);
         }
         if old != 0 {
@@ -272,8 +275,13 @@ impl Process {
         Err(Errno::EINTR.into())
     }
 
-    /// How long until the alarm, for sleeps to end early (`EINTR`).
+    /// How long until the alarm, for sleeps to end early (`EINTR`) — only when SIGALRM
+    /// would do something (not blocked, not ignored).
     pub(super) fn alarm_in(&self, now: u64) -> Option<std::time::Duration> {
+        let sig = libc::SIGALRM;
+        if self.signals.mask & bit(sig) != 0 || self.signals.action(sig).handler == 1 {
+            return None;
+        }
         self.signals
             .alarm
             .map(|(at, _)| std::time::Duration::from_nanos(at.saturating_sub(now)))

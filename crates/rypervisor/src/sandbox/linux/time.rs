@@ -83,9 +83,16 @@ pub(super) fn clock_getres(ts: u64, cx: &mut Context<'_>) -> SysResult {
     Ok(0)
 }
 
-pub(super) fn nanosleep(req: u64, cx: &mut Context<'_>) -> SysResult {
+/// `nanosleep(req, rem)`: interrupted by the alarm, the time left goes to `rem`.
+pub(super) fn nanosleep(req: u64, rem: u64, cx: &mut Context<'_>) -> SysResult {
     let d = read_timespec(cx, req)?;
-    sleep(d, cx)
+    let result = sleep(d, cx);
+    if let (Err(SysError::Errno(Errno::EINTR)), true) = (&result, rem != 0) {
+        let left = d.saturating_sub(cx.interrupt.unwrap_or_default());
+        let ts = Timespec::new((left.as_secs() as i64, i64::from(left.subsec_nanos())));
+        cx.mem.write_obj(rem, &ts)?;
+    }
+    result
 }
 
 /// A valid timespec from the program, as a duration.

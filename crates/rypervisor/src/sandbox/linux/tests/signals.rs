@@ -132,7 +132,16 @@ fn the_alarm_interrupts_a_sleep_and_becomes_pending() {
     let ts = BUF + 0x200;
     r.mem.write_u64(ts, 10).unwrap();
     r.mem.write_u64(ts + 8, 0).unwrap();
-    assert_eq!(r.ret(nr::NANOSLEEP, &[ts, 0]), -i64::from(libc::EINTR));
+    // Blocked, SIGALRM interrupts nothing.
+    r.mem
+        .write_u64(BUF + 0x300, 1 << (libc::SIGALRM - 1))
+        .unwrap();
+    assert_eq!(r.ret(nr::RT_SIGPROCMASK, &[0, BUF + 0x300, 0, 8]), 0);
+    assert_eq!(r.ret(nr::NANOSLEEP, &[ts, 0]), 0, "blocked: no EINTR");
+    assert_eq!(r.ret(nr::RT_SIGPROCMASK, &[1, BUF + 0x300, 0, 8]), 0);
+    let rem = BUF + 0x400;
+    assert_eq!(r.ret(nr::NANOSLEEP, &[ts, rem]), -i64::from(libc::EINTR));
+    assert!(r.mem.read_u64(rem).unwrap() >= 9, "the time left in rem");
     assert!(with(&mut r, |p, cx| p.signal_pending(cx)));
     assert_eq!(
         deliver(&mut r, &UserRegs::default()),
