@@ -71,6 +71,26 @@ fn directories_look_as_they_do_natively() {
 }
 
 #[test]
+fn readlink_and_realpath_work_inside_allowed_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    std::fs::write(root.join("file"), "x").unwrap();
+    std::os::unix::fs::symlink("file", root.join("link")).unwrap();
+    let link = root.join("link");
+    for libc in support::libcs() {
+        let prog = program("links", libc);
+        let out = sandboxed(
+            &["--allow-read", root.to_str().unwrap()],
+            &prog,
+            &[link.to_str().unwrap()],
+        );
+        assert!(out.contains("readlink=file\n"), "{libc:?}: {out}");
+        let real = format!("realpath={}\n", root.join("file").display());
+        assert!(out.contains(&real), "{libc:?}: {out}");
+    }
+}
+
+#[test]
 fn the_ways_out_of_a_root_are_refused() {
     let (_dir, root) = tree();
     let root_s = root.to_str().unwrap();

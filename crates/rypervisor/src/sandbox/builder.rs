@@ -252,7 +252,7 @@ fn start_clock(
         _ => None,
     };
     let keeper = TimeKeeper::start(tsc, &HostTime::now());
-    mem.ram().write(vdso::VDSO_BASE, &vdso::image()?)?;
+    mem.ram().write(vdso::VDSO_BASE, vdso::image()?)?;
     mem.ram()
         .write(vdso::VVAR, vm_memory::ByteValued::as_slice(keeper.page()))?;
     Ok(keeper)

@@ -49,6 +49,26 @@ use super::resolve::{on_pseudo_fs, pseudo_root, resolve};
 /// Exit status of a program ended by `--strict` (128 + SIGSYS).
 pub const STRICT_STATUS: i32 = 128 + 31;
 
+/// A program's path made absolute (relative paths start at `/`) and lexically normal; `None`
+/// for an empty or non-UTF-8 path.
+fn lexical(guest_path: &[u8]) -> Option<PathBuf> {
+    if guest_path.is_empty() {
+        return None;
+    }
+    let text = std::str::from_utf8(guest_path).ok()?;
+    let mut normal = PathBuf::from("/");
+    for part in Path::new(text).components() {
+        match part {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::Normal(p) => normal.push(p),
+        }
+    }
+    Some(normal)
+}
+
 impl Policy {
     /// Allows reading `path` (a file, or every file under a directory). The path is resolved
     /// now (symlinks included), so later changes to links do not widen the policy.
@@ -154,18 +174,7 @@ impl Policy {
     /// Whether the path names something in the host's pseudo file systems (`/proc`, `/sys`,
     /// `/dev`), which the sandbox does not have at all.
     pub fn in_pseudo(&self, guest_path: &[u8]) -> bool {
-        let text = String::from_utf8_lossy(guest_path);
-        let mut normal = PathBuf::from("/");
-        for part in Path::new(&*text).components() {
-            match part {
-                Component::ParentDir => {
-                    normal.pop();
-                }
-                Component::Normal(p) => normal.push(p),
-                _ => {}
-            }
-        }
-        pseudo_root(&normal).is_some()
+        lexical(guest_path).is_some_and(|p| pseudo_root(&p).is_some())
     }
 
     /// Whether the path is an allowed root or a directory on the way to one (`/`, `/usr` for
@@ -185,21 +194,10 @@ impl Policy {
 
     /// The path made absolute (relative paths start at `/`) and lexically normal.
     fn normalise(&self, guest_path: &[u8]) -> Option<PathBuf> {
-        if self.allow_read.is_empty() || guest_path.is_empty() {
+        if self.allow_read.is_empty() {
             return None;
         }
-        let text = std::str::from_utf8(guest_path).ok()?;
-        let mut normal = PathBuf::from("/");
-        for part in Path::new(text).components() {
-            match part {
-                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-                Component::ParentDir => {
-                    normal.pop();
-                }
-                Component::Normal(p) => normal.push(p),
-            }
-        }
-        Some(normal)
+        lexical(guest_path)
     }
 
     /// `host` (resolved) if it lies under an allowed root and on no pseudo file system.

@@ -46,19 +46,27 @@ const PSEUDO_TYPES: [i64; 12] = [
     0x0187,      // AUTOFS_SUPER_MAGIC
 ];
 
-/// Whether `path` (resolved) lies on one of the kernel's pseudo file systems.
-pub fn on_pseudo_fs(path: &Path) -> bool {
+/// `statfs(2)` of a host path (std has no wrapper).
+pub fn host_statfs(path: &Path) -> io::Result<libc::statfs> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return true;
-    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: all-zero is a valid statfs for the kernel to fill.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a live statfs; the result is checked.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false; // gone: the caller's own lookup reports it
+        return Err(io::Error::last_os_error());
     }
-    PSEUDO_TYPES.contains(&(st.f_type as i64))
+    Ok(st)
+}
+
+/// Whether `path` (resolved) lies on one of the kernel's pseudo file systems (a path that is
+/// gone is not: the caller's own lookup reports it).
+pub fn on_pseudo_fs(path: &Path) -> bool {
+    match host_statfs(path) {
+        Ok(st) => PSEUDO_TYPES.contains(&st.f_type),
+        Err(e) => e.raw_os_error() == Some(libc::EINVAL),
+    }
 }
 
 /// Resolves `normal` (absolute and lexically normal) on the host, following symlinks (the

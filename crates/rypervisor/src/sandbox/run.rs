@@ -14,7 +14,7 @@ use super::host::{BufferHost, Host};
 use super::layout;
 use super::linux::sigframe::{self, UserRegs};
 use super::linux::trace::{self, TraceSink};
-use super::linux::{Context, Next, Process, SysError, SyscallArgs, SyscallStats};
+use super::linux::{Context, Next, Process, SyscallArgs, SyscallStats};
 use super::usermem::UserMemory;
 use super::vdso::{self, clock::host_monotonic_ns, clock::HostTime, clock::TimeKeeper};
 use super::warm::WarmSandbox;
@@ -358,15 +358,13 @@ impl Sandbox {
             Next::Return(value) => (user_regs(&regs, value), false),
             Next::SigReturn => match self.process.sigreturn(regs.rsp, regs.r11, &mut cx) {
                 Ok(restored) => (restored, true),
-                Err(SysError::End(exit)) => return Ok(Some(exit)),
-                Err(SysError::Errno(_)) => unreachable!("sigreturn ends or restores"),
+                Err(exit) => return Ok(Some(exit)),
             },
             Next::End(exit) => return Ok(Some(exit)),
         };
         let entry = match self.process.deliver(&after, &mut cx) {
             Ok(entry) => entry,
-            Err(SysError::End(exit)) => return Ok(Some(exit)),
-            Err(SysError::Errno(_)) => unreachable!("delivery runs a handler or ends"),
+            Err(exit) => return Ok(Some(exit)),
         };
         if let Some(base) = self.process.take_fs_change() {
             self.vcpu.set_msrs(&[(layout::msr::FS_BASE, base)])?;

@@ -7,7 +7,7 @@
 
 use super::sigframe::{self, HandlerEntry, Info, UserRegs};
 use super::signals::{bit, now_ns, SI_KERNEL};
-use super::{Context, Process, SysError, UID};
+use super::{Context, Process, UID};
 use crate::sandbox::exit::Exit;
 
 /// `SA_RESTORER` (`asm/signal.h`; libc does not export it for x86-64).
@@ -46,7 +46,7 @@ impl Process {
         &mut self,
         regs: &UserRegs,
         cx: &mut Context<'_>,
-    ) -> Result<Option<HandlerEntry>, SysError> {
+    ) -> Result<Option<HandlerEntry>, Exit> {
         loop {
             if self.signals.alarm.is_some() {
                 let now = now_ns(cx);
@@ -61,7 +61,7 @@ impl Process {
             let action = self.signals.action(sig);
             match action.handler {
                 0 if default_ignores(sig) => continue,
-                0 => return Err(SysError::End(Exit::Signaled(sig))),
+                0 => return Err(Exit::Signaled(sig)),
                 1 => continue, // SIG_IGN
                 handler => return self.run_handler(sig, handler, regs, cx).map(Some),
             }
@@ -74,7 +74,7 @@ impl Process {
         handler: u64,
         regs: &UserRegs,
         cx: &mut Context<'_>,
-    ) -> Result<HandlerEntry, SysError> {
+    ) -> Result<HandlerEntry, Exit> {
         let action = self.signals.action(sig);
         let (alt_sp, alt_flags, alt_size) = self.signals.altstack;
         let on_alt = alt_flags == 0 && regs.rsp.wrapping_sub(alt_sp) < alt_size;
@@ -112,12 +112,12 @@ impl Process {
         );
         let Ok(entry) = entry else {
             // No room for the frame: the kernel's answer is SIGSEGV, uncatchable here.
-            return Err(SysError::End(Exit::Signaled(libc::SIGSEGV)));
+            return Err(Exit::Signaled(libc::SIGSEGV));
         };
         if action.flags & SA_RESTORER == 0 || restorer == 0 {
             // Without a restorer the handler's return has nowhere to go (every C library
             // sets one); Linux x86-64 would fault there.
-            return Err(SysError::End(Exit::Signaled(libc::SIGSEGV)));
+            return Err(Exit::Signaled(libc::SIGSEGV));
         }
         let mut blocked = self.signals.mask | action.mask;
         if action.flags & libc::SA_NODEFER as u64 == 0 {
@@ -137,9 +137,9 @@ impl Process {
         rsp: u64,
         rflags: u64,
         cx: &mut Context<'_>,
-    ) -> Result<UserRegs, SysError> {
+    ) -> Result<UserRegs, Exit> {
         let Ok((regs, mask, (sp, flags, size))) = sigframe::pop(cx.mem, rsp, rflags) else {
-            return Err(SysError::End(Exit::Signaled(libc::SIGSEGV)));
+            return Err(Exit::Signaled(libc::SIGSEGV));
         };
         self.signals.mask = mask & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
         // The alternate stack as it was, unless the frame's copy is not one (EINVAL-worthy:

@@ -176,17 +176,12 @@ impl FdTable {
 
     /// Installs a newly opened host file at the lowest free descriptor.
     pub fn install(&mut self, file: File, cloexec: bool) -> Result<i32, Errno> {
-        self.install_host(OpenFile::Host(Arc::new(file)), cloexec)
+        self.install_open(OpenFile::Host(Arc::new(file)), cloexec)
     }
 
     /// Installs a newly opened directory at the lowest free descriptor.
     pub fn install_dir(&mut self, dir: Directory, cloexec: bool) -> Result<i32, Errno> {
-        self.install_host(OpenFile::Dir(Arc::new(dir)), cloexec)
-    }
-
-    /// Installs a pipe end (or any open file) at the lowest free descriptor.
-    pub fn install_open(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
-        self.install_host(file, cloexec)
+        self.install_open(OpenFile::Dir(Arc::new(dir)), cloexec)
     }
 
     /// Whether a pipe end on `buffer` is open for writing (`write`) or reading.
@@ -197,7 +192,9 @@ impl FdTable {
         })
     }
 
-    fn install_host(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
+    /// Installs an open file holding a host object (a file, directory or pipe end) at the
+    /// lowest free descriptor, within [`MAX_HOST_FILES`].
+    pub fn install_open(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
         if self.host_files() >= MAX_HOST_FILES {
             return Err(Errno::EMFILE);
         }

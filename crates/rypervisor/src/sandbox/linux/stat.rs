@@ -13,6 +13,7 @@ use super::abi::{Stat, Statfs, Statx};
 use super::fdtable::{Device, OpenFile};
 use super::files::PATH_MAX;
 use super::{Context, Errno, Process, SysResult, UID};
+use crate::sandbox::resolve::host_statfs;
 
 /// A `struct stat` from a host file's metadata, owned by the sandbox's identity.
 fn host_stat(m: &std::fs::Metadata) -> Stat {
@@ -221,10 +222,8 @@ impl Process {
             Some(path) => {
                 let abs = self.path_arg(libc::AT_FDCWD, path, cx)?;
                 let host = self.host_path(&abs)?;
-                let c = std::ffi::CString::new(host.as_os_str().as_bytes())
-                    .map_err(|_| Errno::EINVAL)?;
-                // SAFETY: a NUL-terminated path and a live statfs for the kernel to fill.
-                unsafe { libc::statfs(c.as_ptr(), &mut out.0) }
+                out.0 = host_statfs(&host).map_err(|e| Errno::from_io(&e))?;
+                0
             }
             None => {
                 let raw = match self.files.get(fd)? {

@@ -54,19 +54,29 @@ fn exported(functions: &[code::Function]) -> Vec<(&'static str, u8, &code::Funct
     out
 }
 
-/// Builds the image for [`VDSO_BASE`], reading the time page at [`VVAR`].
-pub fn image() -> Result<Vec<u8>, VdsoError> {
+/// The image for [`VDSO_BASE`], reading the time page at [`VVAR`]: the same for every
+/// sandbox, so built once per process.
+pub fn image() -> Result<&'static [u8], VdsoError> {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    if let Some(image) = IMAGE.get() {
+        return Ok(image);
+    }
+    let built = build()?;
+    Ok(IMAGE.get_or_init(|| built))
+}
+
+/// Builds the image.
+fn build() -> Result<Vec<u8>, VdsoError> {
     // The code's size does not depend on where it is: assemble once to lay out, then at
     // its address.
-    let (probe, _) = code::assemble(VDSO_BASE, VVAR)?;
+    let (probe, probe_functions) = code::assemble(VDSO_BASE, VVAR)?;
     let mut out = Vec::new();
     let mut w = Writer::new(Endianness::Little, true, &mut out);
     w.reserve_file_header();
     w.reserve_program_headers(2);
     let soname = w.add_dynamic_string(b"linux-vdso.so.1");
     let version = w.add_dynamic_string(b"LINUX_2.6");
-    let (_, functions) = code::assemble(VDSO_BASE, VVAR)?;
-    let symbols = exported(&functions);
+    let symbols = exported(&probe_functions);
     let names: Vec<_> = (symbols.iter())
         .map(|(name, _, _)| w.add_dynamic_string(name.as_bytes()))
         .collect();
@@ -227,7 +237,7 @@ mod tests {
     #[test]
     fn the_image_is_a_shared_object_exporting_the_kernel_s_names() {
         let bytes = image().unwrap();
-        let file = object::File::parse(&*bytes).unwrap();
+        let file = object::File::parse(bytes).unwrap();
         assert_eq!(file.kind(), object::ObjectKind::Dynamic);
         let mut names: Vec<(String, u64)> = file
             .dynamic_symbols()
@@ -251,7 +261,7 @@ mod tests {
         let mut d = iced_x86::Decoder::with_ip(64, &bytes[at as usize..], 0, 0);
         assert_eq!(d.decode().mnemonic(), iced_x86::Mnemonic::Test);
         // The SysV hash finds every name (what musl and glibc use).
-        let hash = elf_hash_lookup(&bytes, "__vdso_clock_gettime");
+        let hash = elf_hash_lookup(bytes, "__vdso_clock_gettime");
         assert_eq!(hash, lookup("__vdso_clock_gettime"));
         assert!(bytes.len() as u64 <= VDSO_MAX);
         // Every symbol at LINUX_2.6 (Go's runtime, glibc and musl match on it).

@@ -17,7 +17,7 @@ fn with<T>(r: &mut Rig, f: impl FnOnce(&mut Process, &mut Context<'_>) -> T) -> 
     f(&mut r.process, &mut cx)
 }
 
-fn deliver(r: &mut Rig, regs: &UserRegs) -> Result<Option<sigframe::HandlerEntry>, SysError> {
+fn deliver(r: &mut Rig, regs: &UserRegs) -> Result<Option<sigframe::HandlerEntry>, Exit> {
     with(r, |p, cx| p.deliver(regs, cx))
 }
 
@@ -89,19 +89,13 @@ fn delivery_follows_the_disposition_and_sigreturn_undoes_it() {
     assert_eq!(r.mem.read_u64(BUF).unwrap(), 0);
     // SA_RESETHAND made it SIG_DFL: now it ends the process.
     r.ret(nr::KILL, &[1, libc::SIGUSR1 as u64]);
-    assert_eq!(
-        deliver(&mut r, &regs),
-        Err(SysError::End(Exit::Signaled(libc::SIGUSR1)))
-    );
+    assert_eq!(deliver(&mut r, &regs), Err(Exit::Signaled(libc::SIGUSR1)));
     // SIGCHLD is ignored by default; a handler without a restorer cannot return.
     r.ret(nr::KILL, &[1, libc::SIGCHLD as u64]);
     assert_eq!(deliver(&mut r, &regs), Ok(None));
     set_action(&mut r, libc::SIGUSR2, 0x40_2000, 0, 0);
     r.ret(nr::KILL, &[1, libc::SIGUSR2 as u64]);
-    assert_eq!(
-        deliver(&mut r, &regs),
-        Err(SysError::End(Exit::Signaled(libc::SIGSEGV)))
-    );
+    assert_eq!(deliver(&mut r, &regs), Err(Exit::Signaled(libc::SIGSEGV)));
     // A stack that leaves program memory: SIGSEGV too.
     set_action(&mut r, libc::SIGUSR2, 0x40_2000, restorer, 0);
     r.ret(nr::KILL, &[1, libc::SIGUSR2 as u64]);
@@ -109,10 +103,7 @@ fn delivery_follows_the_disposition_and_sigreturn_undoes_it() {
         rsp: USER_BASE + 64,
         ..regs
     };
-    assert_eq!(
-        deliver(&mut r, &low),
-        Err(SysError::End(Exit::Signaled(libc::SIGSEGV)))
-    );
+    assert_eq!(deliver(&mut r, &low), Err(Exit::Signaled(libc::SIGSEGV)));
 }
 
 #[test]
@@ -145,7 +136,7 @@ fn the_alarm_interrupts_a_sleep_and_becomes_pending() {
     assert!(with(&mut r, |p, cx| p.signal_pending(cx)));
     assert_eq!(
         deliver(&mut r, &UserRegs::default()),
-        Err(SysError::End(Exit::Signaled(libc::SIGALRM))),
+        Err(Exit::Signaled(libc::SIGALRM)),
         "SIGALRM's default action"
     );
 }
