@@ -36,6 +36,7 @@ pub(crate) fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
         .env(args.env.iter().cloned())
         .mem(args.mem)
         .timeout(args.timeout)
+        .max_procs(usize::from(args.max_procs))
         .policy(policy)
         .kvm_device(device);
     builder = match &args.trace_syscalls {
@@ -49,7 +50,8 @@ pub(crate) fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
     };
     let mut sandbox = builder.build()?;
     if !args.no_seccomp {
-        let filter = rypervisor::seccomp::sandbox_filter(sandbox.policy().any_files())?;
+        let filter =
+            rypervisor::seccomp::sandbox_filter(sandbox.policy().any_files(), args.max_procs > 1)?;
         rypervisor::seccomp::confine_process(&filter)?;
     }
     let exit = sandbox.run(&mut StdHost)?;

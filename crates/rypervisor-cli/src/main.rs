@@ -197,9 +197,13 @@ struct ExecArgs {
     /// Guest memory: the program, its heap, mappings and stack.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, allow_hyphen_values = true)]
     mem: u64,
-    /// Stop the program after SECS seconds (exit status 124).
+    /// Stop the program after SECS seconds (exit status 124), with every process it started.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_hyphen_values = true)]
     timeout: Option<Duration>,
+    /// At most N processes at once, the program included (each is a micro-VM of its own, with
+    /// --mem of memory at most); beyond it fork fails with EAGAIN.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    max_procs: u16,
     /// Let the program open this host file, or files under this directory, read-only
     /// (repeatable).
     #[arg(long = "allow-read", value_name = "PATH")]

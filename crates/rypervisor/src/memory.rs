@@ -252,6 +252,76 @@ impl GuestRam {
             .iter()
             .map(|r| (r.start_addr().0, r.as_ptr() as u64, r.len()))
     }
+
+    /// Another handle on the same memory (a `vfork` child runs on its parent's).
+    pub fn share(&self) -> Self {
+        Self {
+            mem: self.mem.clone(),
+            base: self.base,
+            size: self.size,
+        }
+    }
+
+    /// Copies the pages of `other` (as large as this) that the host has ever backed (never
+    /// touched pages read as zero on both sides, so they are skipped): what a `fork` child
+    /// gets. Returns the bytes copied.
+    pub fn copy_resident(&self, other: &GuestRam) -> Result<u64, MemoryError> {
+        const CHUNK: u64 = 1 << 30; // mincore's vector for 1 GiB at a time: 256 KiB
+        if other.size != self.size || other.base != self.base {
+            let (addr, len) = (other.base, other.size as usize);
+            return Err(MemoryError::OutOfRange { addr, len });
+        }
+        let host = other.host_address();
+        let pages_per_chunk = (CHUNK / PAGE_SIZE) as usize;
+        let mut vec = vec![0u8; pages_per_chunk.min((self.size / PAGE_SIZE) as usize)];
+        let mut copied = 0;
+        let mut at = 0;
+        while at < self.size {
+            let len = CHUNK.min(self.size - at);
+            let pages = (len / PAGE_SIZE) as usize;
+            // SAFETY: `host + at .. + len` lies inside `other`'s live anonymous mapping, and
+            // `vec` has room for one byte per page of it; mincore only writes `vec`.
+            let rc = unsafe {
+                libc::mincore(
+                    (host + at) as *mut libc::c_void,
+                    len as usize,
+                    vec.as_mut_ptr(),
+                )
+            };
+            let resident = |i: usize| rc != 0 || vec[i] & 1 != 0; // on error, copy all
+            let mut page = 0;
+            while page < pages {
+                if !resident(page) {
+                    page += 1;
+                    continue;
+                }
+                let first = page;
+                while page < pages && resident(page) {
+                    page += 1;
+                }
+                let start = self.base + at + first as u64 * PAGE_SIZE;
+                let bytes = (page - first) * PAGE_SIZE as usize;
+                let src = other
+                    .mem
+                    .get_slice(GuestAddress(start), bytes)
+                    .map_err(|_| MemoryError::OutOfRange {
+                        addr: start,
+                        len: bytes,
+                    })?;
+                let dst = self
+                    .mem
+                    .get_slice(GuestAddress(start), bytes)
+                    .map_err(|_| MemoryError::OutOfRange {
+                        addr: start,
+                        len: bytes,
+                    })?;
+                src.copy_to_volatile_slice(dst);
+                copied += bytes as u64;
+            }
+            at += len;
+        }
+        Ok(copied)
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,11 @@ pub trait Host {
     fn stdin_pending(&mut self) -> std::io::Result<usize> {
         Ok(0)
     }
+    /// The same streams for a child process on another thread (`fork`); `None` when they
+    /// cannot be shared (an in-memory host: its program cannot fork).
+    fn fork(&self) -> Option<Box<dyn Host + Send>> {
+        None
+    }
 }
 
 /// Fills `buf` from the host's random source (getrandom(2)).
@@ -149,6 +154,10 @@ impl Host for BufferHost {
 pub struct StdHost;
 
 impl Host for StdHost {
+    fn fork(&self) -> Option<Box<dyn Host + Send>> {
+        Some(Box::new(StdHost))
+    }
+
     fn read_stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         // A raw read(2): unlike std's Stdin it returns EINTR when the watchdog kicks.
         // SAFETY: reading at most `buf.len()` bytes into a live, exclusively borrowed buffer.

@@ -32,10 +32,12 @@ pub mod exit;
 pub mod host;
 pub mod layout;
 pub mod linux;
+pub mod machine;
 pub mod policy;
 pub mod program;
 pub mod resolve;
 pub mod run;
+pub mod spawn;
 pub mod usermem;
 pub mod vdso;
 pub mod warm;
@@ -98,6 +100,15 @@ pub enum SandboxError {
     /// The program ended before the point a warm sandbox snapshots at.
     #[error("the program ended ({0}) before it read stdin, so there is nothing to snapshot")]
     EndedBeforeSnapshot(String),
+    /// The kick signal's handler could not be installed.
+    #[error(transparent)]
+    Kick(#[from] crate::vcpu::kick::KickError),
+    /// The host's streams cannot be shared with a child process (an in-memory host).
+    #[error("this host's streams cannot be shared with a child process")]
+    NoChildHost,
+    /// A process's VMM thread could not start.
+    #[error("cannot start a VMM thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// A snapshot of another sandbox.
     #[error("the snapshot belongs to another sandbox")]
     ForeignSnapshot,

@@ -12,9 +12,12 @@ use kvm_ioctls::VmFd;
 use super::exit::{Exit, Fault};
 use super::host::{BufferHost, Host};
 use super::layout;
-use super::linux::sigframe::{self, UserRegs};
+use super::linux::block::ERESTARTSYS;
+use super::linux::sigframe::{self, HandlerEntry, UserRegs};
 use super::linux::trace::{self, TraceSink};
 use super::linux::{Context, Next, Process, SyscallArgs, SyscallStats};
+use super::machine::{Kvm, Machine};
+use super::spawn::ThreadWaker;
 use super::usermem::UserMemory;
 use super::vdso::{self, clock::host_monotonic_ns, clock::HostTime, clock::TimeKeeper};
 use super::warm::WarmSandbox;
@@ -23,9 +26,8 @@ use crate::arch::ExceptionFrame;
 use crate::bus::Bus;
 use crate::devices::StopSignal;
 use crate::disasm;
-use crate::kvm::{ioctl, KvmSystem};
+use crate::kvm::ioctl;
 use crate::vcpu::{handle_exit, ExitAction, ExitKind, ExitStats, Stop, Vcpu};
-use crate::vm::Vm;
 use crate::watchdog::Watchdog;
 
 /// Time and counts of one run.
@@ -53,12 +55,14 @@ pub(super) enum Paused {
 
 /// A built micro-VM with its program ready to run.
 pub struct Sandbox {
-    name: String,
+    pub(super) name: String,
     // Field order: the vCPU and VM close before the memory they map is freed.
     pub(super) vcpu: Vcpu,
     pub(super) vm: VmFd,
-    _kvm: KvmSystem,
     pub(super) mem: UserMemory,
+    /// `/dev/kvm`, shared with the tree's other micro-VMs.
+    pub(super) kvm: Arc<Kvm>,
+    pub(super) tsc_clock: bool,
     pub(super) process: Process,
     /// Nothing is on the sandbox's bus: any port or MMIO exit other than a system call is
     /// unexpected.
@@ -79,7 +83,12 @@ pub struct Sandbox {
     pub(super) sregs_touched: bool,
     build_time: Duration,
     /// The vDSO's time page.
-    clock: TimeKeeper,
+    pub(super) clock: TimeKeeper,
+    /// This thread as the tree kicks it (while it runs).
+    pub(super) waker: Option<ThreadWaker>,
+    /// The process ended while the VMM served a call that cannot say so itself (a `vfork`
+    /// parent's wait).
+    pub(super) pending_end: Option<Exit>,
     /// The FPU state of each signal handler running, to restore at its `rt_sigreturn`
     /// (bounded: a handler that leaves by `siglongjmp` never returns).
     pub(super) fpu_saved: Vec<Box<kvm_bindings::kvm_xsave>>,
@@ -143,18 +152,25 @@ const SYSRET_RFLAGS: u64 = 0x3c_7fd7;
 impl Sandbox {
     pub(super) fn new(
         name: String,
-        (kvm, vm, vcpu, mem, clock): (KvmSystem, Vm, Vcpu, UserMemory, TimeKeeper),
+        (kvm, machine, tsc_clock): (Arc<Kvm>, Machine, bool),
         process: Process,
         (watchdog, timeout): (Option<Arc<Watchdog>>, Option<Duration>),
         trace: Option<TraceSink>,
         build_time: Duration,
     ) -> Self {
+        let Machine {
+            vcpu,
+            vm,
+            mem,
+            clock,
+        } = machine;
         Self {
             name,
             vcpu,
             vm: vm.fd,
-            _kvm: kvm,
             mem,
+            kvm,
+            tsc_clock,
             process,
             bus: Bus::new(),
             stop: StopSignal::default(),
@@ -168,8 +184,63 @@ impl Sandbox {
             sregs_touched: false,
             build_time,
             clock,
+            waker: None,
+            pending_end: None,
             fpu_saved: Vec::new(),
         }
+    }
+
+    /// A child process's sandbox on `machine` (no watchdog: the tree's end stops it).
+    pub(super) fn child(&self, machine: Machine, process: Process) -> Sandbox {
+        let mut child = Sandbox::new(
+            self.name.clone(),
+            (self.kvm.clone(), machine, self.tsc_clock),
+            process,
+            (None, None),
+            self.trace.clone(),
+            Duration::ZERO,
+        );
+        child.sregs_touched = true;
+        child
+    }
+
+    /// Puts `machine` in place of the current one (`execve`); the old VM closes first.
+    pub(super) fn replace_machine(&mut self, machine: Machine) {
+        let Machine {
+            vcpu,
+            vm,
+            mem,
+            clock,
+        } = machine;
+        self.vcpu = vcpu;
+        self.vm = vm.fd;
+        self.mem = mem;
+        self.clock = clock;
+        self.fpu_saved.clear();
+        self.baseline = None;
+        self.sregs_touched = true;
+    }
+
+    /// Runs `f` with the process and a [`Context`] for it.
+    pub(super) fn with_context<R>(
+        &mut self,
+        host: &mut dyn Host,
+        f: impl FnOnce(&mut Process, &mut Context<'_>) -> R,
+    ) -> R {
+        let remaining = match &self.watchdog {
+            Some(w) => Some(w.remaining().unwrap_or_default()),
+            None => self.process.tree().remaining(),
+        };
+        let (vcpu, clock) = (&self.vcpu, &self.clock);
+        let vdso_clock = move |c: i32| clock.read(c, || vcpu.get_msr(layout::msr::TSC).ok());
+        let mut cx = Context {
+            mem: &mut self.mem,
+            host,
+            remaining,
+            vdso_clock: Some(&vdso_clock),
+            interrupt: None,
+        };
+        f(&mut self.process, &mut cx)
     }
 
     /// Time `build` took.
@@ -198,8 +269,23 @@ impl Sandbox {
     }
 
     /// Runs the program until it ends, with `host` as its standard streams.
+    /// Processes it starts run on threads of their own; they all end when it ends (it is the
+    /// tree's init) and their threads are joined before this returns.
     pub fn run(&mut self, host: &mut dyn Host) -> Result<Exit, SandboxError> {
-        match self.run_loop(host, false)? {
+        let tree = self.process.tree().clone();
+        let deadline = self
+            .timeout
+            .and_then(|t| std::time::Instant::now().checked_add(t));
+        tree.set_deadline(deadline);
+        self.waker = Some(ThreadWaker::register(
+            &tree,
+            self.process.pid(),
+            self.vcpu.kicker(),
+        )?);
+        let ended = self.run_loop(host, false);
+        self.waker = None;
+        tree.end();
+        match ended? {
             Paused::Ended(exit) => Ok(exit),
             // run_loop pauses only when asked to.
             Paused::AtStdinRead => Ok(Exit::Crashed("internal: paused without a request".into())),
@@ -234,6 +320,7 @@ impl Sandbox {
             .as_ref()
             .zip(self.timeout)
             .map(|(d, t)| d.arm(t, Some(self.vcpu.kicker())));
+        let tree = self.process.tree().clone();
         let timed_out = || armed.as_ref().is_some_and(|a| a.fired());
         let mut next = if std::mem::take(&mut self.paused) {
             // The registers still hold the paused call (a reset put them back).
@@ -250,7 +337,16 @@ impl Sandbox {
             let exit = self.vcpu.run(&mut exits)?;
             match handle_exit(exit, &self.bus, &self.stop, &mut exits) {
                 ExitAction::Syscall => {}
-                ExitAction::Kicked => continue,
+                ExitAction::Kicked if tree.killed() => {
+                    break Paused::Ended(Exit::Signaled(libc::SIGKILL))
+                }
+                ExitAction::Kicked => {
+                    // Kicked by a signal another process sent: delivered where the program is.
+                    if tree.has_incoming(self.process.pid()) {
+                        next = Some(self.deliver_async(host)?);
+                    }
+                    continue;
+                }
                 action => break Paused::Ended(self.vm_stopped(action, &exits)?),
             }
             if pause_at_stdin && is_stdin_read(&syscall_args(&self.vcpu.exit_state()?.0)) {
@@ -335,81 +431,138 @@ impl Sandbox {
         let (regs, sregs) = self.vcpu.exit_state()?;
         let call = syscall_args(&regs);
         self.stats.syscalls += 1;
-        let remaining = self
-            .watchdog
-            .as_ref()
-            .map(|w| w.remaining().unwrap_or_default());
-        let (vcpu, clock) = (&self.vcpu, &self.clock);
-        let vdso_clock = move |c: i32| clock.read(c, || vcpu.get_msr(layout::msr::TSC).ok());
-        let mut cx = Context {
-            mem: &mut self.mem,
-            host,
-            remaining,
-            vdso_clock: Some(&vdso_clock),
-            interrupt: None,
-        };
-        let next = self.process.dispatch(&call, &mut cx);
+        let next = self.with_context(host, |p, cx| p.dispatch(&call, cx));
         if let Some(sink) = self.trace.as_mut() {
-            sink.line(&trace::trace_line(&call, &next, cx.mem));
+            let pid = self.process.pid();
+            sink.line(pid, &trace::trace_line(&call, &next, &self.mem));
+        }
+        let next = match next {
+            Next::Vm(request) => match self.vm_request(request, (&regs, &sregs), host)? {
+                Some(value) => Next::Return(value),
+                None => return Ok(None), // a new image, at its entry point
+            },
+            next => next,
+        };
+        if let Some(exit) = self.pending_end.take() {
+            return Ok(Some(exit));
         }
         // The program's registers once the call is done: the result in RAX and, as after
-        // `sysret`, RIP from RCX and RFLAGS from R11; or, for `rt_sigreturn`, the frame's.
-        let (after, sigreturn) = match next {
+        // `sysret`, RIP from RCX and RFLAGS from R11; or, for `rt_sigreturn`, the frame's; or,
+        // for a call a handler interrupts that restarts after it, the `syscall` again.
+        let (after, whole) = match next {
+            Next::Return(value) if value == ERESTARTSYS.ret() => {
+                let mut again = user_regs(&regs, call.nr as i64);
+                again.rip = regs.rcx.wrapping_sub(2); // `syscall` is 2 bytes
+                (again, true)
+            }
             Next::Return(value) => (user_regs(&regs, value), false),
-            Next::SigReturn => match self.process.sigreturn(regs.rsp, regs.r11, &mut cx) {
-                Ok(restored) => (restored, true),
-                Err(exit) => return Ok(Some(exit)),
-            },
+            Next::SigReturn => {
+                match self.with_context(host, |p, cx| p.sigreturn(regs.rsp, regs.r11, cx)) {
+                    Ok(restored) => {
+                        if let Some(fpu) = self.fpu_saved.pop() {
+                            // SAFETY: the buffer came from KVM_GET_XSAVE on this vCPU.
+                            unsafe { self.vcpu.fd().set_xsave(&fpu) }
+                                .map_err(ioctl("KVM_SET_XSAVE"))?;
+                        }
+                        (restored, true)
+                    }
+                    Err(exit) => return Ok(Some(exit)),
+                }
+            }
             Next::End(exit) => return Ok(Some(exit)),
+            Next::Vm(_) => {
+                return Ok(Some(Exit::Crashed(
+                    "internal: a VM request came back".into(),
+                )))
+            }
         };
-        let entry = match self.process.deliver(&after, &mut cx) {
+        let entry = match self.with_context(host, |p, cx| p.deliver(&after, cx)) {
             Ok(entry) => entry,
             Err(exit) => return Ok(Some(exit)),
         };
         if let Some(base) = self.process.take_fs_change() {
             self.vcpu.set_msrs(&[(layout::msr::FS_BASE, base)])?;
         }
-        if sigreturn {
-            if let Some(fpu) = self.fpu_saved.pop() {
-                // SAFETY: the buffer came from KVM_GET_XSAVE on this vCPU (see `restore`).
-                unsafe { self.vcpu.fd().set_xsave(&fpu) }.map_err(ioctl("KVM_SET_XSAVE"))?;
-            }
-        }
-        match (entry, sigreturn) {
+        match (entry, whole) {
             (None, false) => {
                 let value = after.rax as i64;
                 self.complete(value, regs, &sregs)?;
             }
             (None, true) => self.resume(&after, regs, &sregs)?,
-            (Some(e), _) => {
-                let fpu = Box::new(self.vcpu.fd().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
-                // The FXSAVE image, where the frame's `fpstate` points (for handlers that
-                // look; what is restored is the VMM's own copy).
-                let image: Vec<u8> = (fpu.region.iter())
-                    .take(sigframe::FPSTATE_SIZE as usize / 4)
-                    .flat_map(|w| w.to_le_bytes())
-                    .collect();
-                if self.mem.write(e.fpstate, &image).is_err() {
-                    // Checked with the frame; a frame the program cannot have is SIGSEGV.
-                    return Ok(Some(Exit::Signaled(libc::SIGSEGV)));
-                }
-                if self.fpu_saved.len() >= MAX_NESTED_HANDLERS {
-                    self.fpu_saved.remove(0);
-                }
-                self.fpu_saved.push(fpu);
-                let handler = UserRegs {
-                    rip: e.rip,
-                    rsp: e.rsp,
-                    rdi: e.args[0],
-                    rsi: e.args[1],
-                    rdx: e.args[2],
-                    rax: 0,
-                    rflags: e.rflags,
-                    ..after
-                };
-                self.resume(&handler, regs, &sregs)?;
-            }
+            (Some(e), _) => return self.enter_handler(&e, &after, regs, &sregs),
         }
+        Ok(None)
+    }
+
+    /// A signal another process sent arrived while the program ran (its vCPU was kicked):
+    /// delivered at the instruction it stopped at, as Linux delivers on an interrupt. In the
+    /// CPL0 system-call stub (hardware) it waits for the call's return instead.
+    fn deliver_async(&mut self, host: &mut dyn Host) -> Result<Option<Exit>, SandboxError> {
+        let (regs, sregs) = self.vcpu.state()?;
+        if layout::is_kernel_cs(&sregs) {
+            return Ok(None);
+        }
+        let r = &regs;
+        let now = UserRegs {
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rdi: r.rdi,
+            rsi: r.rsi,
+            rbp: r.rbp,
+            rbx: r.rbx,
+            rdx: r.rdx,
+            rax: r.rax,
+            rcx: r.rcx,
+            rsp: r.rsp,
+            rip: r.rip,
+            rflags: r.rflags,
+        };
+        match self.with_context(host, |p, cx| p.deliver(&now, cx)) {
+            Ok(None) => Ok(None),
+            Ok(Some(e)) => self.enter_handler(&e, &now, regs, &sregs),
+            Err(exit) => Ok(Some(exit)),
+        }
+    }
+
+    /// Runs a handler: the FPU state kept (and its FXSAVE image where the frame's `fpstate`
+    /// points, for handlers that look), then the handler's registers.
+    fn enter_handler(
+        &mut self,
+        e: &HandlerEntry,
+        interrupted: &UserRegs,
+        regs: kvm_regs,
+        sregs: &kvm_sregs,
+    ) -> Result<Option<Exit>, SandboxError> {
+        let fpu = Box::new(self.vcpu.fd().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        let image: Vec<u8> = (fpu.region.iter())
+            .take(sigframe::FPSTATE_SIZE as usize / 4)
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        if self.mem.write(e.fpstate, &image).is_err() {
+            // Checked with the frame; a frame the program cannot have is SIGSEGV.
+            return Ok(Some(Exit::Signaled(libc::SIGSEGV)));
+        }
+        if self.fpu_saved.len() >= MAX_NESTED_HANDLERS {
+            self.fpu_saved.remove(0);
+        }
+        self.fpu_saved.push(fpu);
+        let handler = UserRegs {
+            rip: e.rip,
+            rsp: e.rsp,
+            rdi: e.args[0],
+            rsi: e.args[1],
+            rdx: e.args[2],
+            rax: 0,
+            rflags: e.rflags,
+            ..*interrupted
+        };
+        self.resume(&handler, regs, sregs)?;
         Ok(None)
     }
 
@@ -460,7 +613,7 @@ impl Sandbox {
     }
 
     /// Puts a system call's result in RAX and returns to the program (see [`layout`]).
-    fn complete(
+    pub(super) fn complete(
         &mut self,
         value: i64,
         mut regs: kvm_regs,

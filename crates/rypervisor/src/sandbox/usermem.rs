@@ -28,6 +28,21 @@ impl UserMemory {
         })
     }
 
+    /// The same memory under a second handle (a `vfork` child's, until it execs or ends).
+    pub fn share(&self) -> Self {
+        Self {
+            ram: self.ram.share(),
+            vmm_dirty: vec![0; self.vmm_dirty.len()],
+        }
+    }
+
+    /// New memory holding a copy of `parent`'s (a `fork` child's); the bytes copied.
+    pub fn copy_of(parent: &UserMemory) -> Result<(Self, u64), MemoryError> {
+        let child = Self::new(parent.size())?;
+        let copied = child.ram.copy_resident(&parent.ram)?;
+        Ok((child, copied))
+    }
+
     /// The whole guest memory (for loading and KVM registration).
     pub fn ram(&self) -> &GuestRam {
         &self.ram

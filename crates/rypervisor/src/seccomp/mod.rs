@@ -142,12 +142,59 @@ const FILE_READS: [i64; 14] = [
     libc::SYS_fstatfs,
 ];
 
+/// What starting a process's micro-VM and its VMM thread needs besides the running
+/// sandbox's calls: KVM's creation ioctls (on the already open `/dev/kvm`), `mincore` to copy
+/// only the pages a parent has, and a new thread's own set-up (its stack's guard page comes
+/// from `mprotect` without `PROT_EXEC`, allowed anyway).
+fn process_rules(rules: &mut Rules) -> Result<(), SeccompError> {
+    use kvm_bindings::*;
+    const fn io(nr: u64) -> u64 {
+        (0xae << 8) | nr
+    }
+    const fn iow(nr: u64, size: usize) -> u64 {
+        (1 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+    }
+    for nr in [
+        io(0x01),                                                      // KVM_CREATE_VM
+        io(0x03),                                                      // KVM_CHECK_EXTENSION
+        io(0x04),                                                      // KVM_GET_VCPU_MMAP_SIZE
+        io(0x41),                                                      // KVM_CREATE_VCPU
+        iow(0x46, std::mem::size_of::<kvm_userspace_memory_region>()), // KVM_SET_USER_MEMORY_REGION
+        iow(0x90, std::mem::size_of::<kvm_cpuid2>()),                  // KVM_SET_CPUID2
+        iow(0xa7, std::mem::size_of::<kvm_xcrs>()),                    // KVM_SET_XCRS
+        io(0xa3),                                                      // KVM_GET_TSC_KHZ
+    ] {
+        rules.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, nr)?;
+    }
+    // A thread only: clone with CLONE_THREAD. clone3's flags are behind a pointer, which
+    // seccomp cannot read, and a refusal here kills, so clone3 is allowed too: whatever it
+    // starts stays under this same filter, which allows no execve, socket or write open.
+    let thread = libc::CLONE_THREAD as u64;
+    rules.allow_when(libc::SYS_clone, 0, SeccompCmpOp::MaskedEq(thread), thread)?;
+    // sysinfo: the host RAM check of new guest memory; rt_sigaction: the C library sets up
+    // its internal signals at the first pthread_create.
+    rules.allow(&[
+        libc::SYS_clone3,
+        libc::SYS_mincore,
+        libc::SYS_set_robust_list,
+        libc::SYS_sysinfo,
+        libc::SYS_rt_sigaction,
+    ]);
+    let name = libc::PR_SET_NAME as u64; // the thread's name
+    rules.allow_when(libc::SYS_prctl, 0, SeccompCmpOp::Eq, name)?;
+    Ok(())
+}
+
 /// The filter for a sandbox VMM. `files`: the policy lets the program open host files
-/// (read-only opens and the path resolution they need are allowed).
-pub fn sandbox_filter(files: bool) -> Result<BpfProgram, SeccompError> {
+/// (read-only opens and the path resolution they need are allowed); `processes`: the program
+/// may start processes (each a micro-VM on a VMM thread of its own).
+pub fn sandbox_filter(files: bool, processes: bool) -> Result<BpfProgram, SeccompError> {
     let mut rules = Rules::default();
     for nr in kvm_ioctls() {
         rules.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, nr)?;
+    }
+    if processes {
+        process_rules(&mut rules)?;
     }
     // mmap/mprotect for the VMM's own heap, never executable.
     let exec = SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64);
@@ -261,12 +308,16 @@ pub(crate) mod tests {
 
     #[test]
     fn the_filter_kills_a_forbidden_call_and_allows_the_vmm_s_own() {
-        assert_role("sandbox", &sandbox_filter(false).unwrap(), libc::AF_INET);
+        assert_role(
+            "sandbox",
+            &sandbox_filter(false, false).unwrap(),
+            libc::AF_INET,
+        );
     }
 
     #[test]
     fn without_files_in_the_policy_even_a_read_only_open_kills() {
-        let filter = sandbox_filter(false).unwrap();
+        let filter = sandbox_filter(false, false).unwrap();
         let status = in_child(|| {
             if confine_thread(&filter).is_err() {
                 return 10;
@@ -280,7 +331,7 @@ pub(crate) mod tests {
 
     #[test]
     fn with_files_allowed_read_only_opens_pass_and_writes_kill() {
-        let filter = sandbox_filter(true).unwrap();
+        let filter = sandbox_filter(true, false).unwrap();
         let status = in_child(|| {
             if confine_thread(&filter).is_err() {
                 return 10;

@@ -14,7 +14,7 @@ use crate::sandbox::exit::Exit;
 const SA_RESTORER: u64 = 0x0400_0000;
 
 /// What a signal does by default when it is not caught.
-fn default_ignores(sig: i32) -> bool {
+pub(super) fn default_ignores(sig: i32) -> bool {
     // Ignored by default; the stop signals too, as there is no job control to stop for.
     matches!(
         sig,
@@ -32,6 +32,7 @@ fn default_ignores(sig: i32) -> bool {
 impl Process {
     /// Whether a signal waits to be delivered now (the alarm's deadline checked too).
     pub fn signal_pending(&mut self, cx: &mut Context<'_>) -> bool {
+        self.take_incoming();
         if self.signals.alarm.is_some() {
             let now = now_ns(cx);
             self.signals.check_alarm(now);
@@ -47,6 +48,7 @@ impl Process {
         regs: &UserRegs,
         cx: &mut Context<'_>,
     ) -> Result<Option<HandlerEntry>, Exit> {
+        self.take_incoming();
         loop {
             if self.signals.alarm.is_some() {
                 let now = now_ns(cx);
@@ -54,6 +56,10 @@ impl Process {
             }
             let ready = self.signals.pending & !self.signals.mask;
             if ready == 0 {
+                // No handler ran: `rt_sigsuspend`'s mask gives way to the one it replaced.
+                if let Some(mask) = self.signals.saved_mask.take() {
+                    self.signals.mask = mask;
+                }
                 return Ok(None);
             }
             let sig = ready.trailing_zeros() as i32 + 1;
@@ -105,7 +111,7 @@ impl Process {
             cx.mem,
             top,
             regs,
-            self.signals.mask,
+            self.signals.saved_mask.unwrap_or(self.signals.mask),
             saved_alt,
             (handler, restorer),
             info,
@@ -119,6 +125,8 @@ impl Process {
             // sets one); Linux x86-64 would fault there.
             return Err(Exit::Signaled(libc::SIGSEGV));
         }
+        // The frame keeps the mask to return to (`rt_sigsuspend`'s caller's, if it waited).
+        self.signals.saved_mask = None;
         let mut blocked = self.signals.mask | action.mask;
         if action.flags & libc::SA_NODEFER as u64 == 0 {
             blocked |= bit(sig);

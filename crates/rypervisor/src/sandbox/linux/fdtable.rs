@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::pipe::{PipeBuffer, PipeEnd};
+use super::pipe::PipeEnd;
 use super::Errno;
 
 /// Highest descriptor number + 1 (Linux's default `RLIMIT_NOFILE`): bash keeps a script on
@@ -29,8 +29,8 @@ pub enum OpenFile {
     Device(Device),
     /// A directory under `--allow-read`, for `getdents64`, `fchdir` and `openat(fd, ...)`.
     Dir(Arc<Directory>),
-    /// One end of a pipe inside the process.
-    Pipe(PipeEnd),
+    /// One end of a pipe (an open file description: duplicates and children share it).
+    Pipe(Arc<PipeEnd>),
 }
 
 /// An open directory: the host's descriptor (its listing position is the kernel's) and its
@@ -50,7 +50,7 @@ impl OpenFile {
         match self {
             OpenFile::Host(f) => Some(Arc::as_ptr(f).cast()),
             OpenFile::Dir(d) => Some(Arc::as_ptr(d).cast()),
-            OpenFile::Pipe(p) => Some(Arc::as_ptr(&p.buffer).cast()),
+            OpenFile::Pipe(p) => Some(Arc::as_ptr(&p.pipe).cast()),
             OpenFile::Std(_) | OpenFile::Device(_) => None,
         }
     }
@@ -184,14 +184,6 @@ impl FdTable {
         self.install_open(OpenFile::Dir(Arc::new(dir)), cloexec)
     }
 
-    /// Whether a pipe end on `buffer` is open for writing (`write`) or reading.
-    pub fn pipe_has(&self, buffer: &PipeBuffer, write: bool) -> bool {
-        self.entries.values().any(|e| match &e.file {
-            OpenFile::Pipe(p) => p.write == write && Arc::ptr_eq(&p.buffer, buffer),
-            _ => false,
-        })
-    }
-
     /// Installs an open file holding a host object (a file, directory or pipe end) at the
     /// lowest free descriptor, within [`MAX_HOST_FILES`].
     pub fn install_open(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
@@ -266,7 +258,7 @@ impl FdTable {
                     } else {
                         libc::O_RDONLY
                     };
-                    mode | if p.nonblock { libc::O_NONBLOCK } else { 0 }
+                    mode | if p.nonblock() { libc::O_NONBLOCK } else { 0 }
                 }
                 OpenFile::Std(1) | OpenFile::Std(2) => libc::O_WRONLY,
                 OpenFile::Device(_) => libc::O_RDWR,
@@ -275,13 +267,25 @@ impl FdTable {
             })),
             libc::F_SETFL => {
                 // Only a pipe can block; nothing here appends.
-                if let OpenFile::Pipe(p) = &mut entry.file {
-                    p.nonblock = arg as i32 & libc::O_NONBLOCK != 0;
+                if let OpenFile::Pipe(p) = &entry.file {
+                    p.set_nonblock(arg as i32 & libc::O_NONBLOCK != 0);
                 }
                 Ok(0)
             }
             _ => Err(Errno::EINVAL),
         }
+    }
+
+    /// The table a child gets from `fork`: every descriptor, sharing its open file.
+    pub fn share(&self) -> FdTable {
+        FdTable {
+            entries: self.entries.clone(),
+        }
+    }
+
+    /// `execve`: descriptors marked close-on-exec are closed.
+    pub fn close_on_exec(&mut self) {
+        self.entries.retain(|_, e| !e.cloexec);
     }
 
     /// Whether `fd` is marked close-on-exec.

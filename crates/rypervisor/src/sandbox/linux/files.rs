@@ -126,7 +126,17 @@ impl Process {
         cx: &mut Context<'_>,
     ) -> Result<usize, SysError> {
         match self.files.get(fd)? {
-            OpenFile::Std(0) => cx.host.read_stdin(data).map_err(|e| io_error(&e)),
+            OpenFile::Std(0) => loop {
+                match cx.host.read_stdin(data) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        if let Some(end) = self.interrupted() {
+                            return Err(end);
+                        }
+                    }
+                    Err(e) => return Err(Errno::from_io(&e).into()),
+                }
+            },
             OpenFile::Std(_) => Err(Errno::EBADF.into()),
             OpenFile::Host(f) => (&**f).read(data).map_err(|e| Errno::from_io(&e).into()),
             OpenFile::Dir(_) => Err(Errno::EISDIR.into()),

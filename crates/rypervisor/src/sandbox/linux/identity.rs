@@ -7,8 +7,6 @@ use super::abi::{uts_field, Rlimit, Utsname};
 use super::fdtable::MAX_FDS;
 use super::{Context, Errno, Process, SysResult, IO_CHUNK};
 
-/// The fixed identity: process and thread id.
-pub const PID: i64 = 1;
 /// The fixed identity: user and group id.
 pub const UID: i64 = 1000;
 /// `uname` fields: sysname, nodename, release, version, machine, domainname.

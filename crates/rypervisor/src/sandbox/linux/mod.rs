@@ -19,9 +19,12 @@
 //! (`/` unless set).
 
 pub mod abi;
+pub mod block;
+pub mod children;
 pub mod deliver;
 pub mod dirs;
 pub mod errno;
+pub mod exec;
 pub mod fdtable;
 pub mod files;
 pub mod identity;
@@ -36,13 +39,15 @@ pub mod stat;
 pub mod sysno;
 pub mod time;
 pub mod trace;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use errno::Errno;
-pub use identity::{PID, UID, UNAME};
+pub use identity::{UID, UNAME};
 
 use super::exit::Exit;
 use super::host::{self, Host};
@@ -51,6 +56,10 @@ use super::usermem::UserMemory;
 use fdtable::FdTable;
 use memory::MemoryState;
 use signals::SignalState;
+use tree::Tree;
+
+pub use children::Spawn;
+pub use exec::ExecRequest;
 
 /// Largest single read or write served in one call (the program loops for more, as it must
 /// on Linux too).
@@ -75,7 +84,31 @@ pub enum Next {
     /// `rt_sigreturn`: the run loop resumes the state [`Process::sigreturn`] reads from the
     /// signal frame at the program's stack.
     SigReturn,
+    /// Work for the run loop: a new micro-VM (`fork`) or a new image (`execve`).
+    Vm(VmRequest),
 }
+
+/// What only the run loop can do, as the system call asked for it.
+#[derive(Clone, Debug)]
+pub enum VmRequest {
+    /// Start a child process in a micro-VM of its own.
+    Fork(Box<Spawn>),
+    /// Replace the process's micro-VM with one running a new program.
+    Exec(Box<ExecRequest>),
+}
+
+impl PartialEq for VmRequest {
+    /// The same request: the same child pid, or the same program path.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (VmRequest::Fork(a), VmRequest::Fork(b)) => a.pid == b.pid,
+            (VmRequest::Exec(a), VmRequest::Exec(b)) => a.path == b.path,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for VmRequest {}
 
 /// Why a handler did not return a value: an error for the program, or the program's end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +117,8 @@ pub enum SysError {
     Errno(Errno),
     /// The program ends.
     End(Exit),
+    /// The run loop takes over.
+    Vm(VmRequest),
 }
 
 impl From<Errno> for SysError {
@@ -136,6 +171,10 @@ pub struct Process {
     process: process::ProcessState,
     /// The working directory (canonical).
     cwd: PathBuf,
+    /// Its pid (its only thread's tid too).
+    pid: i32,
+    /// Every process of the sandbox.
+    tree: Arc<Tree>,
     /// Counters.
     pub stats: SyscallStats,
 }
@@ -154,8 +193,32 @@ impl Process {
             fs_changed: false,
             started: host::host_clock(libc::CLOCK_MONOTONIC),
             process: process::ProcessState::default(),
+            pid: tree::INIT,
+            tree: Tree::new(tree::DEFAULT_MAX_PROCS),
             stats: SyscallStats::default(),
         }
+    }
+
+    /// After `execve`: the new image's memory layout (it ends at `image_end`, its stack is
+    /// `stack_size` at the top, the interpreter at `interp`), descriptors marked close-on-exec
+    /// closed, handled signals back to their defaults, no TLS; the pid, the other
+    /// descriptors, the mask, the working directory and the tree stay.
+    pub fn exec_into(
+        &mut self,
+        image_end: u64,
+        stack_size: u64,
+        interp: Option<(u64, u64)>,
+        name: &[u8],
+    ) {
+        self.memory = MemoryState::new(image_end, self.memory.mem_size(), stack_size);
+        if let Some((start, end)) = interp {
+            self.memory.reserve(start, end);
+        }
+        self.files.close_on_exec();
+        self.signals.exec_reset();
+        self.fs_base = 0;
+        self.fs_changed = false;
+        self.process.set_name(name);
     }
 
     /// Marks `[start, end)` as mapped (the interpreter the loader placed there).
@@ -193,6 +256,11 @@ impl Process {
         self.fs_base
     }
 
+    /// Sets the FS base (a child's `CLONE_SETTLS`; the run loop writes the vCPU's).
+    pub fn set_fs_base(&mut self, base: u64) {
+        self.fs_base = base;
+    }
+
     /// The FS base if it changed since the last call (the run loop writes it to the vCPU).
     pub fn take_fs_change(&mut self) -> Option<u64> {
         std::mem::take(&mut self.fs_changed).then_some(self.fs_base)
@@ -204,6 +272,7 @@ impl Process {
         if call.nr == sysno::RT_SIGRETURN {
             return Next::SigReturn;
         }
+        self.take_incoming();
         if self.signals.alarm.is_some() {
             let now = signals::now_ns(cx);
             cx.interrupt = self.alarm_in(now);
@@ -212,6 +281,7 @@ impl Process {
             Ok(value) => Next::Return(value),
             Err(SysError::Errno(e)) => Next::Return(e.ret()),
             Err(SysError::End(exit)) => Next::End(exit),
+            Err(SysError::Vm(request)) => Next::Vm(request),
         }
     }
 
@@ -283,8 +353,8 @@ impl Process {
             MINCORE => self.memory.mincore(a0, a1, a2, cx),
             // Identity, limits, randomness, TLS.
             ARCH_PRCTL => self.arch_prctl(a0, a1, cx),
-            SET_TID_ADDRESS | GETTID | GETPID => Ok(PID),
-            GETPPID => Ok(0),
+            SET_TID_ADDRESS | GETTID | GETPID => Ok(i64::from(self.pid)),
+            GETPPID => Ok(i64::from(self.tree.ppid(self.pid))),
             GETUID | GETGID | GETEUID | GETEGID => Ok(UID),
             SET_ROBUST_LIST => Ok(0),
             SETUID | SETGID => identity::set_ids(&[a0]),
@@ -293,9 +363,11 @@ impl Process {
             GETRESUID | GETRESGID => identity::get_res_ids([a0, a1, a2], cx),
             SETFSUID | SETFSGID => Ok(UID), // the previous id, unchanged unless it is the same
             SETGROUPS => Err(Errno::EPERM.into()),
-            GETPGRP => Ok(PID),
-            GETPGID | GETSID => Process::own_group(a0),
-            SETPGID => Process::setpgid(a0, a1),
+            GETPGRP => self.group_of(0, false),
+            GETPGID => self.group_of(a0, false),
+            GETSID => self.group_of(a0, true),
+            SETPGID => self.setpgid(a0, a1),
+            SETSID => Ok(i64::from(self.tree.setsid(self.pid)?)),
             GETGROUPS => Process::getgroups(a0, a1, cx),
             UMASK => self.umask(a0),
             PRCTL => self.prctl(a0, a1, cx),
@@ -306,21 +378,21 @@ impl Process {
             UNAME => identity::uname(a0, cx),
             GETRANDOM => identity::getrandom(a0, a1, cx),
             GETRLIMIT => self.prlimit(a0, a1, cx),
-            PRLIMIT64 if a0 != 0 && a0 as i64 != PID => Err(Errno::ESRCH.into()),
+            PRLIMIT64 if a0 != 0 && a0 as i32 != self.pid => Err(Errno::ESRCH.into()),
             PRLIMIT64 => self.prlimit(a1, a3, cx),
             // Time.
             CLOCK_GETTIME => self.clock_gettime(a0 as i32, a1, cx),
             CLOCK_GETRES => time::clock_getres(a1, cx),
             GETTIMEOFDAY => self.gettimeofday(a0, cx),
             TIME => self.time(a0, cx),
-            NANOSLEEP => time::nanosleep(a0, a1, cx),
+            NANOSLEEP => self.nanosleep(a0, a1, cx),
             CLOCK_NANOSLEEP => self.clock_nanosleep(a0 as i32, a1, a2, cx),
             SCHED_YIELD => Ok(0),
-            SCHED_GETAFFINITY => Process::getaffinity(a0, a1, a2, cx),
-            SCHED_SETAFFINITY => Process::setaffinity(a0, a1, a2, cx),
+            SCHED_GETAFFINITY => self.getaffinity(a0, a1, a2, cx),
+            SCHED_SETAFFINITY => self.setaffinity(a0, a1, a2, cx),
             GETCPU => Process::getcpu(a0, a1, cx),
             // Signals (delivered on the way back from a call: see `deliver`) and futexes.
-            RT_SIGACTION => self.signals.sigaction(a0, a1, a2, cx),
+            RT_SIGACTION => self.sigaction(a0, a1, a2, cx),
             RT_SIGPROCMASK => self.signals.sigprocmask(a0 as i32, a1, a2, cx),
             SIGALTSTACK => self.signals.sigaltstack(a0, a1, cx),
             RT_SIGPENDING => self.sigpending(a0, cx),
@@ -331,7 +403,21 @@ impl Process {
             SETITIMER => self.itimer(a0, a1, a2, cx),
             GETITIMER => self.itimer(a0, 0, a1, cx),
             PAUSE => self.pause(cx),
-            FUTEX => signals::futex(a0, a1, a2, a3, cx),
+            RT_SIGSUSPEND => self.sigsuspend(a0, a1, cx),
+            FUTEX => self.futex(a0, a1, a2, a3, cx),
+            // Processes.
+            FORK => self.clone_process(call.nr, [libc::SIGCHLD as u64, 0, 0, 0, 0], cx),
+            VFORK => {
+                let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as u64;
+                self.clone_process(call.nr, [flags, 0, 0, 0, 0], cx)
+            }
+            CLONE => self.clone_process(call.nr, [a0, a1, a2, a3, a4], cx),
+            // glibc and musl fall back to clone when clone3 is not there.
+            CLONE3 => Err(Errno::ENOSYS.into()),
+            EXECVE => self.execve(libc::AT_FDCWD, (a0, a1, a2), 0, cx),
+            EXECVEAT => self.execve(fd, (a1, a2, a3), a4, cx),
+            WAIT4 => self.wait4(a0, a1, a2, a3, cx),
+            WAITID => self.waitid(a0, a1, a2, a3, cx),
             // The end.
             EXIT | EXIT_GROUP => Err(SysError::End(Exit::Exited(a0 as i32 & 0xff))),
             _ => self.unserved(call.nr),

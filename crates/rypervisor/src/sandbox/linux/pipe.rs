@@ -1,49 +1,114 @@
-//! Pipes inside one process (`pipe`, `pipe2`): a bounded buffer in the VMM with a read end
-//! and a write end in the descriptor table, as shells and event loops use them for
-//! themselves (zsh makes one at start-up; the self-pipe trick). Linux's rules: reads take
-//! what is there, or see end-of-file once no write end is open; writes to a pipe nobody can
-//! read fail with `EPIPE`; a full or empty pipe is `EAGAIN` with `O_NONBLOCK`. Without it, the
-//! program would wait for itself forever, as it would natively: the wait lasts until the time
-//! limit. Pipes between processes come with processes (the next issue).
+//! Pipes (`pipe`, `pipe2`): a bounded buffer in the VMM shared by every process holding one of
+//! its ends. Each end is an open file description (an `Arc` in the descriptor tables: `dup`
+//! and `fork` share it, with its `O_NONBLOCK`); the pipe counts the descriptions of each end,
+//! so it knows when the last reader or writer has gone, wherever it was.
+//!
+//! Linux's rules: reads take what is there, or see end-of-file once no write end is open;
+//! writes of at most `PIPE_BUF` bytes are atomic; a write to a pipe nobody can read fails with
+//! `EPIPE` and raises SIGPIPE; a full or empty pipe is `EAGAIN` with `O_NONBLOCK`, and
+//! otherwise waits (see [`super::block`]) for another process, a signal or the time limit.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::block::Restart;
 use super::fdtable::OpenFile;
-use super::time::sleep;
+use super::signals::{bit, SI_USER};
+use super::tree::Tree;
 use super::{Context, Errno, Process, SysError, SysResult};
 
 /// A pipe's capacity (Linux's default).
 pub const PIPE_CAPACITY: usize = 64 * 1024;
+/// Writes up to this size are never interleaved with others (`PIPE_BUF`).
+pub const PIPE_BUF: usize = 4096;
 
-/// The buffer both ends share.
-pub type PipeBuffer = Arc<Mutex<VecDeque<u8>>>;
-
-/// One end of a pipe.
-#[derive(Clone, Debug)]
-pub struct PipeEnd {
-    /// The shared buffer.
-    pub buffer: PipeBuffer,
-    /// The write end (else the read end).
-    pub write: bool,
-    /// `O_NONBLOCK`.
-    pub nonblock: bool,
+#[derive(Debug, Default)]
+struct PipeState {
+    data: VecDeque<u8>,
+    readers: usize,
+    writers: usize,
 }
 
-impl PipeEnd {
-    /// Bytes waiting.
-    pub fn pending(&self) -> usize {
-        self.buffer.lock().map_or(0, |b| b.len())
+/// The buffer both ends share.
+#[derive(Debug)]
+pub struct Pipe {
+    state: Mutex<PipeState>,
+    /// Woken when the pipe changes.
+    tree: Arc<Tree>,
+}
+
+impl Pipe {
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// A wait only the program itself could end: it lasts until the time limit (without one,
-/// as long as the program would hang natively).
-fn wait_forever(cx: &mut Context<'_>) -> SysError {
-    match sleep(Duration::MAX, cx) {
-        Err(e) => e,
-        Ok(_) => SysError::End(crate::sandbox::exit::Exit::TimedOut), // a host that never sleeps
+/// One end of a pipe: an open file description.
+#[derive(Debug)]
+pub struct PipeEnd {
+    /// The shared buffer.
+    pub pipe: Arc<Pipe>,
+    /// The write end (else the read end).
+    pub write: bool,
+    nonblock: AtomicBool,
+}
+
+impl PipeEnd {
+    fn new(pipe: &Arc<Pipe>, write: bool, nonblock: bool) -> Arc<Self> {
+        {
+            let mut s = pipe.lock();
+            if write {
+                s.writers += 1;
+            } else {
+                s.readers += 1;
+            }
+        }
+        Arc::new(Self {
+            pipe: pipe.clone(),
+            write,
+            nonblock: AtomicBool::new(nonblock),
+        })
+    }
+
+    /// Bytes waiting.
+    pub fn pending(&self) -> usize {
+        self.pipe.lock().data.len()
+    }
+
+    /// `O_NONBLOCK`.
+    pub fn nonblock(&self) -> bool {
+        self.nonblock.load(Ordering::Relaxed)
+    }
+
+    /// Sets `O_NONBLOCK` (for every descriptor sharing this end, as on Linux).
+    pub fn set_nonblock(&self, on: bool) {
+        self.nonblock.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the other end is still open somewhere.
+    fn peer_open(&self) -> bool {
+        let s = self.pipe.lock();
+        if self.write {
+            s.readers > 0
+        } else {
+            s.writers > 0
+        }
+    }
+}
+
+impl Drop for PipeEnd {
+    /// The last descriptor of this end closed (in any process): waiters see EOF or EPIPE.
+    fn drop(&mut self) {
+        {
+            let mut s = self.pipe.lock();
+            if self.write {
+                s.writers -= 1;
+            } else {
+                s.readers -= 1;
+            }
+        }
+        self.pipe.tree.notify();
     }
 }
 
@@ -55,16 +120,13 @@ impl Process {
             return Err(Errno::EINVAL.into());
         }
         cx.mem.check(fds, 8)?;
-        let buffer: PipeBuffer = Arc::default();
+        let pipe = Arc::new(Pipe {
+            state: Mutex::default(),
+            tree: self.tree.clone(),
+        });
         let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
         let nonblock = flags & libc::O_NONBLOCK as u64 != 0;
-        let end = |write| {
-            OpenFile::Pipe(PipeEnd {
-                buffer: buffer.clone(),
-                write,
-                nonblock,
-            })
-        };
+        let end = |write| OpenFile::Pipe(PipeEnd::new(&pipe, write, nonblock));
         let read = self.files.install_open(end(false), cloexec)?;
         let write = match self.files.install_open(end(true), cloexec) {
             Ok(fd) => fd,
@@ -82,7 +144,7 @@ impl Process {
 
     /// A read from the read end `end`.
     pub(super) fn pipe_read(
-        &self,
+        &mut self,
         end: &PipeEnd,
         data: &mut [u8],
         cx: &mut Context<'_>,
@@ -90,46 +152,85 @@ impl Process {
         if end.write {
             return Err(Errno::EBADF.into());
         }
-        {
-            let mut buf = end.buffer.lock().map_err(|_| Errno::EIO)?;
-            if !buf.is_empty() || data.is_empty() {
-                let n = data.len().min(buf.len());
-                for (d, s) in data.iter_mut().zip(buf.drain(..n)) {
-                    *d = s;
+        let mut take = |_: &mut Self, _: &mut Context<'_>| -> Result<Option<usize>, SysError> {
+            let mut s = end.pipe.lock();
+            if !s.data.is_empty() || data.is_empty() {
+                let n = data.len().min(s.data.len());
+                for (d, b) in data.iter_mut().zip(s.data.drain(..n)) {
+                    *d = b;
                 }
-                return Ok(n);
+                drop(s);
+                end.pipe.tree.notify(); // room for writers
+                return Ok(Some(n));
             }
+            if s.writers == 0 {
+                return Ok(Some(0)); // no write end: end of file
+            }
+            if end.nonblock() {
+                return Err(Errno::EAGAIN.into());
+            }
+            Ok(None)
+        };
+        match self.block(None, Restart::WithSaRestart, cx, &mut take)? {
+            Some(n) => Ok(n),
+            None => Err(SysError::End(crate::sandbox::exit::Exit::TimedOut)), // never ends
         }
-        if !self.files.pipe_has(&end.buffer, true) {
-            return Ok(0); // no write end: end of file
-        }
-        if end.nonblock {
-            return Err(Errno::EAGAIN.into());
-        }
-        Err(wait_forever(cx))
     }
 
-    /// A write to the write end `end`.
-    pub(super) fn pipe_write(&self, end: &PipeEnd, data: &[u8], cx: &mut Context<'_>) -> SysResult {
+    /// A write to the write end `end`: all of it (atomically when it is at most `PIPE_BUF`),
+    /// waiting for room as needed, unless `O_NONBLOCK` or a signal cuts it short.
+    pub(super) fn pipe_write(
+        &mut self,
+        end: &PipeEnd,
+        data: &[u8],
+        cx: &mut Context<'_>,
+    ) -> SysResult {
         if !end.write {
             return Err(Errno::EBADF.into());
         }
-        if !self.files.pipe_has(&end.buffer, false) {
-            return Err(Errno::EPIPE.into()); // SIGPIPE is not delivered: the error is
-        }
-        {
-            let mut buf = end.buffer.lock().map_err(|_| Errno::EIO)?;
-            let room = PIPE_CAPACITY - buf.len();
-            if room > 0 || data.is_empty() {
-                let n = room.min(data.len());
-                buf.extend(&data[..n]);
-                return Ok(n as i64);
+        let mut done = 0usize;
+        let mut put = |p: &mut Self, _: &mut Context<'_>| -> Result<Option<()>, SysError> {
+            let mut s = end.pipe.lock();
+            if s.readers == 0 {
+                drop(s);
+                // SIGPIPE for the writer (its default ends it), and EPIPE if it survives.
+                p.signals.pending |= bit(libc::SIGPIPE);
+                p.signals.codes[libc::SIGPIPE as usize - 1] = SI_USER;
+                return Err(Errno::EPIPE.into());
             }
+            let room = PIPE_CAPACITY - s.data.len();
+            let rest = data.len() - done;
+            // An atomic write waits until it fits whole; a larger one takes what fits.
+            let n = if rest <= PIPE_BUF && room < rest {
+                0
+            } else {
+                room.min(rest)
+            };
+            if n > 0 {
+                s.data.extend(&data[done..done + n]);
+                done += n;
+                drop(s);
+                end.pipe.tree.notify(); // data for readers
+            }
+            if done == data.len() {
+                return Ok(Some(()));
+            }
+            if end.nonblock() {
+                return match done {
+                    0 => Err(Errno::EAGAIN.into()),
+                    _ => Ok(Some(())),
+                };
+            }
+            Ok(None)
+        };
+        let result = self.block(None, Restart::WithSaRestart, cx, &mut put);
+        match result {
+            Ok(Some(())) => Ok(done as i64),
+            // Interrupted after some bytes went in: the count, as Linux returns.
+            Err(SysError::Errno(_)) if done > 0 => Ok(done as i64),
+            Err(e) => Err(e),
+            Ok(None) => Err(SysError::End(crate::sandbox::exit::Exit::TimedOut)),
         }
-        if end.nonblock {
-            return Err(Errno::EAGAIN.into());
-        }
-        Err(wait_forever(cx))
     }
 
     /// `poll`'s answer for a pipe end.
@@ -137,7 +238,7 @@ impl Process {
         let pending = end.pending();
         let mut ready = 0;
         if end.write {
-            if !self.files.pipe_has(&end.buffer, false) {
+            if !end.peer_open() {
                 ready |= libc::POLLERR;
             } else if pending < PIPE_CAPACITY {
                 ready |= events & (libc::POLLOUT | libc::POLLWRNORM);
@@ -146,7 +247,7 @@ impl Process {
             if pending > 0 {
                 ready |= events & (libc::POLLIN | libc::POLLRDNORM);
             }
-            if !self.files.pipe_has(&end.buffer, true) {
+            if !end.peer_open() {
                 ready |= libc::POLLHUP;
             }
         }

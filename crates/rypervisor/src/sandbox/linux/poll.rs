@@ -1,9 +1,9 @@
 //! Waiting for descriptors: `poll`, `ppoll`, `select`, `pselect6`, and `ioctl(FIONREAD)`.
 //!
-//! Only the standard streams can keep a program waiting: they are asked of the host
+//! The standard streams are asked of the host
 //! ([`Host::poll_streams`](crate::sandbox::host::Host::poll_streams)); a pipe is ready as
-//! its buffer says; files, directories and the built-in devices are always ready, as
-//! regular files are on Linux. A wait is capped at
+//! its buffer says, and another process changing it ends the wait; files, directories and
+//! the built-in devices are always ready, as regular files are on Linux. A wait is capped at
 //! the time the program has left, and reaching that cap ends the program like any other
 //! wait past the time limit.
 
@@ -19,15 +19,13 @@ use crate::sandbox::exit::Exit;
 const ALWAYS: i16 = libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM;
 
 impl Process {
-    /// The shared part: `fds` in, their `revents` out; `timeout` None waits without end.
-    fn wait_ready(
-        &self,
-        fds: &mut [libc::pollfd],
-        timeout: Option<Duration>,
-        cx: &mut Context<'_>,
-    ) -> Result<usize, SysError> {
+    /// Fills `revents` of everything but the standard streams; returns how many are ready,
+    /// the standard streams asked for (index in `fds`, the host's pollfd) and whether a pipe is
+    /// among them.
+    fn scan(&self, fds: &mut [libc::pollfd]) -> (usize, Vec<(usize, libc::pollfd)>, bool) {
         let mut ready = 0;
-        let mut streams = Vec::new(); // (index in fds, the host's pollfd)
+        let mut streams = Vec::new();
+        let mut pipes = false;
         for (i, p) in fds.iter_mut().enumerate() {
             p.revents = 0;
             if p.fd < 0 {
@@ -43,41 +41,86 @@ impl Process {
                         revents: 0,
                     },
                 )),
-                Ok(OpenFile::Pipe(end)) => p.revents = self.pipe_events(end, p.events),
+                Ok(OpenFile::Pipe(end)) => {
+                    pipes = true;
+                    p.revents = self.pipe_events(end, p.events);
+                }
                 Ok(_) => p.revents = p.events & ALWAYS,
             }
             ready += usize::from(p.revents != 0);
         }
-        if streams.is_empty() {
-            // Nothing outside the program can make a pipe ready: a wait runs its course.
-            if ready == 0 && timeout != Some(Duration::ZERO) {
-                let d = timeout.unwrap_or(Duration::MAX);
-                super::time::sleep(d, cx)?;
-            }
-            return Ok(ready);
-        }
-        // Something is ready already: only look at the streams, do not wait.
-        let capped = match (timeout, cx.remaining) {
-            _ if ready > 0 => Some(Duration::ZERO),
-            (Some(t), Some(left)) => Some(t.min(left)),
-            (t, left) => t.or(left),
-        };
-        let mut host: Vec<libc::pollfd> = streams.iter().map(|s| s.1).collect();
-        let n = cx.host.poll_streams(&mut host, capped).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                SysError::End(Exit::TimedOut) // the watchdog: the time limit
+        (ready, streams, pipes)
+    }
+
+    /// The shared part: `fds` in, their `revents` out; `timeout` None waits without end.
+    fn wait_ready(
+        &mut self,
+        fds: &mut [libc::pollfd],
+        timeout: Option<Duration>,
+        cx: &mut Context<'_>,
+    ) -> Result<usize, SysError> {
+        let began = std::time::Instant::now();
+        let mut first = true;
+        loop {
+            let (mut ready, streams, pipes) = self.scan(fds);
+            // The first look counts from the call itself (exact caps, as tests expect).
+            let spent = if first {
+                Duration::ZERO
             } else {
-                Errno::from_io(&e).into()
+                began.elapsed()
+            };
+            first = false;
+            let left = timeout.map(|t| t.saturating_sub(spent));
+            if streams.is_empty() {
+                if ready > 0 || left == Some(Duration::ZERO) {
+                    return Ok(ready);
+                }
+                // Only another process can make a pipe ready (and alone, a wait runs its
+                // course): wait for the tree to change, then look again.
+                let mut probe: Vec<libc::pollfd> = fds.to_vec();
+                let changed = |p: &mut Self, _: &mut Context<'_>| {
+                    Ok((p.scan(&mut probe).0 > 0).then_some(()))
+                };
+                match self.block(left, super::block::Restart::Never, cx, changed)? {
+                    Some(()) => continue,
+                    None => return Ok(0),
+                }
             }
-        })?;
-        if n == 0 && ready == 0 && capped.is_some() && capped == cx.remaining {
-            return Err(SysError::End(Exit::TimedOut));
+            // Something is ready already: only look at the streams, do not wait. A pipe that
+            // another process may fill is looked at again every few milliseconds.
+            let limit = cx.remaining.map(|r| r.saturating_sub(spent));
+            let slice = (pipes && self.tree.len() > 1).then_some(Duration::from_millis(10));
+            let capped = match ready {
+                0 => [left, limit, slice].into_iter().flatten().min(),
+                _ => Some(Duration::ZERO),
+            };
+            let mut host: Vec<libc::pollfd> = streams.iter().map(|s| s.1).collect();
+            let n = match cx.host.poll_streams(&mut host, capped) {
+                Ok(n) => n,
+                // Kicked: the time limit, the tree's end, or a signal (poll is never restarted).
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => match self.interrupted() {
+                    None => continue,
+                    Some(SysError::Errno(super::block::ERESTARTSYS)) => {
+                        return Err(Errno::EINTR.into())
+                    }
+                    Some(end) => return Err(end),
+                },
+                Err(e) => return Err(Errno::from_io(&e).into()),
+            };
+            for ((i, _), h) in streams.iter().zip(&host) {
+                fds[*i].revents = h.revents;
+                ready += usize::from(h.revents != 0);
+            }
+            if ready > 0 || n > 0 {
+                return Ok(ready);
+            }
+            if limit.is_some() && capped == limit {
+                return Err(SysError::End(Exit::TimedOut));
+            }
+            if capped == left {
+                return Ok(0);
+            }
         }
-        for ((i, _), h) in streams.iter().zip(&host) {
-            fds[*i].revents = h.revents;
-            ready += usize::from(h.revents != 0);
-        }
-        Ok(ready)
     }
 
     /// `poll` (`timeout_ms`, negative: none) and `ppoll` (a timespec, 0: none; the signal

@@ -1,11 +1,11 @@
 //! The small calls start-ups and shells make about their own process, answered as Linux
-//! would for a lone process that leads its own session: `umask`, `getgroups`, the process
+//! would for a process of the sandbox's tree: `umask`, `getgroups`, the process
 //! group and session ids, `times`, `getrusage`, `sysinfo`, and the `prctl` options programs
 //! set or probe (the name, the child subreaper, dumpability, the parent-death signal,
 //! no-new-privileges), and the CPU it runs on (one CPU: `sched_getaffinity`, `getcpu`).
 
 use super::abi::{Rusage, Sysinfo, Tms};
-use super::identity::{PID, UID};
+use super::identity::UID;
 use super::{Context, Errno, Process, SysResult};
 
 /// Clock ticks per second of `times` (Linux's USER_HZ).
@@ -21,6 +21,16 @@ pub struct ProcessState {
     dumpable: bool,
     no_new_privs: bool,
     pdeathsig: i32,
+}
+
+impl ProcessState {
+    /// The name `execve` gives: the file name of the program's path, as `comm`.
+    pub fn set_name(&mut self, path: &[u8]) {
+        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        self.name = [0; 16];
+        let n = base.len().min(15);
+        self.name[..n].copy_from_slice(&base[..n]);
+    }
 }
 
 impl Default for ProcessState {
@@ -39,8 +49,14 @@ impl Default for ProcessState {
 
 impl Process {
     /// `sched_getaffinity`: CPU 0 only (the sandbox has one vCPU); the size written.
-    pub(super) fn getaffinity(pid: u64, len: u64, mask: u64, cx: &mut Context<'_>) -> SysResult {
-        if pid != 0 && pid as i64 != PID {
+    pub(super) fn getaffinity(
+        &self,
+        pid: u64,
+        len: u64,
+        mask: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        if pid != 0 && pid as i32 != self.pid {
             return Err(Errno::ESRCH.into());
         }
         // Linux copies whole longs of its CPU mask and refuses a buffer too small for it.
@@ -52,8 +68,14 @@ impl Process {
     }
 
     /// `sched_setaffinity`: any mask that includes CPU 0.
-    pub(super) fn setaffinity(pid: u64, len: u64, mask: u64, cx: &mut Context<'_>) -> SysResult {
-        if pid != 0 && pid as i64 != PID {
+    pub(super) fn setaffinity(
+        &self,
+        pid: u64,
+        len: u64,
+        mask: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        if pid != 0 && pid as i32 != self.pid {
             return Err(Errno::ESRCH.into());
         }
         let mut first = [0u8; 1];
@@ -87,22 +109,6 @@ impl Process {
         let old = self.process.umask;
         self.process.umask = mask as u32 & 0o777;
         Ok(i64::from(old))
-    }
-
-    /// `getpgid`/`getsid`: the process is its own group and session.
-    pub(super) fn own_group(pid: u64) -> SysResult {
-        match pid as i64 {
-            0 | PID => Ok(PID),
-            _ => Err(Errno::ESRCH.into()),
-        }
-    }
-
-    pub(super) fn setpgid(pid: u64, pgid: u64) -> SysResult {
-        match (pid as i64, pgid as i64) {
-            (0 | PID, 0 | PID) => Ok(0),
-            (0 | PID, _) => Err(Errno::EPERM.into()),
-            _ => Err(Errno::ESRCH.into()),
-        }
     }
 
     pub(super) fn getgroups(size: u64, list: u64, cx: &mut Context<'_>) -> SysResult {
@@ -152,7 +158,7 @@ impl Process {
         i.0.uptime = self.run_time(cx).0;
         i.0.totalram = self.memory.mem_size();
         i.0.freeram = self.memory.mem_size().saturating_sub(self.memory.brk());
-        i.0.procs = 1;
+        i.0.procs = self.tree.running() as u16;
         i.0.mem_unit = 1;
         cx.mem.write_obj(buf, &i)?;
         Ok(0)

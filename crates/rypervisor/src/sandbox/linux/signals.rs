@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use super::abi::{KernelSigaction, SignalStack};
-use super::identity::PID;
 use super::{Context, Errno, Process, SysResult};
 
 /// Dispositions, the blocked mask, what is pending, the alternate stack and the alarm.
@@ -23,6 +22,9 @@ pub struct SignalState {
     pub(super) alarm: Option<(u64, u64)>,
     /// Per signal, the `si_code` it was sent with (`SI_USER` for `kill`, `SI_TKILL`...).
     pub(super) codes: [i32; 64],
+    /// The mask `rt_sigsuspend` replaced, to put back once a handler returns (Linux's
+    /// `saved_sigmask`).
+    pub(super) saved_mask: Option<u64>,
 }
 
 impl Default for SignalState {
@@ -34,6 +36,7 @@ impl Default for SignalState {
             altstack: (0, libc::SS_DISABLE as u64, 0),
             alarm: None,
             codes: [0; 64],
+            saved_mask: None,
         }
     }
 }
@@ -157,6 +160,24 @@ impl SignalState {
         Ok((ss.0.ss_sp as u64, 0, ss.0.ss_size as u64))
     }
 
+    /// A `fork` child's: the same dispositions, mask and alternate stack; nothing pending,
+    /// no alarm.
+    pub(super) fn for_child(&self) -> Self {
+        Self {
+            pending: 0,
+            alarm: None,
+            codes: [0; 64],
+            ..self.clone()
+        }
+    }
+
+    /// After `execve`: handled signals go back to their default (ignored ones stay
+    /// ignored), no alternate stack; the mask, what is pending and the alarm stay.
+    pub(super) fn exec_reset(&mut self) {
+        self.actions.retain(|_, a| a.handler == 1);
+        self.altstack = (0, libc::SS_DISABLE as u64, 0);
+    }
+
     /// SIGALRM becomes pending when its deadline has passed (and is re-armed by its period).
     pub(super) fn check_alarm(&mut self, now: u64) {
         if let Some((at, period)) = self.alarm {
@@ -170,27 +191,8 @@ impl SignalState {
 }
 
 impl Process {
-    /// `kill(pid, sig)`: the process is alone, so only it (pid 1, 0 for its group, -1 for
-    /// everyone it may signal, -1 for its group) can be signalled; signal 0 asks whether it
-    /// exists.
-    pub(super) fn kill(&mut self, pid: u64, sig: u64) -> SysResult {
-        let pid = pid as i32;
-        if !matches!(pid, 0 | -1) && i64::from(pid).abs() != PID {
-            return Err(Errno::ESRCH.into());
-        }
-        self.send(sig, SI_USER)
-    }
-
-    /// `tgkill(tgid, tid, sig)` and `tkill(tid, sig)` (`tgid` None).
-    pub(super) fn tgkill(&mut self, tgid: Option<u64>, tid: u64, sig: u64) -> SysResult {
-        let is_me = |id: u64| id as i32 as i64 == PID;
-        if tgid.is_some_and(|g| !is_me(g)) || !is_me(tid) {
-            return Err(Errno::ESRCH.into());
-        }
-        self.send(sig, SI_TKILL)
-    }
-
-    fn send(&mut self, sig: u64, code: i32) -> SysResult {
+    /// Makes `sig` pending for this process, sent with `code`.
+    pub(super) fn send(&mut self, sig: u64, code: i32) -> SysResult {
         match sig {
             0 => Ok(0),
             1..=64 => {
@@ -269,10 +271,46 @@ impl Process {
         Ok(0)
     }
 
-    /// `pause`: waits for a signal; the only one that can come is the alarm.
-    pub(super) fn pause(&mut self, cx: &mut Context<'_>) -> SysResult {
-        super::time::sleep(std::time::Duration::MAX, cx)?;
+    /// `rt_sigsuspend(set, size)`: waits, with `set` as the mask, for a signal that acts;
+    /// always `EINTR`, and the old mask comes back after the handler.
+    pub(super) fn sigsuspend(&mut self, set: u64, size: u64, cx: &mut Context<'_>) -> SysResult {
+        if size != 8 {
+            return Err(Errno::EINVAL.into());
+        }
+        let new: u64 = cx.mem.read_obj(set)?;
+        let old = self.signals.mask;
+        self.signals.mask = new & !UNBLOCKABLE;
+        self.signals.saved_mask = Some(old);
+        if let Some(now) = (self.signals.alarm.is_some()).then(|| now_ns(cx)) {
+            cx.interrupt = self.alarm_in(now); // with the new mask
+        }
+        if self.acting_signal().is_none() {
+            self.sleep(std::time::Duration::MAX, cx)?;
+        }
         Err(Errno::EINTR.into())
+    }
+
+    /// `pause`: waits for a signal (the alarm, or one another process sends).
+    pub(super) fn pause(&mut self, cx: &mut Context<'_>) -> SysResult {
+        self.sleep(std::time::Duration::MAX, cx)?;
+        Err(Errno::EINTR.into())
+    }
+
+    /// `rt_sigaction`; the tree learns whether SIGCHLD is ignored (children reaped at once).
+    pub(super) fn sigaction(
+        &mut self,
+        sig: u64,
+        act: u64,
+        old: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let r = self.signals.sigaction(sig, act, old, cx)?;
+        if sig == libc::SIGCHLD as u64 && act != 0 {
+            let a = self.signals.action(libc::SIGCHLD);
+            let reaps = a.handler == 1 || a.flags & libc::SA_NOCLDWAIT as u64 != 0;
+            self.tree.set_reaps(self.pid, reaps);
+        }
+        Ok(r)
     }
 
     /// How long until the alarm, for sleeps to end early (`EINTR`) — only when SIGALRM
@@ -301,33 +339,42 @@ const FUTEX_CLOCK_REALTIME: u64 = 256;
 /// a wait whose value matches can only end by its timeout (ETIMEDOUT after sleeping it: a
 /// relative one for WAIT, an absolute one for WAIT_BITSET) — without one it would wait
 /// forever, which is answered EDEADLK instead of hanging until the time limit.
-pub(super) fn futex(addr: u64, op: u64, val: u64, timeout: u64, cx: &mut Context<'_>) -> SysResult {
-    let cmd = op & FUTEX_CMD_MASK;
-    match cmd {
-        FUTEX_WAKE | FUTEX_WAKE_BITSET => Ok(0),
-        FUTEX_WAIT | FUTEX_WAIT_BITSET => {
-            let v: u32 = cx.mem.read_obj(addr)?;
-            if u64::from(v) != val & 0xffff_ffff {
-                return Err(Errno::EAGAIN.into());
-            }
-            if timeout == 0 {
-                return Err(Errno::EDEADLK.into());
-            }
-            let t = super::time::read_timespec(cx, timeout)?;
-            let wait = match cmd {
-                FUTEX_WAIT => t,
-                _ => {
-                    let clock = match op & FUTEX_CLOCK_REALTIME {
-                        0 => libc::CLOCK_MONOTONIC,
-                        _ => libc::CLOCK_REALTIME,
-                    };
-                    let (s, n) = cx.host.clock(clock).ok_or(Errno::EINVAL)?;
-                    t.saturating_sub(std::time::Duration::new(s.max(0) as u64, n as u32))
+impl Process {
+    pub(super) fn futex(
+        &mut self,
+        addr: u64,
+        op: u64,
+        val: u64,
+        timeout: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        let cmd = op & FUTEX_CMD_MASK;
+        match cmd {
+            FUTEX_WAKE | FUTEX_WAKE_BITSET => Ok(0),
+            FUTEX_WAIT | FUTEX_WAIT_BITSET => {
+                let v: u32 = cx.mem.read_obj(addr)?;
+                if u64::from(v) != val & 0xffff_ffff {
+                    return Err(Errno::EAGAIN.into());
                 }
-            };
-            super::time::sleep(wait, cx)?;
-            Err(Errno::ETIMEDOUT.into())
+                if timeout == 0 {
+                    return Err(Errno::EDEADLK.into());
+                }
+                let t = super::time::read_timespec(cx, timeout)?;
+                let wait = match cmd {
+                    FUTEX_WAIT => t,
+                    _ => {
+                        let clock = match op & FUTEX_CLOCK_REALTIME {
+                            0 => libc::CLOCK_MONOTONIC,
+                            _ => libc::CLOCK_REALTIME,
+                        };
+                        let (s, n) = cx.host.clock(clock).ok_or(Errno::EINVAL)?;
+                        t.saturating_sub(std::time::Duration::new(s.max(0) as u64, n as u32))
+                    }
+                };
+                self.sleep(wait, cx)?;
+                Err(Errno::ETIMEDOUT.into())
+            }
+            _ => Err(Errno::ENOSYS.into()),
         }
-        _ => Err(Errno::ENOSYS.into()),
     }
 }

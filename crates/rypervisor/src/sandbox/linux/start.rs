@@ -52,9 +52,11 @@ pub mod at {
 #[derive(Clone, Debug)]
 pub struct StartInfo<'a> {
     /// argv (argv[0] first).
-    pub args: &'a [String],
+    pub args: &'a [Vec<u8>],
     /// envp entries (`NAME=value`).
-    pub env: &'a [String],
+    pub env: &'a [Vec<u8>],
+    /// AT_EXECFN's string: the path `execve` was given (`None`: argv[0]).
+    pub execfn: Option<&'a [u8]>,
     /// AT_HWCAP.
     pub hwcap: u64,
     /// AT_RANDOM's bytes.
@@ -75,6 +77,7 @@ struct Strings {
     offsets: Vec<usize>,
     platform: usize,
     random: usize,
+    execfn: Option<usize>,
 }
 
 impl Strings {
@@ -83,9 +86,18 @@ impl Strings {
         let mut offsets = Vec::new();
         for s in info.args.iter().chain(info.env.iter()) {
             offsets.push(blob.len());
-            blob.extend_from_slice(s.as_bytes());
+            blob.extend_from_slice(s);
             blob.push(0);
         }
+        let execfn = match info.execfn {
+            Some(path) => {
+                let at = blob.len();
+                blob.extend_from_slice(path);
+                blob.push(0);
+                Some(at)
+            }
+            None => offsets.first().copied(),
+        };
         let platform = blob.len();
         blob.extend_from_slice(b"x86_64\0");
         let random = blob.len();
@@ -95,13 +107,14 @@ impl Strings {
             offsets,
             platform,
             random,
+            execfn,
         }
     }
 }
 
 /// The auxiliary vector, with the strings placed at `strings`.
 fn auxv(program: &Program, info: &StartInfo<'_>, s: &Strings, strings: u64) -> Vec<(u64, u64)> {
-    let execfn = s.offsets.first().map_or(0, |o| strings + *o as u64);
+    let execfn = s.execfn.map_or(0, |o| strings + o as u64);
     let mut auxv = vec![
         (at::PHDR, program.phdr),
         (
@@ -180,11 +193,12 @@ mod tests {
         let p = Program::parse("t", tiny_elf(elf::ET_EXEC, 0x40_1000, &[0xf4], None)).unwrap();
         p.check_fits("t", 6 << 20, 8 << 20).unwrap();
         p.load(&ram).unwrap();
-        let args = vec!["prog".to_string(), "a b".to_string()];
-        let env = vec!["K=V".to_string()];
+        let args = vec![b"prog".to_vec(), b"a b".to_vec()];
+        let env = vec![b"K=V".to_vec()];
         let info = StartInfo {
             args: &args,
             env: &env,
+            execfn: None,
             hwcap: 0x1234,
             random: [7; 16],
             uid: 1000,
@@ -221,7 +235,23 @@ mod tests {
         ram.read(aux[&at::RANDOM], &mut random).unwrap();
         assert_eq!(random, [7; 16]);
 
-        let huge = vec!["x".repeat(1 << 20)];
+        let exec = StartInfo {
+            execfn: Some(b"/bin/prog"),
+            ..info
+        };
+        let rsp = build_stack(&ram, &p, &exec, 7 << 20, 8 << 20).unwrap();
+        let word = |i: u64| ram.read_u64(rsp + i * 8).unwrap();
+        let mut i = 1 + 2 + 1 + 1 + 1; // argc, argv, NULL, envp, NULL
+        let mut execfn = 0;
+        while word(i) != at::NULL {
+            if word(i) == at::EXECFN {
+                execfn = word(i + 1);
+            }
+            i += 2;
+        }
+        assert_eq!(string(execfn), "/bin/prog", "AT_EXECFN is execve's path");
+
+        let huge = vec![vec![b'x'; 1 << 20]];
         let info = StartInfo {
             args: &huge,
             ..info

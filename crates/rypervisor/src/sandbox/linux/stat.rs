@@ -123,7 +123,7 @@ impl Process {
             // A pipe: a FIFO on the pipe file system (device 0:13 on Linux), its inode its
             // buffer's identity.
             OpenFile::Pipe(p) => {
-                let ino = std::sync::Arc::as_ptr(&p.buffer) as u64 >> 4;
+                let ino = std::sync::Arc::as_ptr(&p.pipe) as u64 >> 4;
                 let mut st = made_stat(libc::S_IFIFO | 0o600, p.pending() as u64, 0, ino);
                 st.0.st_dev = libc::makedev(0, 13);
                 st

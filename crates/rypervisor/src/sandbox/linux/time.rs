@@ -72,7 +72,25 @@ impl Process {
         } else {
             d
         };
-        sleep(d, cx)
+        self.sleep(d, cx)
+    }
+
+    /// `nanosleep(req, rem)`: interrupted by a signal, the time left goes to `rem`.
+    pub(super) fn nanosleep(&mut self, req: u64, rem: u64, cx: &mut Context<'_>) -> SysResult {
+        let d = read_timespec(cx, req)?;
+        let began = std::time::Instant::now();
+        let result = self.sleep(d, cx);
+        if let (Err(SysError::Errno(Errno::EINTR)), true) = (&result, rem != 0) {
+            // The alarm's time when the sleep was cut short by it, else the time spent.
+            let slept = match cx.interrupt {
+                Some(at) if self.tree.len() <= 1 => at,
+                _ => began.elapsed(),
+            };
+            let left = d.saturating_sub(slept);
+            let ts = Timespec::new((left.as_secs() as i64, i64::from(left.subsec_nanos())));
+            cx.mem.write_obj(rem, &ts)?;
+        }
+        result
     }
 }
 
@@ -81,18 +99,6 @@ pub(super) fn clock_getres(ts: u64, cx: &mut Context<'_>) -> SysResult {
         cx.mem.write_obj(ts, &Timespec::new((0, 1)))?;
     }
     Ok(0)
-}
-
-/// `nanosleep(req, rem)`: interrupted by the alarm, the time left goes to `rem`.
-pub(super) fn nanosleep(req: u64, rem: u64, cx: &mut Context<'_>) -> SysResult {
-    let d = read_timespec(cx, req)?;
-    let result = sleep(d, cx);
-    if let (Err(SysError::Errno(Errno::EINTR)), true) = (&result, rem != 0) {
-        let left = d.saturating_sub(cx.interrupt.unwrap_or_default());
-        let ts = Timespec::new((left.as_secs() as i64, i64::from(left.subsec_nanos())));
-        cx.mem.write_obj(rem, &ts)?;
-    }
-    result
 }
 
 /// A valid timespec from the program, as a duration.

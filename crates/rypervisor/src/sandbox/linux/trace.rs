@@ -2,7 +2,7 @@
 
 use super::files::PATH_MAX;
 use super::sysno::{self, *};
-use super::{Errno, Next, SyscallArgs};
+use super::{Errno, Next, SyscallArgs, VmRequest};
 use crate::sandbox::exit::Exit;
 use crate::sandbox::usermem::UserMemory;
 
@@ -70,6 +70,8 @@ fn result(nr: u64, next: &Next) -> String {
         Next::End(Exit::TimedOut) => "? (time limit)".into(),
         Next::End(_) => "?".into(),
         Next::SigReturn => "? (back from a signal handler)".into(),
+        Next::Vm(VmRequest::Fork(s)) => s.pid.to_string(),
+        Next::Vm(VmRequest::Exec(_)) => "0 (a new program)".into(),
     }
 }
 
@@ -84,10 +86,13 @@ pub enum TraceSink {
 }
 
 impl TraceSink {
-    /// Writes one line.
-    pub fn line(&mut self, text: &str) {
+    /// Writes one line of process `pid` (named when it is not the first).
+    pub fn line(&mut self, pid: i32, text: &str) {
         use std::io::Write;
-        let line = format!("[sandbox] {text}\n");
+        let line = match pid {
+            super::tree::INIT => format!("[sandbox] {text}\n"),
+            pid => format!("[sandbox pid {pid}] {text}\n"),
+        };
         let _ = match self {
             Self::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
             Self::File(f) => (&**f).write_all(line.as_bytes()),
