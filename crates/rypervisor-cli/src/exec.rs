@@ -50,6 +50,9 @@ pub(crate) fn cmd_exec(args: ExecArgs, device: &std::path::Path) -> Result<u8> {
     };
     let mut sandbox = builder.build()?;
     if !args.no_seccomp {
+        if args.max_procs > 1 {
+            rypervisor::seccomp::prepare_for_threads();
+        }
         let filter =
             rypervisor::seccomp::sandbox_filter(sandbox.policy().any_files(), args.max_procs > 1)?;
         rypervisor::seccomp::confine_process(&filter)?;

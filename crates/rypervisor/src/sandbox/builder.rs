@@ -130,9 +130,12 @@ impl SandboxBuilder {
     pub fn build(mut self) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         // Cheap checks first: a bad program or size fails before any KVM work.
-        let bytes = match std::mem::replace(&mut self.program, Source::Bytes(Vec::new())) {
-            Source::Bytes(bytes) => bytes,
-            Source::File(path) => read_regular("program", &path, self.mem, "guest memory (--mem)")?,
+        let (bytes, exe) = match std::mem::replace(&mut self.program, Source::Bytes(Vec::new())) {
+            Source::Bytes(bytes) => (bytes, None),
+            Source::File(path) => {
+                let bytes = read_regular("program", &path, self.mem, "guest memory (--mem)")?;
+                (bytes, std::fs::canonicalize(&path).ok())
+            }
         };
         let image = Image::prepare(&self.name, bytes, self.mem, &self.policy)?;
         let kvm = Arc::new(Kvm::open(&self.kvm_device)?);
@@ -154,6 +157,7 @@ impl SandboxBuilder {
         };
         let mut process = Process::new(self.policy, image.program.end, self.mem, image.stack_size);
         process.set_max_procs(self.max_procs);
+        process.set_exe(exe);
         if let Some(i) = &image.interp {
             process.reserve(i.start, i.end);
         }

@@ -221,6 +221,17 @@ pub fn sandbox_filter(files: bool, processes: bool) -> Result<BpfProgram, Seccom
     rules.compile()
 }
 
+/// Prepares the VMM for starting threads once confined: glibc's malloc sizes a new thread's
+/// arena from `/sys/devices/system/cpu/online`, an `open` the filter forbids when the policy
+/// opens no files; with one arena for all threads it never looks.
+pub fn prepare_for_threads() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a malloc tunable; M_ARENA_MAX with 1 is a valid setting.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Applies `filter` to every thread of this process (the vCPU thread and the watchdog).
 pub fn confine_process(filter: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter_all_threads(filter).map_err(SeccompError::Apply)

@@ -123,7 +123,11 @@ impl Process {
         let mut file_path = given.clone();
         for _ in 0..=MAX_SHEBANGS {
             let abs = self.absolute(dirfd, &file_path)?;
-            let host = self.host_path(&abs)?;
+            // The program itself again (busybox runs its applets so): no path to check.
+            let host = match (&*abs, &self.exe) {
+                (b"/proc/self/exe", Some(exe)) => exe.clone(),
+                _ => self.host_path(&abs)?,
+            };
             let bytes = self.read_program(&host, self.memory.mem_size())?;
             if let Some((interp, arg)) = shebang(&bytes[..bytes.len().min(SHEBANG_MAX)]) {
                 if interp.is_empty() {
@@ -142,6 +146,7 @@ impl Process {
             let mem = self.memory.mem_size();
             let image =
                 Image::prepare(&name, bytes, mem, &self.policy).map_err(|e| exec_errno(&e))?;
+            self.exe = Some(host);
             let request = ExecRequest {
                 path: given,
                 image,

@@ -208,6 +208,29 @@ impl FdTable {
         self.entries.remove(&fd).map(|_| 0).ok_or(Errno::EBADF)
     }
 
+    /// `close_range(first, last, flags)`: closes (or, with `CLOSE_RANGE_CLOEXEC`, marks
+    /// close-on-exec) every descriptor in `[first, last]`; `CLOSE_RANGE_UNSHARE` changes
+    /// nothing, as the table is never shared.
+    pub fn close_range(&mut self, first: u64, last: u64, flags: u64) -> Result<i64, Errno> {
+        const UNSHARE: u64 = 1 << 1;
+        const CLOEXEC: u64 = 1 << 2;
+        if flags & !(UNSHARE | CLOEXEC) != 0 || first > last {
+            return Err(Errno::EINVAL);
+        }
+        let (first, last) = (
+            first.min(MAX_FDS as u64) as i32,
+            last.min(MAX_FDS as u64) as i32,
+        );
+        if flags & CLOEXEC != 0 {
+            for (_, e) in self.entries.range_mut(first..=last) {
+                e.cloexec = true;
+            }
+        } else {
+            self.entries.retain(|fd, _| !(first..=last).contains(fd));
+        }
+        Ok(0)
+    }
+
     /// `dup` and `fcntl(F_DUPFD[_CLOEXEC], min)`: a copy at the lowest free fd ≥ `min`.
     pub fn dup(&mut self, fd: i32, min: i32, cloexec: bool) -> Result<i64, Errno> {
         if !(0..MAX_FDS).contains(&min) {
@@ -361,6 +384,26 @@ mod tests {
             t.fcntl(255, libc::F_GETFL, 0),
             Ok(i64::from(libc::O_WRONLY))
         );
+    }
+
+    #[test]
+    fn close_range_closes_or_marks_a_range() {
+        let mut t = FdTable::default();
+        for _ in 0..5 {
+            t.install(file(), false).unwrap();
+        }
+        assert_eq!(t.close_range(5, 6, 1 << 2), Ok(0));
+        assert_eq!(
+            (t.cloexec(5), t.cloexec(6), t.cloexec(7)),
+            (Some(true), Some(true), Some(false))
+        );
+        assert_eq!(t.close_range(3, u64::from(u32::MAX), 0), Ok(0));
+        assert_eq!(
+            (t.get(2).is_ok(), t.get(3).is_ok(), t.get(7).is_ok()),
+            (true, false, false)
+        );
+        assert_eq!(t.close_range(4, 3, 0), Err(Errno::EINVAL));
+        assert_eq!(t.close_range(0, 1, 1 << 5), Err(Errno::EINVAL));
     }
 
     #[test]

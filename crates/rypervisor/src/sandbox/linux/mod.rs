@@ -173,6 +173,8 @@ pub struct Process {
     cwd: PathBuf,
     /// Its pid (its only thread's tid too).
     pid: i32,
+    /// The program file it runs (`execve("/proc/self/exe")` runs it again).
+    exe: Option<PathBuf>,
     /// Every process of the sandbox.
     tree: Arc<Tree>,
     /// Counters.
@@ -194,6 +196,7 @@ impl Process {
             started: host::host_clock(libc::CLOCK_MONOTONIC),
             process: process::ProcessState::default(),
             pid: tree::INIT,
+            exe: None,
             tree: Tree::new(tree::DEFAULT_MAX_PROCS),
             stats: SyscallStats::default(),
         }
@@ -256,6 +259,11 @@ impl Process {
         self.fs_base
     }
 
+    /// The program file the process runs (host path).
+    pub fn set_exe(&mut self, exe: Option<PathBuf>) {
+        self.exe = exe;
+    }
+
     /// Sets the FS base (a child's `CLONE_SETTLS`; the run loop writes the vCPU's).
     pub fn set_fs_base(&mut self, base: u64) {
         self.fs_base = base;
@@ -301,6 +309,7 @@ impl Process {
             OPEN => self.openat(libc::AT_FDCWD, a0, a1, cx),
             OPENAT => self.openat(fd, a1, a2, cx),
             CLOSE => Ok(self.files.close(fd)?),
+            CLOSE_RANGE => Ok(self.files.close_range(a0, a1, a2)?),
             DUP => Ok(self.files.dup(fd, 0, false)?),
             DUP2 => Ok(self.files.dup_to(fd, a1 as i32, None)?),
             DUP3 => Ok(self.files.dup_to(fd, a1 as i32, Some(a2 as i32))?),
@@ -351,6 +360,10 @@ impl Process {
             MREMAP => self.memory.mremap(a0, a1, a2, a3, cx),
             MADVISE => self.memory.madvise(a0, a1, a2, cx),
             MINCORE => self.memory.mincore(a0, a1, a2, cx),
+            // Locking pages in RAM: taken (guest memory is the VMM's; nothing pages it out
+            // but the host itself).
+            MLOCK | MUNLOCK | MLOCK2 => cx.mem.check(a0, a1).map(|_| 0).map_err(Into::into),
+            MLOCKALL | MUNLOCKALL => Ok(0),
             // Identity, limits, randomness, TLS.
             ARCH_PRCTL => self.arch_prctl(a0, a1, cx),
             SET_TID_ADDRESS | GETTID | GETPID => Ok(i64::from(self.pid)),
@@ -404,6 +417,7 @@ impl Process {
             GETITIMER => self.itimer(a0, 0, a1, cx),
             PAUSE => self.pause(cx),
             RT_SIGSUSPEND => self.sigsuspend(a0, a1, cx),
+            RT_SIGTIMEDWAIT => self.sigtimedwait(a0, a1, a2, a3, cx),
             FUTEX => self.futex(a0, a1, a2, a3, cx),
             // Processes.
             FORK => self.clone_process(call.nr, [libc::SIGCHLD as u64, 0, 0, 0, 0], cx),

@@ -290,6 +290,49 @@ impl Process {
         Err(Errno::EINTR.into())
     }
 
+    /// `rt_sigtimedwait(set, info, timeout, size)`: takes a pending signal of `set` (waiting
+    /// for one, at most `timeout`: then `EAGAIN`); its number, and its `siginfo` in `info`.
+    pub(super) fn sigtimedwait(
+        &mut self,
+        set: u64,
+        info: u64,
+        timeout: u64,
+        size: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        if size != 8 {
+            return Err(Errno::EINVAL.into());
+        }
+        let wanted: u64 = cx.mem.read_obj::<u64>(set)? & !UNBLOCKABLE;
+        let timeout = match timeout {
+            0 => None,
+            t => Some(super::time::read_timespec(cx, t)?),
+        };
+        if info != 0 {
+            cx.mem.check(info, 128)?;
+        }
+        let take = |p: &mut Self, _: &mut Context<'_>| {
+            p.take_incoming();
+            let ready = p.signals.pending & wanted;
+            if ready == 0 {
+                return Ok(None);
+            }
+            let sig = ready.trailing_zeros() as i32 + 1;
+            p.signals.pending &= !bit(sig);
+            Ok(Some(sig))
+        };
+        let Some(sig) = self.block(timeout, super::block::Restart::Never, cx, take)? else {
+            return Err(Errno::EAGAIN.into());
+        };
+        if info != 0 {
+            let mut si = [0u8; 128];
+            si[0..4].copy_from_slice(&sig.to_le_bytes());
+            si[8..12].copy_from_slice(&self.signals.codes[sig as usize - 1].to_le_bytes());
+            cx.mem.write(info, &si)?;
+        }
+        Ok(i64::from(sig))
+    }
+
     /// `pause`: waits for a signal (the alarm, or one another process sends).
     pub(super) fn pause(&mut self, cx: &mut Context<'_>) -> SysResult {
         self.sleep(std::time::Duration::MAX, cx)?;

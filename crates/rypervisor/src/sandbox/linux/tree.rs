@@ -420,11 +420,18 @@ impl Tree {
 
     /// After the first program ended: kills the others and joins their threads (kicking them
     /// again every few milliseconds, as a kick just before a blocking host call is missed).
+    /// The tree is then init alone again (a warm sandbox runs its program again).
     pub fn end(&self) {
         self.kill_all();
         loop {
             let threads = std::mem::take(&mut self.lock().threads);
             if threads.is_empty() {
+                let mut s = self.lock();
+                s.members.retain(|pid, _| *pid == INIT);
+                if let Some(init) = s.members.get_mut(&INIT) {
+                    init.incoming = 0;
+                }
+                s.killed = false;
                 return;
             }
             for t in threads {
