@@ -157,6 +157,8 @@ impl Machine {
     /// with its CPU tables, (3) the program and interpreter loaded, (4) the vDSO and its
     /// clock, (5) the stack with argv, envp and auxv, (6) the registers.
     pub fn load(kvm: &Kvm, image: &Image, start: &Start<'_>) -> Result<Self, SandboxError> {
+        // A kick (a child's SIGCHLD) must not fail the KVM calls below with EINTR.
+        let _deferred = crate::vcpu::kick::Deferred::new();
         let vm = Vm::create(&kvm.system)?;
         let mem = UserMemory::new(image.mem)?;
         vm.register_ram_with(mem.ram(), 0, true)?;
@@ -213,6 +215,7 @@ impl Machine {
         clock: &TimeKeeper,
         (regs, sregs): (&kvm_regs, &kvm_sregs),
     ) -> Result<Self, SandboxError> {
+        let _deferred = crate::vcpu::kick::Deferred::new();
         let vm = Vm::create(&kvm.system)?;
         let mem = if share_mem {
             parent_mem.share()

@@ -106,6 +106,42 @@ pub fn interrupt(thread: &impl Killable) {
     let _ = thread.kill(signal());
 }
 
+/// The kick signal held back on the calling thread until this is dropped (a kick meanwhile
+/// is taken then; its `immediate_exit` stays set, so the next `KVM_RUN` still returns at
+/// once): for host calls that must not fail with `EINTR`, such as creating a VM.
+pub struct Deferred(libc::sigset_t);
+
+impl Deferred {
+    /// Blocks the kick signal on this thread.
+    pub fn new() -> Self {
+        // SAFETY: an all-zero sigset_t is a valid (empty) set for sigemptyset to initialise;
+        // pthread_sigmask only reads `set` and writes `old`, both live locals.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal());
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            Self(old)
+        }
+    }
+}
+
+impl Default for Deferred {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new`, a valid sigset_t.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
 /// The calling thread, as a target for kicks ([`Killable`] is implemented by vmm-sys-util for
 /// `JoinHandle`s; this is the same for a thread that was not spawned by us, e.g. `main`).
 /// Crate-private: only the watchdog holds one, and only while the thread is running (see

@@ -10,7 +10,6 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use super::abi::Iovec;
 use super::fdtable::{self, Directory};
 use super::{Context, Errno, Process, SysError, SysResult, IO_CHUNK};
-use crate::sandbox::exit::Exit;
 
 /// Largest `iovcnt` (Linux's UIO_MAXIOV).
 const IOV_MAX: u64 = 1024;
@@ -92,15 +91,6 @@ impl Process {
     }
 }
 
-/// The program's end when the watchdog interrupted a blocking host call, else its errno.
-fn io_error(e: &std::io::Error) -> SysError {
-    if e.kind() == std::io::ErrorKind::Interrupted {
-        SysError::End(Exit::TimedOut)
-    } else {
-        Errno::from_io(e).into()
-    }
-}
-
 impl Process {
     pub(super) fn read(
         &mut self,
@@ -173,9 +163,18 @@ impl Process {
             OpenFile::Pipe(end) => return self.pipe_write(&end.clone(), data, cx),
             _ => return Err(Errno::EBADF.into()),
         };
-        match cx.host.write_out(stream, data) {
-            Ok(n) => Ok(n as i64),
-            Err(e) => Err(io_error(&e)),
+        loop {
+            match cx.host.write_out(stream, data) {
+                Ok(n) => return Ok(n as i64),
+                // Kicked while the host's pipe or terminal was full: a signal, the tree's
+                // end or the time limit; or nothing that concerns this call.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if let Some(end) = self.interrupted() {
+                        return Err(end);
+                    }
+                }
+                Err(e) => return Err(Errno::from_io(&e).into()),
+            }
         }
     }
 
@@ -257,6 +256,43 @@ impl Process {
             .map_err(|e| Errno::from_io(&e))?;
         cx.mem.write(buf, &data[..got])?;
         Ok(got as i64)
+    }
+
+    /// `sendfile(out, in, offset, count)`: up to `count` bytes (one chunk) read from `in` —
+    /// at `*offset` without moving its position when `offset` is given (a host file only) —
+    /// and written to `out`.
+    pub(super) fn sendfile(
+        &mut self,
+        out: i32,
+        input: i32,
+        offset: u64,
+        count: u64,
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        self.files.get(out)?;
+        let mut data = vec![0u8; (count as usize).min(IO_CHUNK)];
+        let got = if offset != 0 {
+            let at: u64 = cx.mem.read_obj(offset)?;
+            let file = self.seekable(input, false)?;
+            let n = file
+                .read_at(&mut data, at)
+                .map_err(|e| Errno::from_io(&e))?;
+            cx.mem.write_obj(offset, &(at + n as u64))?;
+            n
+        } else {
+            self.read_fd(input, &mut data, cx)?
+        };
+        // All of what was read goes out (a short write would lose the rest of it).
+        let mut sent = 0;
+        while sent < got {
+            match self.write_fd(out, &data[sent..got], cx) {
+                Ok(n) if n > 0 => sent += n as usize,
+                Ok(_) => break,
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent as i64)
     }
 
     /// `open`/`openat`: a built-in device, or a host file or directory the policy lets the

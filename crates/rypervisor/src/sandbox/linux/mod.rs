@@ -306,6 +306,7 @@ impl Process {
             READV => self.readv(fd, a1, a2, cx),
             WRITEV => self.writev(fd, a1, a2, cx),
             PREAD64 => self.pread(fd, a1, a2, a3, cx),
+            SENDFILE => self.sendfile(fd, a1 as i32, a2, a3, cx),
             OPEN => self.openat(libc::AT_FDCWD, a0, a1, cx),
             OPENAT => self.openat(fd, a1, a2, cx),
             CLOSE => Ok(self.files.close(fd)?),
