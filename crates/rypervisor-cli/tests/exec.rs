@@ -211,12 +211,21 @@ fn sockets_processes_and_programs_are_denied() {
     assert_eq!(r.status, 0, "{}", r.stderr);
     for line in [
         "socket: Permission denied",
-        "fork: Function not implemented",
-        "execve: Function not implemented",
+        "ptrace: Function not implemented",
+        "fork: succeeded",
+        "execve: Permission denied",
         "still here",
     ] {
         assert!(r.stdout.contains(line), "{line} in\n{}", r.stdout);
     }
+    // One process at most: no child.
+    let r = exec(&["--max-procs", "1"], "deny", Libc::Glibc, &[], b"");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("fork: Resource temporarily unavailable"),
+        "{}",
+        r.stdout
+    );
     let r = exec(&["--strict"], "deny", Libc::Glibc, &[], b"");
     assert_eq!(r.status, 159, "{}", r.stderr);
     assert!(
@@ -226,7 +235,7 @@ fn sockets_processes_and_programs_are_denied() {
     );
     assert!(
         r.stderr
-            .contains("program killed: system call fork (57) is not allowed (--strict)"),
+            .contains("program killed: system call ptrace (101) is not allowed (--strict)"),
         "{}",
         r.stderr
     );

@@ -86,6 +86,37 @@ fn process_calls_behave_as_natively() {
 }
 
 #[test]
+fn threads_are_vcpus_of_one_vm() {
+    // 8 pthreads: mutex-guarded counting, a condition variable passing a token round, TLS,
+    // joins; then a thread's exit(3) ends the process. 8 MiB stacks each: --mem 256M.
+    for libc in support::libcs() {
+        let prog = program("threads", libc);
+        let p = path_str(&prog);
+        let dir = prog.parent().unwrap();
+        let (want, want_status) = native(p, &[], dir);
+        assert_eq!(
+            want,
+            "threads 8 counter 160000 thread-local sum 160000 turns 400 distinct tids 1\n"
+        );
+        for _ in 0..3 {
+            let (got, status, stderr) = sandboxed(&["--mem", "256M"], p, &[]);
+            assert_eq!(
+                (got.as_str(), status),
+                (want.as_str(), want_status),
+                "{libc:?}: {stderr}"
+            );
+        }
+        // Threads count against --max-procs: the fifth pthread_create fails.
+        let (got, status, _) = sandboxed(&["--mem", "256M", "--max-procs", "4"], p, &["8"]);
+        assert_eq!(
+            (got.as_str(), status),
+            ("pthread_create failed\n", 1),
+            "{libc:?}"
+        );
+    }
+}
+
+#[test]
 fn a_fork_bomb_meets_max_procs() {
     let prog = program("procs", Libc::Glibc);
     let started = Instant::now();

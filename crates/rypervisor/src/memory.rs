@@ -264,8 +264,14 @@ impl GuestRam {
 
     /// Copies the pages of `other` (as large as this) that the host has ever backed (never
     /// touched pages read as zero on both sides, so they are skipped): what a `fork` child
-    /// gets. Returns the bytes copied.
-    pub fn copy_resident(&self, other: &GuestRam) -> Result<u64, MemoryError> {
+    /// gets. Returns the bytes copied. With `pagemap` (this process's `/proc/self/pagemap`)
+    /// a page counts when it is present or swapped out; without it `mincore` decides, which
+    /// misses pages swapped out (so a host with swap needs the pagemap).
+    pub fn copy_resident(
+        &self,
+        other: &GuestRam,
+        pagemap: Option<&std::fs::File>,
+    ) -> Result<u64, MemoryError> {
         const CHUNK: u64 = 1 << 30; // mincore's vector for 1 GiB at a time: 256 KiB
         if other.size != self.size || other.base != self.base {
             let (addr, len) = (other.base, other.size as usize);
@@ -279,14 +285,17 @@ impl GuestRam {
         while at < self.size {
             let len = CHUNK.min(self.size - at);
             let pages = (len / PAGE_SIZE) as usize;
-            // SAFETY: `host + at .. + len` lies inside `other`'s live anonymous mapping, and
-            // `vec` has room for one byte per page of it; mincore only writes `vec`.
-            let rc = unsafe {
-                libc::mincore(
-                    (host + at) as *mut libc::c_void,
-                    len as usize,
-                    vec.as_mut_ptr(),
-                )
+            let rc = match pagemap {
+                Some(map) => backed_pages(map, host + at, &mut vec[..pages]),
+                // SAFETY: `host + at .. + len` lies inside `other`'s live anonymous mapping,
+                // and `vec` has room for one byte per page of it; mincore only writes `vec`.
+                None => unsafe {
+                    libc::mincore(
+                        (host + at) as *mut libc::c_void,
+                        len as usize,
+                        vec.as_mut_ptr(),
+                    )
+                },
             };
             let resident = |i: usize| rc != 0 || vec[i] & 1 != 0; // on error, copy all
             let mut page = 0;
@@ -322,6 +331,28 @@ impl GuestRam {
         }
         Ok(copied)
     }
+}
+
+/// One byte per page from `/proc/self/pagemap` for the pages from host address `start`: 1
+/// where the page is present or swapped out (bits 63 and 62). 0 on success, -1 if the map
+/// could not be read (the caller then copies every page).
+fn backed_pages(map: &std::fs::File, start: u64, out: &mut [u8]) -> i32 {
+    use std::os::unix::fs::FileExt;
+    const PRESENT_OR_SWAPPED: u64 = 3 << 62;
+    let mut entries = vec![0u8; out.len() * 8];
+    let mut done = 0;
+    while done < entries.len() {
+        let at = (start / PAGE_SIZE) * 8 + done as u64;
+        match map.read_at(&mut entries[done..], at) {
+            Ok(0) | Err(_) => return -1,
+            Ok(n) => done += n,
+        }
+    }
+    for (page, e) in out.iter_mut().zip(entries.chunks_exact(8)) {
+        let word = u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8]));
+        *page = u8::from(word & PRESENT_OR_SWAPPED != 0);
+    }
+    0
 }
 
 #[cfg(test)]

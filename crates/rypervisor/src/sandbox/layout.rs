@@ -90,6 +90,8 @@ pub const MAX_MEM: u64 = ((USER_BASE - PML4) / 0x1000 - 2) << 30;
 
 /// `out 0xf5, al; sysretq` (REX.W 0F 07).
 const STUB_CODE: [u8; 5] = [0xe6, SYSCALL_PORT as u8, 0x48, 0x0f, 0x07];
+/// The stub's `sysretq`: a vCPU stopped here (at CPL0) has had its call served.
+pub const STUB_SYSRET: u64 = SYSCALL_STUB + 2;
 
 /// Checks a guest memory size for the sandbox.
 pub fn check_mem(size: u64) -> Result<(), MemoryError> {

@@ -32,6 +32,9 @@ pub struct Kvm {
     pub cpuid: CpuId,
     /// Whether `KVM_CAP_SYNC_REGS` is there.
     pub sync_regs: bool,
+    /// `/proc/self/pagemap`, opened before any seccomp filter: which guest pages a `fork`
+    /// copies (present or swapped out). `None` where it cannot be read (then `mincore`).
+    pub pagemap: Option<std::fs::File>,
 }
 
 impl Kvm {
@@ -43,10 +46,12 @@ impl Kvm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         let sync_regs = system.kvm.check_extension(Cap::SyncRegs);
+        let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
         Ok(Self {
             system,
             cpuid,
             sync_regs,
+            pagemap,
         })
     }
 }
@@ -144,8 +149,8 @@ pub struct Start<'a> {
 pub struct Machine {
     /// The VM (closed before the memory it maps is freed: field order).
     pub vcpu: Vcpu,
-    /// The VM.
-    pub vm: Vm,
+    /// The VM (shared by the process's threads, each a vCPU of it).
+    pub vm: std::sync::Arc<kvm_ioctls::VmFd>,
     /// Guest memory.
     pub mem: UserMemory,
     /// The vDSO's time page.
@@ -196,7 +201,7 @@ impl Machine {
         }
         Ok(Self {
             vcpu,
-            vm,
+            vm: std::sync::Arc::new(vm.fd),
             mem,
             clock,
         })
@@ -220,36 +225,62 @@ impl Machine {
         let mem = if share_mem {
             parent_mem.share()
         } else {
-            UserMemory::copy_of(parent_mem)?.0
+            UserMemory::copy_of(parent_mem, kvm.pagemap.as_ref())?.0
         };
         vm.register_ram_with(mem.ram(), 0, true)?;
         let mut vcpu = create_vcpu(&vm, &kvm.cpuid, &mem)?;
-        vcpu.fd().set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
-        vcpu.fd().set_regs(regs).map_err(ioctl("KVM_SET_REGS"))?;
-        let fpu = parent.fd().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
-        // SAFETY: the buffer came from KVM_GET_XSAVE on a vCPU of the same KVM, with the
-        // same CPUID and XCR0.
-        unsafe { vcpu.fd().set_xsave(&fpu) }.map_err(ioctl("KVM_SET_XSAVE"))?;
-        let mut msrs = Vec::new();
-        for index in [
-            layout::msr::FS_BASE,
-            layout::msr::GS_BASE,
-            layout::msr::KERNEL_GS_BASE,
-            layout::msr::TSC,
-        ] {
-            msrs.push((index, parent.get_msr(index)?));
-        }
-        vcpu.set_msrs(&msrs)?;
-        if kvm.sync_regs {
-            vcpu.enable_sync_regs();
-        }
+        copy_cpu(kvm, parent, &mut vcpu, (regs, sregs))?;
         Ok(Self {
             vcpu,
-            vm,
+            vm: std::sync::Arc::new(vm.fd),
             mem,
             clock: clock.clone(),
         })
     }
+
+    /// A new thread's vCPU, `id` in `vm` (the process's VM): its creator's segments, FPU,
+    /// MSRs and TSC, and registers (the caller completes the call).
+    pub fn thread_vcpu(
+        kvm: &Kvm,
+        vm: &kvm_ioctls::VmFd,
+        id: u64,
+        parent: &Vcpu,
+        (regs, sregs): (&kvm_regs, &kvm_sregs),
+    ) -> Result<Vcpu, SandboxError> {
+        let _deferred = crate::vcpu::kick::Deferred::new();
+        let mut vcpu = new_vcpu(vm, &kvm.cpuid, id)?;
+        copy_cpu(kvm, parent, &mut vcpu, (regs, sregs))?;
+        Ok(vcpu)
+    }
+}
+
+/// `parent`'s state on `vcpu`: segments and tables, registers, FPU, the FS/GS bases and TSC.
+fn copy_cpu(
+    kvm: &Kvm,
+    parent: &Vcpu,
+    vcpu: &mut Vcpu,
+    (regs, sregs): (&kvm_regs, &kvm_sregs),
+) -> Result<(), SandboxError> {
+    vcpu.fd().set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+    vcpu.fd().set_regs(regs).map_err(ioctl("KVM_SET_REGS"))?;
+    let fpu = parent.fd().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
+    // SAFETY: the buffer came from KVM_GET_XSAVE on a vCPU of the same KVM, with the same
+    // CPUID and XCR0.
+    unsafe { vcpu.fd().set_xsave(&fpu) }.map_err(ioctl("KVM_SET_XSAVE"))?;
+    let mut msrs = Vec::new();
+    for index in [
+        layout::msr::FS_BASE,
+        layout::msr::GS_BASE,
+        layout::msr::KERNEL_GS_BASE,
+        layout::msr::TSC,
+    ] {
+        msrs.push((index, parent.get_msr(index)?));
+    }
+    vcpu.set_msrs(&msrs)?;
+    if kvm.sync_regs {
+        vcpu.enable_sync_regs();
+    }
+    Ok(())
 }
 
 /// The vDSO and its time page, written into the VMM's low pages: the TSC is trusted where
@@ -295,13 +326,23 @@ fn random_bytes() -> [u8; 16] {
 /// code paths as on the host), the CPU tables, XCR0 where XSAVE is there, the system-call
 /// MSRs, and the system-call port named.
 fn create_vcpu(vm: &Vm, cpuid: &CpuId, mem: &UserMemory) -> Result<Vcpu, SandboxError> {
-    let fd = vm.fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    fd.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+    let vcpu = new_vcpu(&vm.fd, cpuid, 0)?;
     let xsave = leaf(cpuid, 1).is_some_and(|e| e.ecx & (1 << 26) != 0);
-    let mut sregs = fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+    let mut sregs = vcpu.fd().get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
     layout::write_tables(mem.ram(), mem.size(), &mut sregs)?;
     layout::setup_sregs(&mut sregs, xsave);
-    fd.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+    vcpu.fd()
+        .set_sregs(&sregs)
+        .map_err(ioctl("KVM_SET_SREGS"))?;
+    Ok(vcpu)
+}
+
+/// vCPU `id` of `vm` with CPUID, XCR0 and the system-call MSRs (its segments and tables are
+/// the caller's to set: a new VM's, or a thread's copy of its creator's).
+fn new_vcpu(vm: &kvm_ioctls::VmFd, cpuid: &CpuId, id: u64) -> Result<Vcpu, SandboxError> {
+    let fd = vm.create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    fd.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+    let xsave = leaf(cpuid, 1).is_some_and(|e| e.ecx & (1 << 26) != 0);
     if xsave {
         // XCR0: x87, SSE, AVX and AVX-512 state as far as KVM supports them (AVX needs it;
         // never AMX, which needs host permission).
@@ -314,7 +355,7 @@ fn create_vcpu(vm: &Vm, cpuid: &CpuId, mem: &UserMemory) -> Result<Vcpu, Sandbox
         xcrs.xcrs[0].value = supported & 0xe7;
         fd.set_xcrs(&xcrs).map_err(ioctl("KVM_SET_XCRS"))?;
     }
-    let mut vcpu = Vcpu::new(fd, 0);
+    let mut vcpu = Vcpu::new(fd, id);
     vcpu.set_syscall_port(layout::SYSCALL_PORT);
     vcpu.set_msrs(&layout::msrs())?;
     Ok(vcpu)

@@ -58,7 +58,10 @@ pub struct Sandbox {
     pub(super) name: String,
     // Field order: the vCPU and VM close before the memory they map is freed.
     pub(super) vcpu: Vcpu,
-    pub(super) vm: VmFd,
+    /// Shared by the process's threads (each a vCPU of it).
+    pub(super) vm: Arc<VmFd>,
+    /// The next vCPU id in this VM.
+    pub(super) next_vcpu: Arc<std::sync::atomic::AtomicU64>,
     pub(super) mem: UserMemory,
     /// `/dev/kvm`, shared with the tree's other micro-VMs.
     pub(super) kvm: Arc<Kvm>,
@@ -167,7 +170,8 @@ impl Sandbox {
         Self {
             name,
             vcpu,
-            vm: vm.fd,
+            vm,
+            next_vcpu: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             mem,
             kvm,
             tsc_clock,
@@ -204,6 +208,30 @@ impl Sandbox {
         child
     }
 
+    /// A new thread of this process on `vcpu`: the same VM, memory and clock.
+    pub(super) fn thread(&self, vcpu: Vcpu, process: Process) -> Sandbox {
+        let mut t = Sandbox::new(
+            self.name.clone(),
+            (
+                self.kvm.clone(),
+                Machine {
+                    vcpu,
+                    vm: self.vm.clone(),
+                    mem: self.mem.share(),
+                    clock: self.clock.clone(),
+                },
+                self.tsc_clock,
+            ),
+            process,
+            (None, None),
+            self.trace.clone(),
+            Duration::ZERO,
+        );
+        t.next_vcpu = self.next_vcpu.clone();
+        t.sregs_touched = true;
+        t
+    }
+
     /// Puts `machine` in place of the current one (`execve`); the old VM closes first.
     pub(super) fn replace_machine(&mut self, machine: Machine) {
         let Machine {
@@ -213,7 +241,8 @@ impl Sandbox {
             clock,
         } = machine;
         self.vcpu = vcpu;
-        self.vm = vm.fd;
+        self.vm = vm;
+        self.next_vcpu = Arc::new(std::sync::atomic::AtomicU64::new(1));
         self.mem = mem;
         self.clock = clock;
         self.fpu_saved.clear();
@@ -283,6 +312,10 @@ impl Sandbox {
             self.vcpu.kicker(),
         )?);
         let ended = self.run_loop(host, false);
+        let ended = match ended {
+            Ok(Paused::Ended(exit)) => Ok(Paused::Ended(self.end_of_process(exit))),
+            other => other,
+        };
         self.waker = None;
         tree.end();
         match ended? {
@@ -337,7 +370,7 @@ impl Sandbox {
             let exit = self.vcpu.run(&mut exits)?;
             match handle_exit(exit, &self.bus, &self.stop, &mut exits) {
                 ExitAction::Syscall => {}
-                ExitAction::Kicked if tree.killed() => {
+                ExitAction::Kicked if tree.killed_for(self.process.pid()) => {
                     break Paused::Ended(Exit::Signaled(libc::SIGKILL))
                 }
                 ExitAction::Kicked => {
@@ -499,11 +532,13 @@ impl Sandbox {
     /// CPL0 system-call stub (hardware) it waits for the call's return instead.
     fn deliver_async(&mut self, host: &mut dyn Host) -> Result<Option<Exit>, SandboxError> {
         let (regs, sregs) = self.vcpu.state()?;
-        if layout::is_kernel_cs(&sregs) {
+        let kernel = layout::is_kernel_cs(&sregs);
+        // In the CPL0 stub before its `out`: the call's exit comes next and delivers.
+        if kernel && regs.rip != layout::STUB_SYSRET {
             return Ok(None);
         }
         let r = &regs;
-        let now = UserRegs {
+        let mut now = UserRegs {
             r8: r.r8,
             r9: r.r9,
             r10: r.r10,
@@ -523,7 +558,16 @@ impl Sandbox {
             rip: r.rip,
             rflags: r.rflags,
         };
+        if kernel {
+            // At the stub's `sysretq`: where it would return to, then deliver there.
+            now.rip = r.rcx;
+            now.rflags = (r.r11 & SYSRET_RFLAGS) | crate::arch::rflags::FIXED;
+        }
         match self.with_context(host, |p, cx| p.deliver(&now, cx)) {
+            Ok(None) if kernel => {
+                self.resume(&now, regs, &sregs)?;
+                Ok(None)
+            }
             Ok(None) => Ok(None),
             Ok(Some(e)) => self.enter_handler(&e, &now, regs, &sregs),
             Err(exit) => Ok(Some(exit)),

@@ -6,6 +6,7 @@
 //! [`VmRequest`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
@@ -42,14 +43,21 @@ impl ThreadWaker {
                 kicker.kick(thread);
             }
         });
-        tree.set_waker(pid, Some(waker));
+        tree.set_waker(pid, Some(waker.clone()));
+        // A signal sent before the waker was there kicked nobody: kick now.
+        if tree.has_incoming(pid) {
+            waker();
+        }
         Ok(Self { target })
     }
 
-    /// After `execve`: the new vCPU.
-    pub(super) fn set_kicker(&self, kicker: Kicker) {
+    /// After `execve`: the new vCPU (kicked at once if a signal came meanwhile).
+    pub(super) fn set_kicker(&self, kicker: Kicker, tree: &Tree, pid: i32) {
         if let Some(t) = lock(&self.target).as_mut() {
             t.0 = kicker;
+            if tree.has_incoming(pid) {
+                t.0.kick(&t.1);
+            }
         }
     }
 }
@@ -117,15 +125,23 @@ impl Sandbox {
         let Some(child_host) = host.fork() else {
             return Err(SandboxError::NoChildHost);
         };
-        let machine = Machine::fork(
-            &self.kvm,
-            &self.vcpu,
-            &self.mem,
-            s.share_mem,
-            &self.clock,
-            (regs, sregs),
-        )?;
-        let mut child = self.child(machine, *s.child);
+        let mut child = if s.thread {
+            let id = self
+                .next_vcpu
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let vcpu = Machine::thread_vcpu(&self.kvm, &self.vm, id, &self.vcpu, (regs, sregs))?;
+            self.thread(vcpu, *s.child)
+        } else {
+            let machine = Machine::fork(
+                &self.kvm,
+                &self.vcpu,
+                &self.mem,
+                s.share_mem,
+                &self.clock,
+                (regs, sregs),
+            )?;
+            self.child(machine, *s.child)
+        };
         let mut r = *regs;
         if s.stack != 0 {
             r.rsp = s.stack;
@@ -139,16 +155,23 @@ impl Sandbox {
             let _ = child.mem.write_obj(at, &(s.pid as u32));
         }
         let tree = self.process.tree().clone();
+        let name = format!("{} {}", if s.thread { "tid" } else { "pid" }, s.pid);
         let thread = std::thread::Builder::new()
-            .name(format!("pid {}", s.pid))
+            .name(name)
             .spawn(move || child.run_child(child_host))
             .map_err(SandboxError::Thread)?;
-        tree.add_thread(thread);
+        tree.keep_thread(thread);
         Ok(())
     }
 
-    /// Replaces the process's machine with one running `request`'s program.
+    /// Replaces the process's machine with one running `request`'s program (its other
+    /// threads end first, as on Linux).
     fn exec(&mut self, request: ExecRequest) -> Result<(), SandboxError> {
+        let (tree, pid) = (self.process.tree().clone(), self.process.pid());
+        if tree.group_size(self.process.tgid()) > 1 {
+            tree.doom_others(self.process.tgid(), pid);
+            self.await_threads();
+        }
         let start = Start {
             args: &request.args,
             env: &request.env,
@@ -160,20 +183,51 @@ impl Sandbox {
         let interp = image.interp.as_ref().map(|i| (i.start, i.end));
         let (end, stack) = (image.program.end, image.stack_size);
         self.process.exec_into(end, stack, interp, &request.path);
+        self.process.set_exe(Some(request.exe.clone()));
         self.name = String::from_utf8_lossy(&request.path).into_owned();
         self.replace_machine(machine);
         if let Some(w) = &self.waker {
-            w.set_kicker(self.vcpu.kicker());
+            w.set_kicker(self.vcpu.kicker(), &tree, pid);
         }
-        let (tree, pid) = (self.process.tree().clone(), self.process.pid());
         tree.release_vfork(pid);
         Ok(())
+    }
+
+    /// Waits until this thread is the last of its process (the others were doomed, or end
+    /// by themselves).
+    fn await_threads(&self) {
+        let (tree, tgid) = (self.process.tree(), self.process.tgid());
+        loop {
+            let seen = tree.generation();
+            if tree.group_size(tgid) <= 1 {
+                return;
+            }
+            tree.wait(seen, Some(Duration::from_millis(50)));
+        }
+    }
+
+    /// The end of a process's first thread with `exit`: the other threads end too (they run
+    /// on: they are doomed unless this thread left by `exit` alone) and are waited for; the
+    /// process's end is whatever ended it first.
+    pub(super) fn end_of_process(&mut self, exit: Exit) -> Exit {
+        let (tree, tgid) = (self.process.tree().clone(), self.process.tgid());
+        if tree.group_size(tgid) > 1 {
+            if !self.process.thread_exited() {
+                tree.exit_group(tgid, wait_status(&exit));
+            }
+            self.await_threads();
+        }
+        match tree.group_status(tgid) {
+            Some(status) if status != wait_status(&exit) => exit_of(status),
+            _ => exit,
+        }
     }
 
     /// A child's thread: runs the program to its end, frees its machine and descriptors,
     /// then tells the tree (its parent is woken with its status).
     pub(super) fn run_child(mut self, mut host: Box<dyn Host + Send>) {
         let (tree, pid) = (self.process.tree().clone(), self.process.pid());
+        let thread = pid != self.process.tgid();
         let exit = match ThreadWaker::register(&tree, pid, self.vcpu.kicker()) {
             Ok(waker) => {
                 self.waker = Some(waker);
@@ -186,13 +240,35 @@ impl Sandbox {
             Ok(Paused::AtStdinRead) => Exit::Crashed("internal: a child paused".into()),
             Err(e) => Exit::Crashed(e.to_string()),
         };
-        if let Exit::Crashed(_) = &exit {
-            if let Some(report) = exit.report() {
-                eprintln!("rypervisor: process {pid}: {report}");
-            }
+        // The VMM's own trouble is reported; a child's fault is its parent's to see (as its
+        // status), but a thread's fault ends a process whose status hides which thread.
+        let report = matches!(exit, Exit::Crashed(_)) || (thread && matches!(exit, Exit::Fault(_)));
+        if let Some(text) = exit.report().filter(|_| report) {
+            let what = if thread { "thread" } else { "process" };
+            eprintln!("rypervisor: {what} {pid}: {text}");
         }
+        self.waker = None;
+        if thread {
+            // A thread's end: alone (`exit`), or its whole process's (anything else).
+            if !self.process.thread_exited() && !tree.killed_for(pid) {
+                tree.exit_group(self.process.tgid(), wait_status(&exit));
+            }
+            self.with_context(&mut *host, |p, cx| p.clear_child_tid(cx));
+            drop(self);
+            tree.thread_exit(pid);
+            return;
+        }
+        let exit = self.end_of_process(exit);
         drop(self); // the VM, its memory and the descriptors go before the parent hears
         tree.exit(pid, wait_status(&exit));
+    }
+}
+
+/// The `Exit` a wait status stands for.
+fn exit_of(status: i32) -> Exit {
+    match status & 0x7f {
+        0 => Exit::Exited((status >> 8) & 0xff),
+        sig => Exit::Signaled(sig),
     }
 }
 

@@ -36,10 +36,14 @@ impl UserMemory {
         }
     }
 
-    /// New memory holding a copy of `parent`'s (a `fork` child's); the bytes copied.
-    pub fn copy_of(parent: &UserMemory) -> Result<(Self, u64), MemoryError> {
+    /// New memory holding a copy of `parent`'s (a `fork` child's); the bytes copied
+    /// (`pagemap`: see [`GuestRam::copy_resident`](crate::memory::GuestRam::copy_resident)).
+    pub fn copy_of(
+        parent: &UserMemory,
+        pagemap: Option<&std::fs::File>,
+    ) -> Result<(Self, u64), MemoryError> {
         let child = Self::new(parent.size())?;
-        let copied = child.ram.copy_resident(&parent.ram)?;
+        let copied = child.ram.copy_resident(&parent.ram, pagemap)?;
         Ok((child, copied))
     }
 

@@ -171,7 +171,7 @@ fn process_rules(rules: &mut Rules) -> Result<(), SeccompError> {
     // starts stays under this same filter, which allows no execve, socket or write open.
     let thread = libc::CLONE_THREAD as u64;
     rules.allow_when(libc::SYS_clone, 0, SeccompCmpOp::MaskedEq(thread), thread)?;
-    // sysinfo: the host RAM check of new guest memory; rt_sigaction: the C library sets up
+    // pread64: the pagemap a fork reads; sysinfo: the host RAM check of new guest memory; rt_sigaction: the C library sets up
     // its internal signals at the first pthread_create.
     rules.allow(&[
         libc::SYS_clone3,
@@ -179,6 +179,7 @@ fn process_rules(rules: &mut Rules) -> Result<(), SeccompError> {
         libc::SYS_set_robust_list,
         libc::SYS_sysinfo,
         libc::SYS_rt_sigaction,
+        libc::SYS_pread64,
     ]);
     let name = libc::PR_SET_NAME as u64; // the thread's name
     rules.allow_when(libc::SYS_prctl, 0, SeccompCmpOp::Eq, name)?;

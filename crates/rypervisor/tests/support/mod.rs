@@ -100,7 +100,7 @@ pub fn program(name: &str, libc: Libc) -> PathBuf {
         return p.clone();
     }
     let out = out_dir().join(format!("{name}-{libc:?}"));
-    compile(name, libc.compiler(), &["-static"], &out);
+    compile(name, libc.compiler(), &["-static", "-pthread"], &out);
     built.insert((name.to_string(), libc), out.clone());
     out
 }

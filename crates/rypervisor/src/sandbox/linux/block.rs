@@ -87,7 +87,7 @@ impl Process {
                 return Ok(Some(v));
             }
             self.take_incoming();
-            if self.tree.killed() {
+            if self.tree.killed_for(self.pid) {
                 return Err(SysError::End(Exit::Signaled(libc::SIGKILL)));
             }
             if let Some(all_restart) = self.acting_signal() {
@@ -119,16 +119,17 @@ impl Process {
     /// ends: the tree's end, a signal that acts, or the time limit.
     pub(super) fn interrupted(&mut self) -> Option<SysError> {
         self.take_incoming();
-        if self.tree.killed() {
+        if self.tree.killed_for(self.pid) {
             return Some(SysError::End(Exit::Signaled(libc::SIGKILL)));
         }
         if let Some(restart) = self.acting_signal() {
             return Some(if restart { ERESTARTSYS } else { Errno::EINTR }.into());
         }
         match self.tree.remaining() {
-            // Only the time limit kicks a process that nobody signals.
-            Some(left) if !left.is_zero() && self.tree.len() > 1 => None,
-            _ => Some(SysError::End(Exit::TimedOut)),
+            // The time limit is up (the watchdog's kick); any other kick was a signal that
+            // does nothing here: the call goes on.
+            Some(left) if left.is_zero() => Some(SysError::End(Exit::TimedOut)),
+            _ => None,
         }
     }
 

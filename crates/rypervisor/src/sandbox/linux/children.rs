@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::block::Restart;
+use super::shared::Shared;
 use super::signals::{SI_TKILL, SI_USER};
 use super::tree::{Target, Tree};
 use super::{Context, Errno, Process, SysError, SysResult, VmRequest};
@@ -23,13 +24,20 @@ mod flag {
     pub const CHILD_SETTID: u64 = 0x100_0000;
     pub const SYSVSEM: u64 = 0x4_0000;
     pub const IO: u64 = 0x8000_0000;
+    pub const SIGHAND: u64 = 0x800;
+    pub const FILES: u64 = 0x400;
+    pub const THREAD: u64 = 0x1_0000;
+    /// What Linux requires with CLONE_THREAD (and what every C library passes).
+    pub const THREAD_NEEDS: u64 = VM | SIGHAND | THREAD;
 }
 
 /// A new process for the run loop to start: its pid and kernel state, and how its VM starts.
 #[derive(Clone, Debug)]
 pub struct Spawn {
-    /// The child's pid (already in the tree).
+    /// The child's pid, or the new thread's tid (already in the tree).
     pub pid: i32,
+    /// A thread of this process (a vCPU in the same VM), not a process.
+    pub thread: bool,
     /// The child's kernel state.
     pub child: Box<Process>,
     /// The parent waits until the child execs or ends (`CLONE_VFORK`).
@@ -49,9 +57,35 @@ const CLD_EXITED: i32 = 1;
 const CLD_KILLED: i32 = 2;
 
 impl Process {
-    /// This process's pid.
+    /// This thread's id (the process's pid for its first thread).
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The process's pid (its thread group's).
+    pub fn tgid(&self) -> i32 {
+        self.tgid
+    }
+
+    /// The address `set_tid_address` or `CLONE_CHILD_CLEARTID` gave: zeroed and woken when
+    /// the thread ends.
+    pub fn clear_tid(&self) -> u64 {
+        self.clear_tid
+    }
+
+    /// Whether the thread ended by `exit` alone (its process goes on while others run).
+    pub fn thread_exited(&self) -> bool {
+        self.thread_exit
+    }
+
+    /// The thread's end: its `clear_tid` word zeroed and one waiter there woken, as Linux
+    /// does for `pthread_join`.
+    pub fn clear_child_tid(&mut self, cx: &mut Context<'_>) {
+        let at = std::mem::take(&mut self.clear_tid);
+        if at != 0 && cx.mem.write_obj(at, &0u32).is_ok() {
+            let wake = [at, 1, 1, 0, 0, 0]; // FUTEX_WAKE one
+            let _ = self.futex(wake, cx);
+        }
     }
 
     /// The tree this process belongs to.
@@ -68,13 +102,66 @@ impl Process {
     /// pending and no alarm.
     pub fn fork_child(&self, pid: i32) -> Process {
         let mut child = self.clone();
-        child.files = self.files.share();
+        child.files = Shared::new(self.files.lock().share());
+        child.memory = self.memory.clone();
+        child.cwd = self.cwd.clone();
+        child.futexes = Default::default();
         child.signals = self.signals.for_child();
         child.pid = pid;
+        child.tgid = pid;
+        child.clear_tid = 0;
         child.fs_changed = false;
         child.started = super::host::host_clock(libc::CLOCK_MONOTONIC);
         child.stats = Default::default();
         child
+    }
+
+    /// A new thread's kernel state: the same files, memory map, handlers, working directory
+    /// and futexes as this thread's; its own tid, mask (copied) and nothing pending.
+    fn thread_child(&self, tid: i32, clear_tid: u64) -> Process {
+        let mut t = self.clone();
+        t.files = self.files.share();
+        t.memory = self.memory.share();
+        t.cwd = self.cwd.share();
+        t.signals = self.signals.for_thread();
+        t.futexes = self.futexes.clone();
+        t.pid = tid;
+        t.clear_tid = clear_tid;
+        t.thread_exit = false;
+        t.fs_changed = false;
+        t.stats = Default::default();
+        t
+    }
+
+    /// A new thread: `CLONE_VM` with `CLONE_THREAD` and `CLONE_SIGHAND`.
+    fn clone_thread(
+        &mut self,
+        [flags, stack, ptid, ctid, tls]: [u64; 5],
+        cx: &mut Context<'_>,
+    ) -> SysResult {
+        use flag::*;
+        if flags & THREAD_NEEDS != THREAD_NEEDS || flags & CSIGNAL != 0 {
+            return Err(Errno::EINVAL.into());
+        }
+        if flags & PARENT_SETTID != 0 {
+            cx.mem.check(ptid, 4)?;
+        }
+        let tid = self.tree.add_thread(self.tgid)?;
+        if flags & PARENT_SETTID != 0 {
+            cx.mem.write_obj(ptid, &(tid as u32))?;
+        }
+        let clear = if flags & CHILD_CLEARTID != 0 { ctid } else { 0 };
+        let spawn = Spawn {
+            pid: tid,
+            child: Box::new(self.thread_child(tid, clear)),
+            vfork: false,
+            share_mem: true,
+            thread: true,
+            stack,
+            tls: (flags & SETTLS != 0).then_some(tls),
+            child_tid: (flags & CHILD_SETTID != 0).then_some(ctid),
+        };
+        Err(SysError::Vm(VmRequest::Fork(Box::new(spawn))))
     }
 
     /// `clone(flags, stack, parent_tid, child_tid, tls)`; `fork` and `vfork` are its cases.
@@ -87,7 +174,10 @@ impl Process {
         use flag::*;
         let known = CSIGNAL | VM | FS | VFORK | SETTLS | PARENT_SETTID | CHILD_CLEARTID;
         let known = known | DETACHED | CHILD_SETTID | SYSVSEM | IO;
-        // Threads (CLONE_VM without CLONE_VFORK) and shared tables are not served yet.
+        if flags & THREAD != 0 && flags & !(known | THREAD | SIGHAND | FILES) == 0 {
+            return self.clone_thread([flags, stack, ptid, ctid, tls], cx);
+        }
+        // CLONE_VM without a thread or vfork, shared tables without a thread: not served.
         if flags & !known != 0 || (flags & VM != 0 && flags & VFORK == 0) {
             return self.unserved(nr);
         }
@@ -96,7 +186,7 @@ impl Process {
         }
         let vfork = flags & VFORK != 0;
         let exit_signal = (flags & CSIGNAL) as i32;
-        let pid = self.tree.add_child(self.pid, exit_signal, vfork)?;
+        let pid = self.tree.add_child(self.tgid, exit_signal, vfork)?;
         if flags & PARENT_SETTID != 0 {
             cx.mem.write_obj(ptid, &(pid as u32))?;
         }
@@ -105,6 +195,7 @@ impl Process {
             child: Box::new(self.fork_child(pid)),
             vfork,
             share_mem: flags & VM != 0,
+            thread: false,
             stack,
             tls: (flags & SETTLS != 0).then_some(tls),
             child_tid: (flags & CHILD_SETTID != 0).then_some(ctid),
@@ -117,7 +208,8 @@ impl Process {
         let tree = self.tree.clone();
         let done = |_: &mut Self, _: &mut Context<'_>| Ok((!tree.in_vfork(child)).then_some(()));
         // Signals wait until the child lets go (Linux: the parent sleeps uninterruptibly).
-        let mask = std::mem::replace(&mut self.signals.mask, !0);
+        let all_but_kill = !super::signals::bit(libc::SIGKILL);
+        let mask = std::mem::replace(&mut self.signals.mask, all_but_kill);
         let r = self.block(None, Restart::Never, cx, done);
         self.signals.mask = mask;
         r.map(|_| ())
@@ -134,14 +226,14 @@ impl Process {
     ) -> SysResult {
         let known = libc::WNOHANG | libc::WUNTRACED | libc::WCONTINUED | libc::__WALL;
         let known = known | libc::__WCLONE | libc::__WNOTHREAD;
-        if options & !(known as u64) != 0 {
+        if options & !u64::from(known as u32) != 0 {
             return Err(Errno::EINVAL.into());
         }
         if status != 0 {
             cx.mem.check(status, 4)?;
         }
         let nohang = options & libc::WNOHANG as u64 != 0;
-        let target = Target::from_arg(pid as i32, self.tree.pgid(self.pid)?);
+        let target = Target::from_arg(pid as i32, self.tree.pgid(self.tgid)?);
         let Some((child, st)) = self.reap(target, nohang, false, cx)? else {
             return Ok(0);
         };
@@ -162,7 +254,7 @@ impl Process {
         keep: bool,
         cx: &mut Context<'_>,
     ) -> Result<Option<(i32, i32)>, SysError> {
-        let ended = |p: &mut Self, _: &mut Context<'_>| match p.tree.reap(p.pid, target, keep)? {
+        let ended = |p: &mut Self, _: &mut Context<'_>| match p.tree.reap(p.tgid, target, keep)? {
             Some(found) => Ok(Some(Some(found))),
             None if nohang => Ok(Some(None)),
             None => Ok(None),
@@ -183,13 +275,13 @@ impl Process {
         let target = match idtype as u32 {
             libc::P_ALL => Target::All,
             libc::P_PID if id as i32 > 0 => Target::Pid(id as i32),
-            libc::P_PGID if id == 0 => Target::Group(self.tree.pgid(self.pid)?),
+            libc::P_PGID if id == 0 => Target::Group(self.tree.pgid(self.tgid)?),
             libc::P_PGID if id as i32 > 0 => Target::Group(id as i32),
             _ => return Err(Errno::EINVAL.into()),
         };
         let known = libc::WNOHANG | libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED;
         let known = known | libc::WNOWAIT | libc::__WALL | libc::__WCLONE | libc::__WNOTHREAD;
-        if options & !(known as u64) != 0 || options & libc::WEXITED as u64 == 0 {
+        if options & !u64::from(known as u32) != 0 || options & libc::WEXITED as u64 == 0 {
             return Err(Errno::EINVAL.into());
         }
         if info != 0 {
@@ -221,7 +313,7 @@ impl Process {
         if sig > 64 {
             return Err(Errno::EINVAL.into());
         }
-        let group = self.tree.pgid(self.pid)?;
+        let group = self.tree.pgid(self.tgid)?;
         let target = Target::from_arg(pid as i32, group);
         if self.tree.send(self.pid, target, sig as i32)? {
             self.send(sig, SI_USER)?;
@@ -248,7 +340,7 @@ impl Process {
     /// `getpgid(pid)` and `getsid(pid)` (`session`).
     pub(super) fn group_of(&self, pid: u64, session: bool) -> SysResult {
         let pid = match pid as i32 {
-            0 => self.pid,
+            0 => self.tgid,
             p if p < 0 => return Err(Errno::ESRCH.into()),
             p => p,
         };
@@ -263,7 +355,7 @@ impl Process {
     /// `setpgid(pid, pgid)`.
     pub(super) fn setpgid(&mut self, pid: u64, pgid: u64) -> SysResult {
         let pid = match pid as i32 {
-            0 => self.pid,
+            0 => self.tgid,
             p if p < 0 => return Err(Errno::EINVAL.into()),
             p => p,
         };
@@ -272,7 +364,7 @@ impl Process {
             g if g < 0 => return Err(Errno::EINVAL.into()),
             g => g,
         };
-        self.tree.setpgid(self.pid, pid, pgid)?;
+        self.tree.setpgid(self.tgid, pid, pgid)?;
         Ok(0)
     }
 }

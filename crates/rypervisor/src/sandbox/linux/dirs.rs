@@ -11,7 +11,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::fdtable::OpenFile;
 use super::files::PATH_MAX;
@@ -27,11 +27,11 @@ impl Process {
         if path.starts_with(b"/") {
             return Ok(path.to_vec());
         }
-        let base: &Path = if dirfd == libc::AT_FDCWD {
-            &self.cwd
+        let base: PathBuf = if dirfd == libc::AT_FDCWD {
+            self.cwd.lock().clone()
         } else {
-            match self.files.get(dirfd)? {
-                OpenFile::Dir(d) => &d.path,
+            match self.file(dirfd)? {
+                OpenFile::Dir(d) => d.path.clone(),
                 _ => return Err(Errno::ENOTDIR),
             }
         };
@@ -85,15 +85,15 @@ impl Process {
         if !host.is_dir() {
             return Err(Errno::ENOTDIR.into());
         }
-        self.cwd = host;
+        *self.cwd.lock() = host;
         Ok(0)
     }
 
     /// `fchdir`: into an open directory.
     pub(super) fn fchdir(&mut self, fd: i32) -> SysResult {
-        match self.files.get(fd)? {
+        match self.file(fd)? {
             OpenFile::Dir(d) => {
-                self.cwd = d.path.clone();
+                *self.cwd.lock() = d.path.clone();
                 Ok(0)
             }
             _ => Err(Errno::ENOTDIR.into()),
@@ -102,7 +102,7 @@ impl Process {
 
     /// `getcwd`: the working directory, NUL-terminated; its length with the NUL.
     pub(super) fn getcwd(&self, buf: u64, size: u64, cx: &mut Context<'_>) -> SysResult {
-        let mut text = self.cwd.as_os_str().as_bytes().to_vec();
+        let mut text = self.cwd.lock().as_os_str().as_bytes().to_vec();
         text.push(0);
         if (size as usize) < text.len() {
             return Err(Errno::ERANGE.into());
@@ -121,8 +121,8 @@ impl Process {
         count: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        let dir = match self.files.get(fd)? {
-            OpenFile::Dir(d) => d.clone(),
+        let dir = match self.file(fd)? {
+            OpenFile::Dir(d) => d,
             _ => return Err(Errno::ENOTDIR.into()),
         };
         let n = (count as usize).min(IO_CHUNK);

@@ -34,6 +34,8 @@ pub struct ExecRequest {
     pub args: Vec<Vec<u8>>,
     /// envp.
     pub env: Vec<Vec<u8>>,
+    /// The program's file on the host (`/proc/self/exe` from then on).
+    pub exe: std::path::PathBuf,
 }
 
 /// What a checked program error means to `execve`'s caller.
@@ -128,7 +130,7 @@ impl Process {
                 (b"/proc/self/exe", Some(exe)) => exe.clone(),
                 _ => self.host_path(&abs)?,
             };
-            let bytes = self.read_program(&host, self.memory.mem_size())?;
+            let bytes = self.read_program(&host, self.mem_size())?;
             if let Some((interp, arg)) = shebang(&bytes[..bytes.len().min(SHEBANG_MAX)]) {
                 if interp.is_empty() {
                     return Err(Errno::ENOEXEC.into());
@@ -143,11 +145,11 @@ impl Process {
                 continue;
             }
             let name = String::from_utf8_lossy(&file_path).into_owned();
-            let mem = self.memory.mem_size();
+            let mem = self.mem_size();
             let image =
                 Image::prepare(&name, bytes, mem, &self.policy).map_err(|e| exec_errno(&e))?;
-            self.exe = Some(host);
             let request = ExecRequest {
+                exe: host,
                 path: given,
                 image,
                 args,
@@ -160,7 +162,7 @@ impl Process {
 
     /// The file at `host` if it is a regular file with an execute bit, no larger than memory.
     fn read_program(&self, host: &std::path::Path, mem: u64) -> Result<Vec<u8>, Errno> {
-        let file = std::fs::File::open(host).map_err(|e| Errno::from_io(&e))?;
+        let file = super::files::open_host(host)?; // never a FIFO's or device's open
         let meta = file.metadata().map_err(|e| Errno::from_io(&e))?;
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
             return Err(Errno::EACCES);

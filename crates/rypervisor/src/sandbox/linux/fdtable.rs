@@ -160,9 +160,9 @@ impl FdTable {
     }
 
     /// The host file behind `fd`, if it is one.
-    pub fn host_file(&self, fd: i32) -> Option<&File> {
+    pub fn host_file(&self, fd: i32) -> Option<Arc<File>> {
         match self.entries.get(&fd).map(|e| &e.file) {
-            Some(OpenFile::Host(f)) => Some(f),
+            Some(OpenFile::Host(f)) => Some(f.clone()),
             _ => None,
         }
     }
@@ -355,7 +355,7 @@ mod tests {
         assert_eq!(t.cloexec(11), Some(true));
         assert_eq!(t.host_files(), 1, "one open file, four descriptors");
         let (a, b) = (t.host_file(fd).unwrap(), t.host_file(10).unwrap());
-        assert!(std::ptr::eq(a, b));
+        assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(t.fcntl(fd, libc::F_DUPFD, u64::MAX), Err(Errno::EINVAL));
         assert_eq!(t.fcntl(fd, libc::F_DUPFD, 1024), Err(Errno::EINVAL));
         t.fcntl(4, libc::F_SETFD, libc::FD_CLOEXEC as u64).unwrap();

@@ -18,13 +18,45 @@ pub(crate) const PATH_MAX: usize = 4096;
 /// The table's standard-stream and host-file kinds.
 use super::fdtable::{Device, OpenFile};
 
+/// Opens the resolved host path `host` read-only. Only regular files and directories are
+/// opened at all: a device's driver (a node outside /dev) never runs for the program.
+/// Non-blocking besides, so a FIFO swapped in meanwhile cannot hang the VMM in open(2) (for
+/// files, O_NONBLOCK changes nothing); the caller checks the type of what it got.
+pub(super) fn open_host(host: &std::path::Path) -> Result<File, Errno> {
+    let kind = std::fs::symlink_metadata(host).map_err(|e| Errno::from_io(&e))?;
+    if !kind.is_file() && !kind.is_dir() {
+        return Err(Errno::EACCES);
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(host)
+        .map_err(|e| Errno::from_io(&e))
+}
+
+/// A host file or directory behind a descriptor, taken out of the table.
+enum HostFile {
+    File(std::sync::Arc<File>),
+    Dir(std::sync::Arc<super::fdtable::Directory>),
+}
+
+impl std::ops::Deref for HostFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        match self {
+            HostFile::File(f) => f,
+            HostFile::Dir(d) => &d.file,
+        }
+    }
+}
+
 impl Process {
     /// The host file behind `fd` (a directory for `lseek` only); a standard stream is not
     /// seekable (ESPIPE).
-    fn seekable(&self, fd: i32, dirs: bool) -> Result<&File, Errno> {
-        match self.files.get(fd)? {
-            OpenFile::Host(f) => Ok(f),
-            OpenFile::Dir(d) if dirs => Ok(&d.file),
+    fn seekable(&self, fd: i32, dirs: bool) -> Result<HostFile, Errno> {
+        match self.file(fd)? {
+            OpenFile::Host(f) => Ok(HostFile::File(f)),
+            OpenFile::Dir(d) if dirs => Ok(HostFile::Dir(d)),
             OpenFile::Dir(_) => Err(Errno::EISDIR),
             OpenFile::Std(_) | OpenFile::Device(_) | OpenFile::Pipe(_) => Err(Errno::ESPIPE),
         }
@@ -37,7 +69,7 @@ impl Process {
         whence: i32,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        match self.files.get(fd)? {
+        match self.file(fd)? {
             OpenFile::Device(_) => return Ok(0), // as Linux's null and zero: always 0
             OpenFile::Std(0) => {
                 return cx
@@ -56,8 +88,8 @@ impl Process {
                 return Err(Errno::EINVAL.into());
             }
         };
-        let mut file = self.seekable(fd, true)?;
-        match file.seek(pos) {
+        let file = self.seekable(fd, true)?;
+        match (&*file).seek(pos) {
             Ok(p) => Ok(p as i64),
             Err(e) => Err(Errno(e.raw_os_error().unwrap_or(libc::EINVAL)).into()),
         }
@@ -65,7 +97,7 @@ impl Process {
 
     /// `getpeername`/`getsockname`: nothing the program holds is a socket.
     pub(super) fn not_a_socket(&self, fd: i32) -> SysResult {
-        self.files.get(fd)?;
+        self.file(fd)?;
         Err(Errno::ENOTSOCK.into())
     }
 
@@ -75,7 +107,7 @@ impl Process {
         if request == libc::FIONREAD {
             return self.fionread(fd, arg, cx);
         }
-        let OpenFile::Std(n) = self.files.get(fd)? else {
+        let OpenFile::Std(n) = self.file(fd)? else {
             return Err(Errno::ENOTTY.into());
         };
         let size = match request {
@@ -85,7 +117,7 @@ impl Process {
         };
         cx.mem.check(arg, size as u64)?;
         let mut out = vec![0u8; size];
-        (cx.host.terminal_query(*n, request, &mut out)).map_err(|e| Errno::from_io(&e))?;
+        (cx.host.terminal_query(n, request, &mut out)).map_err(|e| Errno::from_io(&e))?;
         cx.mem.write(arg, &out)?;
         Ok(0)
     }
@@ -115,7 +147,7 @@ impl Process {
         data: &mut [u8],
         cx: &mut Context<'_>,
     ) -> Result<usize, SysError> {
-        match self.files.get(fd)? {
+        match self.file(fd)? {
             OpenFile::Std(0) => loop {
                 match cx.host.read_stdin(data) {
                     Ok(n) => return Ok(n),
@@ -128,7 +160,7 @@ impl Process {
                 }
             },
             OpenFile::Std(_) => Err(Errno::EBADF.into()),
-            OpenFile::Host(f) => (&**f).read(data).map_err(|e| Errno::from_io(&e).into()),
+            OpenFile::Host(f) => (&*f).read(data).map_err(|e| Errno::from_io(&e).into()),
             OpenFile::Dir(_) => Err(Errno::EISDIR.into()),
             OpenFile::Pipe(end) => self.pipe_read(&end.clone(), data, cx),
             OpenFile::Device(Device::Null) => Ok(0),
@@ -157,10 +189,10 @@ impl Process {
 
     fn write_fd(&mut self, fd: i32, data: &[u8], cx: &mut Context<'_>) -> SysResult {
         // Host files are read-only; stdin is not for writing.
-        let stream = match self.files.get(fd)? {
-            OpenFile::Std(n @ (1 | 2)) => *n,
+        let stream = match self.file(fd)? {
+            OpenFile::Std(n @ (1 | 2)) => n,
             OpenFile::Device(_) => return Ok(data.len() as i64), // taken, and gone
-            OpenFile::Pipe(end) => return self.pipe_write(&end.clone(), data, cx),
+            OpenFile::Pipe(end) => return self.pipe_write(&end, data, cx),
             _ => return Err(Errno::EBADF.into()),
         };
         loop {
@@ -269,7 +301,7 @@ impl Process {
         count: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        self.files.get(out)?;
+        self.file(out)?;
         let mut data = vec![0u8; (count as usize).min(IO_CHUNK)];
         let got = if offset != 0 {
             let at: u64 = cx.mem.read_obj(offset)?;
@@ -307,38 +339,29 @@ impl Process {
         let abs = self.path_arg(dirfd, path, cx)?;
         let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
         if let Some(device) = Device::at(&abs) {
-            return Ok(i64::from(self.files.install_device(device, cloexec)?));
+            return Ok(i64::from(
+                self.files.lock().install_device(device, cloexec)?,
+            ));
         }
         // /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N: the program's own descriptors
         // (Linux reopens them through /proc/self/fd; a duplicate is what that gives here).
         if let Some(own) = fdtable::own_descriptor(&abs) {
-            return Ok(self.files.dup(own, 0, cloexec)?);
+            return Ok(self.files.lock().dup(own, 0, cloexec)?);
         }
         let write_flags = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
         let host = self.host_path(&abs)?;
         if flags & write_flags != 0 {
             return Err(Errno::EROFS.into());
         }
-        // Only regular files and directories are opened at all: a device's driver (a node
-        // outside /dev) never runs for the program. Non-blocking besides, so a FIFO swapped
-        // in meanwhile cannot hang the VMM in open(2) (for files, O_NONBLOCK changes nothing).
-        let kind = std::fs::symlink_metadata(&host).map_err(|e| Errno::from_io(&e))?;
-        if !kind.is_file() && !kind.is_dir() {
-            return Err(Errno::EACCES.into());
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&host)
-            .map_err(|e| Errno::from_io(&e))?;
+        let file = open_host(&host)?;
         let kind = file.metadata().map_err(|e| Errno::from_io(&e))?.file_type();
         let fd = if kind.is_dir() {
             let dir = Directory { file, path: host };
-            self.files.install_dir(dir, cloexec)?
+            self.files.lock().install_dir(dir, cloexec)?
         } else if flags & libc::O_DIRECTORY as u64 != 0 {
             return Err(Errno::ENOTDIR.into());
         } else if kind.is_file() {
-            self.files.install(file, cloexec)?
+            self.files.lock().install(file, cloexec)?
         } else {
             return Err(Errno::EACCES.into()); // devices, FIFOs, sockets
         };

@@ -71,7 +71,10 @@ impl Process {
     /// The limits the sandbox really enforces; new limits are accepted and ignored (the
     /// sandbox's own limits rule).
     pub(super) fn prlimit(&mut self, resource: u64, old: u64, cx: &mut Context<'_>) -> SysResult {
-        let (stack, mem) = (self.memory.stack_size(), self.memory.mem_size());
+        let (stack, mem) = {
+            let m = self.memory.lock();
+            (m.stack_size(), m.mem_size())
+        };
         let (cur, max) = match resource as u32 {
             libc::RLIMIT_STACK => (stack, stack),
             libc::RLIMIT_DATA | libc::RLIMIT_AS => (mem, mem),

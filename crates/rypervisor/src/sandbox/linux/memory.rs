@@ -323,19 +323,19 @@ impl Process {
         let file = if anonymous {
             None
         } else {
-            let file = self.files.host_file(fd).ok_or(Errno::EBADF)?;
+            let file = self.files.lock().host_file(fd).ok_or(Errno::EBADF)?;
             if !offset.is_multiple_of(PAGE_SIZE) {
                 return Err(Errno::EINVAL.into());
             }
             Some(file)
         };
-        let start = self.memory.place(addr, len, flags, cx)?;
+        let start = self.memory.lock().place(addr, len, flags, cx)?;
         if let Some(file) = file {
             // A private file mapping: a copy of the file's bytes (never written back), read
             // straight into the program's memory.
             let size = file.metadata().map_or(0, |m| m.len());
             let have = size.saturating_sub(offset).min(len);
-            cx.mem.fill_from_file(start, have, file, offset)?;
+            cx.mem.fill_from_file(start, have, &file, offset)?;
         }
         Ok(start as i64)
     }

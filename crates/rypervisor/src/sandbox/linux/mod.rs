@@ -27,11 +27,13 @@ pub mod errno;
 pub mod exec;
 pub mod fdtable;
 pub mod files;
+pub mod futex;
 pub mod identity;
 pub mod memory;
 pub mod pipe;
 pub mod poll;
 pub mod process;
+pub mod shared;
 pub mod sigframe;
 pub mod signals;
 pub mod start;
@@ -55,6 +57,7 @@ use super::policy::Policy;
 use super::usermem::UserMemory;
 use fdtable::FdTable;
 use memory::MemoryState;
+use shared::Shared;
 use signals::SignalState;
 use tree::Tree;
 
@@ -158,8 +161,8 @@ pub struct Context<'a> {
 #[derive(Clone, Debug)]
 pub struct Process {
     policy: Policy,
-    memory: MemoryState,
-    files: FdTable,
+    memory: Shared<MemoryState>,
+    files: Shared<FdTable>,
     signals: SignalState,
     /// FS base (TLS), as `arch_prctl` set it.
     fs_base: u64,
@@ -170,9 +173,17 @@ pub struct Process {
     /// umask, the name, prctl flags.
     process: process::ProcessState,
     /// The working directory (canonical).
-    cwd: PathBuf,
-    /// Its pid (its only thread's tid too).
+    cwd: Shared<PathBuf>,
+    /// Its thread id (its process's pid for the first thread).
     pid: i32,
+    /// Its process's pid.
+    tgid: i32,
+    /// `set_tid_address`'s (or `CLONE_CHILD_CLEARTID`'s) word, cleared at the thread's end.
+    clear_tid: u64,
+    /// It ended by `exit` while other threads of its process ran.
+    thread_exit: bool,
+    /// The futex wait queues its threads share.
+    futexes: Arc<futex::Futexes>,
     /// The program file it runs (`execve("/proc/self/exe")` runs it again).
     exe: Option<PathBuf>,
     /// Every process of the sandbox.
@@ -186,17 +197,21 @@ impl Process {
     /// stack of `stack_size` bytes at the top.
     pub fn new(policy: Policy, image_end: u64, mem_size: u64, stack_size: u64) -> Self {
         Self {
-            cwd: policy.cwd().to_path_buf(),
+            cwd: Shared::new(policy.cwd().to_path_buf()),
             policy,
-            memory: MemoryState::new(image_end, mem_size, stack_size),
-            files: FdTable::default(),
+            memory: Shared::new(MemoryState::new(image_end, mem_size, stack_size)),
+            files: Shared::new(FdTable::default()),
             signals: SignalState::default(),
             fs_base: 0,
             fs_changed: false,
             started: host::host_clock(libc::CLOCK_MONOTONIC),
             process: process::ProcessState::default(),
             pid: tree::INIT,
+            tgid: tree::INIT,
+            clear_tid: 0,
+            thread_exit: false,
             exe: None,
+            futexes: Arc::default(),
             tree: Tree::new(tree::DEFAULT_MAX_PROCS),
             stats: SyscallStats::default(),
         }
@@ -213,12 +228,15 @@ impl Process {
         interp: Option<(u64, u64)>,
         name: &[u8],
     ) {
-        self.memory = MemoryState::new(image_end, self.memory.mem_size(), stack_size);
+        let mut memory = MemoryState::new(image_end, self.mem_size(), stack_size);
         if let Some((start, end)) = interp {
-            self.memory.reserve(start, end);
+            memory.reserve(start, end);
         }
-        self.files.close_on_exec();
+        self.memory = Shared::new(memory);
+        self.files.lock().close_on_exec();
         self.signals.exec_reset();
+        let chld = self.signals.action(libc::SIGCHLD);
+        self.tree.set_reaps(self.tgid, chld.handler == 1); // SA_NOCLDWAIT went with the handler
         self.fs_base = 0;
         self.fs_changed = false;
         self.process.set_name(name);
@@ -226,22 +244,32 @@ impl Process {
 
     /// Marks `[start, end)` as mapped (the interpreter the loader placed there).
     pub fn reserve(&mut self, start: u64, end: u64) {
-        self.memory.reserve(start, end);
+        self.memory.lock().reserve(start, end);
     }
 
     /// Stack bottom (the stack is `[stack_bottom, mem_size)`).
     pub fn stack_bottom(&self) -> u64 {
-        self.memory.stack_bottom()
+        self.memory.lock().stack_bottom()
     }
 
     /// Current program break.
     pub fn brk(&self) -> u64 {
-        self.memory.brk()
+        self.memory.lock().brk()
+    }
+
+    /// What `fd` refers to (taken out of the table: the lock is not held while it is used).
+    pub(crate) fn file(&self, fd: i32) -> Result<fdtable::OpenFile, Errno> {
+        self.files.lock().get(fd).cloned()
+    }
+
+    /// Guest memory size.
+    pub(crate) fn mem_size(&self) -> u64 {
+        self.memory.lock().mem_size()
     }
 
     /// Number of host files the program holds open.
     pub fn open_files(&self) -> usize {
-        self.files.host_files()
+        self.files.lock().host_files()
     }
 
     /// The policy.
@@ -309,11 +337,11 @@ impl Process {
             SENDFILE => self.sendfile(fd, a1 as i32, a2, a3, cx),
             OPEN => self.openat(libc::AT_FDCWD, a0, a1, cx),
             OPENAT => self.openat(fd, a1, a2, cx),
-            CLOSE => Ok(self.files.close(fd)?),
-            CLOSE_RANGE => Ok(self.files.close_range(a0, a1, a2)?),
-            DUP => Ok(self.files.dup(fd, 0, false)?),
-            DUP2 => Ok(self.files.dup_to(fd, a1 as i32, None)?),
-            DUP3 => Ok(self.files.dup_to(fd, a1 as i32, Some(a2 as i32))?),
+            CLOSE => Ok(self.files.lock().close(fd)?),
+            CLOSE_RANGE => Ok(self.files.lock().close_range(a0, a1, a2)?),
+            DUP => Ok(self.files.lock().dup(fd, 0, false)?),
+            DUP2 => Ok(self.files.lock().dup_to(fd, a1 as i32, None)?),
+            DUP3 => Ok(self.files.lock().dup_to(fd, a1 as i32, Some(a2 as i32))?),
             FSTAT => self.fstat(fd, a1, cx),
             STAT => self.newfstatat(libc::AT_FDCWD, a0, a1, 0, cx),
             LSTAT => self.newfstatat(libc::AT_FDCWD, a0, a1, NOFOLLOW, cx),
@@ -323,7 +351,7 @@ impl Process {
             FSTATFS => self.statfs(fd, None, a1, cx),
             LSEEK => self.lseek(fd, a1 as i64, a2 as i32, cx),
             IOCTL => self.ioctl(fd, a1, a2, cx),
-            FCNTL => Ok(self.files.fcntl(fd, a1 as i32, a2)?),
+            FCNTL => Ok(self.files.lock().fcntl(fd, a1 as i32, a2)?),
             PIPE => self.pipe(a0, 0, cx),
             PIPE2 => self.pipe(a0, a1, cx),
             POLL => self.poll(a0, a1, poll::poll_timeout(a2), cx),
@@ -341,8 +369,7 @@ impl Process {
             LLISTXATTR => self.xattr(Some(a0), -1, true, false, cx),
             FLISTXATTR => self.xattr(None, fd, true, true, cx),
             // Nothing is ever written back, so there is nothing to sync; advice is taken.
-            FSYNC | FDATASYNC => self.files.get(fd).map(|_| 0).map_err(Into::into),
-            FADVISE64 => self.files.get(fd).map(|_| 0).map_err(Into::into),
+            FSYNC | FDATASYNC | FADVISE64 => self.file(fd).map(|_| 0).map_err(Into::into),
             // Sockets: the program has none (bash asks whether stdin is one) and may make
             // none (glibc's name service probes nscd's socket at start-up).
             GETPEERNAME | GETSOCKNAME => self.not_a_socket(fd),
@@ -354,21 +381,26 @@ impl Process {
             FCHDIR => self.fchdir(fd),
             GETCWD => self.getcwd(a0, a1, cx),
             // Memory.
-            BRK => Ok(self.memory.set_brk(a0, cx) as i64),
+            BRK => Ok(self.memory.lock().set_brk(a0, cx) as i64),
             MMAP => self.mmap(a0, a1, a3, a4 as i32, a5, cx),
-            MUNMAP => self.memory.munmap(a0, a1, cx),
-            MPROTECT => self.memory.mprotect(a0, a1),
-            MREMAP => self.memory.mremap(a0, a1, a2, a3, cx),
-            MADVISE => self.memory.madvise(a0, a1, a2, cx),
-            MINCORE => self.memory.mincore(a0, a1, a2, cx),
+            MUNMAP => self.memory.lock().munmap(a0, a1, cx),
+            MPROTECT => self.memory.lock().mprotect(a0, a1),
+            MREMAP => self.memory.lock().mremap(a0, a1, a2, a3, cx),
+            MADVISE => self.memory.lock().madvise(a0, a1, a2, cx),
+            MINCORE => self.memory.lock().mincore(a0, a1, a2, cx),
             // Locking pages in RAM: taken (guest memory is the VMM's; nothing pages it out
             // but the host itself).
             MLOCK | MUNLOCK | MLOCK2 => cx.mem.check(a0, a1).map(|_| 0).map_err(Into::into),
             MLOCKALL | MUNLOCKALL => Ok(0),
             // Identity, limits, randomness, TLS.
             ARCH_PRCTL => self.arch_prctl(a0, a1, cx),
-            SET_TID_ADDRESS | GETTID | GETPID => Ok(i64::from(self.pid)),
-            GETPPID => Ok(i64::from(self.tree.ppid(self.pid))),
+            SET_TID_ADDRESS => {
+                self.clear_tid = a0;
+                Ok(i64::from(self.pid))
+            }
+            GETTID => Ok(i64::from(self.pid)),
+            GETPID => Ok(i64::from(self.tgid)),
+            GETPPID => Ok(i64::from(self.tree.ppid(self.tgid))),
             GETUID | GETGID | GETEUID | GETEGID => Ok(UID),
             SET_ROBUST_LIST => Ok(0),
             SETUID | SETGID => identity::set_ids(&[a0]),
@@ -381,7 +413,7 @@ impl Process {
             GETPGID => self.group_of(a0, false),
             GETSID => self.group_of(a0, true),
             SETPGID => self.setpgid(a0, a1),
-            SETSID => Ok(i64::from(self.tree.setsid(self.pid)?)),
+            SETSID => Ok(i64::from(self.tree.setsid(self.tgid)?)),
             GETGROUPS => Process::getgroups(a0, a1, cx),
             UMASK => self.umask(a0),
             PRCTL => self.prctl(a0, a1, cx),
@@ -392,7 +424,7 @@ impl Process {
             UNAME => identity::uname(a0, cx),
             GETRANDOM => identity::getrandom(a0, a1, cx),
             GETRLIMIT => self.prlimit(a0, a1, cx),
-            PRLIMIT64 if a0 != 0 && a0 as i32 != self.pid => Err(Errno::ESRCH.into()),
+            PRLIMIT64 if a0 != 0 && a0 as i32 != self.tgid => Err(Errno::ESRCH.into()),
             PRLIMIT64 => self.prlimit(a1, a3, cx),
             // Time.
             CLOCK_GETTIME => self.clock_gettime(a0 as i32, a1, cx),
@@ -419,7 +451,7 @@ impl Process {
             PAUSE => self.pause(cx),
             RT_SIGSUSPEND => self.sigsuspend(a0, a1, cx),
             RT_SIGTIMEDWAIT => self.sigtimedwait(a0, a1, a2, a3, cx),
-            FUTEX => self.futex(a0, a1, a2, a3, cx),
+            FUTEX => self.futex(call.args, cx),
             // Processes.
             FORK => self.clone_process(call.nr, [libc::SIGCHLD as u64, 0, 0, 0, 0], cx),
             VFORK => {
@@ -434,7 +466,17 @@ impl Process {
             WAIT4 => self.wait4(a0, a1, a2, a3, cx),
             WAITID => self.waitid(a0, a1, a2, a3, cx),
             // The end.
-            EXIT | EXIT_GROUP => Err(SysError::End(Exit::Exited(a0 as i32 & 0xff))),
+            EXIT if self.tree.group_size(self.tgid) > 1 => {
+                self.thread_exit = true; // this thread alone
+                Err(SysError::End(Exit::Exited(a0 as i32 & 0xff)))
+            }
+            EXIT | EXIT_GROUP => {
+                if self.tree.group_size(self.tgid) > 1 {
+                    let status = tree::exited_status(a0 as i32 & 0xff);
+                    self.tree.exit_group(self.tgid, status);
+                }
+                Err(SysError::End(Exit::Exited(a0 as i32 & 0xff)))
+            }
             _ => self.unserved(call.nr),
         }
     }

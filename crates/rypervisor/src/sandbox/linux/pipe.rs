@@ -127,14 +127,16 @@ impl Process {
         let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
         let nonblock = flags & libc::O_NONBLOCK as u64 != 0;
         let end = |write| OpenFile::Pipe(PipeEnd::new(&pipe, write, nonblock));
-        let read = self.files.install_open(end(false), cloexec)?;
-        let write = match self.files.install_open(end(true), cloexec) {
+        let mut files = self.files.lock();
+        let read = files.install_open(end(false), cloexec)?;
+        let write = match files.install_open(end(true), cloexec) {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = self.files.close(read);
+                let _ = files.close(read);
                 return Err(e.into());
             }
         };
+        drop(files);
         let mut both = [0u8; 8];
         both[..4].copy_from_slice(&read.to_le_bytes());
         both[4..].copy_from_slice(&write.to_le_bytes());
@@ -240,7 +242,8 @@ impl Process {
         if end.write {
             if !end.peer_open() {
                 ready |= libc::POLLERR;
-            } else if pending < PIPE_CAPACITY {
+            } else if PIPE_CAPACITY - pending >= PIPE_BUF {
+                // Room for an atomic write, as Linux reports it (not a byte at a time).
                 ready |= events & (libc::POLLOUT | libc::POLLWRNORM);
             }
         } else {

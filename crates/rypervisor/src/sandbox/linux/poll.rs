@@ -31,7 +31,7 @@ impl Process {
             if p.fd < 0 {
                 continue;
             }
-            match self.files.get(p.fd) {
+            match self.file(p.fd).as_ref() {
                 Err(_) => p.revents = libc::POLLNVAL,
                 Ok(OpenFile::Std(n)) => streams.push((
                     i,
@@ -221,13 +221,13 @@ impl Process {
     /// `ioctl(FIONREAD)`: bytes waiting on stdin, or left in a file.
     pub(super) fn fionread(&self, fd: i32, arg: u64, cx: &mut Context<'_>) -> SysResult {
         cx.mem.check(arg, 4)?;
-        let n = match self.files.get(fd)? {
+        let n = match self.file(fd)? {
             OpenFile::Std(0) => cx.host.stdin_pending().map_err(|e| Errno::from_io(&e))?,
             OpenFile::Pipe(end) if !end.write => end.pending(),
             OpenFile::Host(f) => {
                 use std::io::Seek;
                 let size = f.metadata().map_err(|_| Errno::EIO)?.len();
-                let pos = (&**f).stream_position().map_err(|_| Errno::EIO)?;
+                let pos = (&*f).stream_position().map_err(|_| Errno::EIO)?;
                 size.saturating_sub(pos).min(i32::MAX as u64) as usize
             }
             _ => return Err(Errno::ENOTTY.into()),

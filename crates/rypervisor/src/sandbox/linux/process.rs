@@ -56,7 +56,7 @@ impl Process {
         mask: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        if pid != 0 && pid as i32 != self.pid {
+        if pid != 0 && pid as i32 != self.pid && pid as i32 != self.tgid {
             return Err(Errno::ESRCH.into());
         }
         // Linux copies whole longs of its CPU mask and refuses a buffer too small for it.
@@ -144,7 +144,7 @@ impl Process {
                     tv_sec: s,
                     tv_usec: us,
                 };
-                r.0.ru_maxrss = (self.memory.mem_size() / 1024) as i64;
+                r.0.ru_maxrss = (self.mem_size() / 1024) as i64;
             }
             libc::RUSAGE_CHILDREN => {} // it has none
             _ => return Err(Errno::EINVAL.into()),
@@ -156,8 +156,9 @@ impl Process {
     pub(super) fn sysinfo(&mut self, buf: u64, cx: &mut Context<'_>) -> SysResult {
         let mut i = Sysinfo::default();
         i.0.uptime = self.run_time(cx).0;
-        i.0.totalram = self.memory.mem_size();
-        i.0.freeram = self.memory.mem_size().saturating_sub(self.memory.brk());
+        let (size, brk) = (self.mem_size(), self.brk());
+        i.0.totalram = size;
+        i.0.freeram = size.saturating_sub(brk);
         i.0.procs = self.tree.running() as u16;
         i.0.mem_unit = 1;
         cx.mem.write_obj(buf, &i)?;

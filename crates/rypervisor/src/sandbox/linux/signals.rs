@@ -2,7 +2,7 @@
 //! (`rt_sigprocmask`), the alternate stack (`sigaltstack`), what is pending
 //! (`rt_sigpending`), the signals the program sends itself (`kill`, `tkill`, `tgkill`, so
 //! `raise` and `abort`), and SIGALRM from `alarm`/`setitimer(ITIMER_REAL)`; their delivery is
-//! [`super::deliver`]. Also `futex`, where the only thread can never be woken by another.
+//! [`super::deliver`].
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,7 @@ use super::{Context, Errno, Process, SysResult};
 /// Dispositions, the blocked mask, what is pending, the alternate stack and the alarm.
 #[derive(Clone, Debug)]
 pub struct SignalState {
-    actions: BTreeMap<u64, KernelSigaction>,
+    actions: super::shared::Shared<BTreeMap<u64, KernelSigaction>>,
     pub(super) mask: u64,
     /// Bit `n - 1`: signal `n` is pending.
     pub(super) pending: u64,
@@ -30,7 +30,7 @@ pub struct SignalState {
 impl Default for SignalState {
     fn default() -> Self {
         Self {
-            actions: BTreeMap::new(),
+            actions: Default::default(),
             mask: 0,
             pending: 0,
             altstack: (0, libc::SS_DISABLE as u64, 0),
@@ -77,7 +77,7 @@ impl SignalState {
         let previous = self.action(sig as i32);
         if act != 0 {
             let new: KernelSigaction = cx.mem.read_obj(act)?;
-            self.actions.insert(sig, new);
+            self.actions.lock().insert(sig, new);
         }
         if old != 0 {
             cx.mem.write_obj(old, &previous)?;
@@ -112,12 +112,12 @@ impl SignalState {
 impl SignalState {
     /// The disposition of `sig` (SIG_DFL when never set).
     pub(super) fn action(&self, sig: i32) -> KernelSigaction {
-        self.actions.get(&(sig as u64)).copied().unwrap_or_default()
+        (self.actions.lock().get(&(sig as u64)).copied()).unwrap_or_default()
     }
 
     /// Back to SIG_DFL (`SA_RESETHAND`).
     pub(super) fn reset(&mut self, sig: i32) {
-        self.actions.remove(&(sig as u64));
+        self.actions.lock().remove(&(sig as u64));
     }
 
     /// `sigaltstack(new, old)`.
@@ -171,10 +171,21 @@ impl SignalState {
         }
     }
 
+    /// A new thread's: the same handlers (shared), mask and nothing else.
+    pub(super) fn for_thread(&self) -> Self {
+        Self {
+            actions: self.actions.share(),
+            mask: self.mask,
+            ..Self::default()
+        }
+    }
+
     /// After `execve`: handled signals go back to their default (ignored ones stay
     /// ignored), no alternate stack; the mask, what is pending and the alarm stay.
     pub(super) fn exec_reset(&mut self) {
-        self.actions.retain(|_, a| a.handler == 1);
+        // A shared table (other threads, which exec ends) is left to them.
+        self.actions = self.actions.clone(); // a copy of its own
+        self.actions.lock().retain(|_, a| a.handler == 1);
         self.altstack = (0, libc::SS_DISABLE as u64, 0);
     }
 
@@ -351,7 +362,7 @@ impl Process {
         if sig == libc::SIGCHLD as u64 && act != 0 {
             let a = self.signals.action(libc::SIGCHLD);
             let reaps = a.handler == 1 || a.flags & libc::SA_NOCLDWAIT as u64 != 0;
-            self.tree.set_reaps(self.pid, reaps);
+            self.tree.set_reaps(self.tgid, reaps);
         }
         Ok(r)
     }
@@ -366,58 +377,5 @@ impl Process {
         self.signals
             .alarm
             .map(|(at, _)| std::time::Duration::from_nanos(at.saturating_sub(now)))
-    }
-}
-
-/// `futex` operations (`linux/futex.h`; libc exports them only for some targets).
-const FUTEX_WAIT: u64 = 0;
-const FUTEX_WAKE: u64 = 1;
-const FUTEX_WAIT_BITSET: u64 = 9;
-const FUTEX_WAKE_BITSET: u64 = 10;
-/// The operation without FUTEX_PRIVATE_FLAG / FUTEX_CLOCK_REALTIME.
-const FUTEX_CMD_MASK: u64 = 0x7f;
-const FUTEX_CLOCK_REALTIME: u64 = 256;
-
-/// `futex(addr, op, val, timeout)`. The program is the only thread: a wake finds nobody, and
-/// a wait whose value matches can only end by its timeout (ETIMEDOUT after sleeping it: a
-/// relative one for WAIT, an absolute one for WAIT_BITSET) — without one it would wait
-/// forever, which is answered EDEADLK instead of hanging until the time limit.
-impl Process {
-    pub(super) fn futex(
-        &mut self,
-        addr: u64,
-        op: u64,
-        val: u64,
-        timeout: u64,
-        cx: &mut Context<'_>,
-    ) -> SysResult {
-        let cmd = op & FUTEX_CMD_MASK;
-        match cmd {
-            FUTEX_WAKE | FUTEX_WAKE_BITSET => Ok(0),
-            FUTEX_WAIT | FUTEX_WAIT_BITSET => {
-                let v: u32 = cx.mem.read_obj(addr)?;
-                if u64::from(v) != val & 0xffff_ffff {
-                    return Err(Errno::EAGAIN.into());
-                }
-                if timeout == 0 {
-                    return Err(Errno::EDEADLK.into());
-                }
-                let t = super::time::read_timespec(cx, timeout)?;
-                let wait = match cmd {
-                    FUTEX_WAIT => t,
-                    _ => {
-                        let clock = match op & FUTEX_CLOCK_REALTIME {
-                            0 => libc::CLOCK_MONOTONIC,
-                            _ => libc::CLOCK_REALTIME,
-                        };
-                        let (s, n) = cx.host.clock(clock).ok_or(Errno::EINVAL)?;
-                        t.saturating_sub(std::time::Duration::new(s.max(0) as u64, n as u32))
-                    }
-                };
-                self.sleep(wait, cx)?;
-                Err(Errno::ETIMEDOUT.into())
-            }
-            _ => Err(Errno::ENOSYS.into()),
-        }
     }
 }

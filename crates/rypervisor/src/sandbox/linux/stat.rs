@@ -102,12 +102,12 @@ impl Process {
             let m = meta.map_err(|_| Errno::EIO)?;
             Ok((host_stat(&m), Some(m)))
         };
-        let st = match self.files.get(fd)? {
+        let st = match self.file(fd)? {
             OpenFile::Host(f) => return host(f.metadata()),
             OpenFile::Dir(d) => return host(d.file.metadata()),
             // The standard streams as the host has them (a file, a pipe, a terminal); a
             // host that cannot say makes them character devices that are not terminals.
-            OpenFile::Std(n) => match cx.host.stream_stat(*n) {
+            OpenFile::Std(n) => match cx.host.stream_stat(n) {
                 Some(h) => {
                     let kind = h.st_mode & libc::S_IFMT;
                     let mode = kind | (h.st_mode & 0o777);
@@ -117,9 +117,9 @@ impl Process {
                     st.0.st_blksize = h.st_blksize;
                     st
                 }
-                None => made_stat(libc::S_IFCHR | 0o620, 0, 0, 10 + *n as u64),
+                None => made_stat(libc::S_IFCHR | 0o620, 0, 0, 10 + n as u64),
             },
-            OpenFile::Device(d) => device_stat(*d),
+            OpenFile::Device(d) => device_stat(d),
             // A pipe: a FIFO on the pipe file system (device 0:13 on Linux), its inode its
             // buffer's identity.
             OpenFile::Pipe(p) => {
@@ -226,7 +226,7 @@ impl Process {
                 0
             }
             None => {
-                let raw = match self.files.get(fd)? {
+                let raw = match self.file(fd)? {
                     OpenFile::Host(f) => f.as_raw_fd(),
                     OpenFile::Dir(d) => d.file.as_raw_fd(),
                     OpenFile::Std(_) | OpenFile::Device(_) | OpenFile::Pipe(_) => {
@@ -290,7 +290,7 @@ impl Process {
     ) -> SysResult {
         match path {
             None => {
-                self.files.get(fd)?;
+                self.file(fd)?;
             }
             Some(path) => {
                 let name = cx.mem.read_cstr(path, PATH_MAX)?;

@@ -29,8 +29,11 @@ const PID_MAX: i32 = 32768;
 /// Kicks a process's vCPU out of the guest (and its thread out of a blocking host call).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
-/// One process as the tree sees it.
+/// One process, or one thread of a process, as the tree sees it.
 struct Member {
+    /// The thread group (the process) it belongs to: its own pid for a process's first
+    /// thread.
+    tgid: i32,
     ppid: i32,
     pgid: i32,
     sid: i32,
@@ -44,12 +47,17 @@ struct Member {
     vfork: bool,
     /// Its SIGCHLD is ignored (or `SA_NOCLDWAIT`): its children are reaped as they end.
     reaps: bool,
+    /// Its thread group is ending (`exit_group`, a fatal signal): it is to stop.
+    doomed: bool,
+    /// On a group's first thread: the group's wait status once a thread ended it all.
+    group_status: Option<i32>,
     waker: Option<Waker>,
 }
 
 impl Member {
-    fn new(ppid: i32, pgid: i32, sid: i32) -> Self {
+    fn new(tgid: i32, ppid: i32, pgid: i32, sid: i32) -> Self {
         Self {
+            tgid,
             ppid,
             pgid,
             sid,
@@ -58,8 +66,15 @@ impl Member {
             exit_signal: libc::SIGCHLD,
             vfork: false,
             reaps: false,
+            doomed: false,
+            group_status: None,
             waker: None,
         }
+    }
+
+    /// A process (a thread group's first thread), not one of its other threads.
+    fn leads(&self, pid: i32) -> bool {
+        self.tgid == pid
     }
 }
 
@@ -127,7 +142,7 @@ impl Tree {
     /// A tree holding the first program (pid 1, its own group and session), for at most `max`
     /// processes.
     pub fn new(max: usize) -> Arc<Self> {
-        let members = BTreeMap::from([(INIT, Member::new(0, INIT, INIT))]);
+        let members = BTreeMap::from([(INIT, Member::new(INIT, 0, INIT, INIT))]);
         Arc::new(Self {
             state: Mutex::new(State {
                 generation: 0,
@@ -137,7 +152,7 @@ impl Tree {
                 threads: Vec::new(),
             }),
             changed: Condvar::new(),
-            max: max.max(1),
+            max: max.clamp(1, (PID_MAX - 2) as usize),
             deadline: Mutex::new(None),
         })
     }
@@ -210,20 +225,109 @@ impl Tree {
         if s.killed || s.members.len() >= self.max {
             return Err(Errno::EAGAIN);
         }
-        let (pgid, sid) = s
-            .members
-            .get(&parent)
-            .map_or((INIT, INIT), |m| (m.pgid, m.sid));
+        let (pgid, sid, reaps) =
+            (s.members.get(&parent)).map_or((INIT, INIT, false), |m| (m.pgid, m.sid, m.reaps));
+        let pid = Self::free_pid(&mut s);
+        let mut m = Member::new(pid, parent, pgid, sid);
+        m.exit_signal = exit_signal;
+        m.vfork = vfork;
+        m.reaps = reaps; // the child inherits an ignored SIGCHLD
+        s.members.insert(pid, m);
+        Ok(pid)
+    }
+
+    /// The next pid not in use.
+    fn free_pid(s: &mut State) -> i32 {
         let mut pid = s.next_pid;
         while s.members.contains_key(&pid) {
             pid = if pid >= PID_MAX { INIT + 1 } else { pid + 1 };
         }
         s.next_pid = if pid >= PID_MAX { INIT + 1 } else { pid + 1 };
-        let mut m = Member::new(parent, pgid, sid);
-        m.exit_signal = exit_signal;
-        m.vfork = vfork;
-        s.members.insert(pid, m);
-        Ok(pid)
+        pid
+    }
+
+    /// A tid for a new thread of process `tgid` (counted against the limit), or `EAGAIN`.
+    pub fn add_thread(&self, tgid: i32) -> Result<i32, Errno> {
+        let mut s = self.lock();
+        if s.killed || s.members.len() >= self.max {
+            return Err(Errno::EAGAIN);
+        }
+        let leader = s.members.get(&tgid).ok_or(Errno::ESRCH)?;
+        if leader.doomed {
+            return Err(Errno::EAGAIN);
+        }
+        let (ppid, pgid, sid) = (leader.ppid, leader.pgid, leader.sid);
+        let tid = Self::free_pid(&mut s);
+        s.members.insert(tid, Member::new(tgid, ppid, pgid, sid));
+        Ok(tid)
+    }
+
+    /// The threads of process `tgid` still running (its first one included, while it runs).
+    pub fn group_size(&self, tgid: i32) -> usize {
+        let s = self.lock();
+        (s.members.values())
+            .filter(|m| m.tgid == tgid && m.zombie.is_none())
+            .count()
+    }
+
+    /// Thread `tid` (not a group's first) ended by itself: it leaves the tree.
+    pub fn thread_exit(&self, tid: i32) {
+        {
+            let mut s = self.lock();
+            if s.members.get(&tid).is_some_and(|m| !m.leads(tid)) {
+                s.members.remove(&tid);
+            }
+        }
+        self.notify();
+    }
+
+    /// Process `tgid` ends as a whole with wait status `status` (unless something ended it
+    /// already): every thread is doomed and kicked.
+    pub fn exit_group(&self, tgid: i32, status: i32) {
+        let mut s = self.lock();
+        if let Some(leader) = s.members.get_mut(&tgid) {
+            leader.group_status.get_or_insert(status);
+        }
+        let mut wake = Vec::new();
+        for m in s.members.values_mut().filter(|m| m.tgid == tgid) {
+            m.doomed = true;
+            wake.extend(m.waker.clone());
+        }
+        s.generation += 1;
+        drop(s);
+        for w in wake {
+            w();
+        }
+        self.changed.notify_all();
+    }
+
+    /// Every thread of process `tgid` but `keep` is to stop (`execve`).
+    pub fn doom_others(&self, tgid: i32, keep: i32) {
+        let mut s = self.lock();
+        let mut wake = Vec::new();
+        for (pid, m) in s.members.iter_mut().filter(|(_, m)| m.tgid == tgid) {
+            if *pid != keep {
+                m.doomed = true;
+                wake.extend(m.waker.clone());
+            }
+        }
+        s.generation += 1;
+        drop(s);
+        for w in wake {
+            w();
+        }
+        self.changed.notify_all();
+    }
+
+    /// The wait status a thread gave its whole process, if one did.
+    pub fn group_status(&self, tgid: i32) -> Option<i32> {
+        self.lock().members.get(&tgid).and_then(|m| m.group_status)
+    }
+
+    /// Whether `pid` is to stop: the tree ends, or its thread group does.
+    pub fn killed_for(&self, pid: i32) -> bool {
+        let s = self.lock();
+        s.killed || s.members.get(&pid).is_some_and(|m| m.doomed)
     }
 
     /// Takes back a pid whose process could not be built.
@@ -239,9 +343,19 @@ impl Tree {
         }
     }
 
-    /// Keeps a process's VMM thread, to join when the tree ends.
-    pub fn add_thread(&self, thread: JoinHandle<()>) {
-        self.lock().threads.push(thread);
+    /// Keeps a process's VMM thread, to join when the tree ends; the ones that have ended
+    /// are joined now (an unjoined thread keeps its stack mapped).
+    pub fn keep_thread(&self, thread: JoinHandle<()>) {
+        let mut s = self.lock();
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut s.threads)
+            .into_iter()
+            .partition(|t| t.is_finished());
+        s.threads = running;
+        s.threads.push(thread);
+        drop(s);
+        for t in done {
+            let _ = t.join();
+        }
     }
 
     /// Whether `pid`'s SIGCHLD is ignored (its children are reaped as they end).
@@ -276,12 +390,23 @@ impl Tree {
         m.waker = None;
         let (ppid, signal) = (m.ppid, m.exit_signal);
         let orphans: Vec<i32> = (s.members.iter())
-            .filter(|(_, c)| c.ppid == pid)
+            .filter(|(p, c)| c.ppid == pid && c.leads(**p))
             .map(|(p, _)| *p)
             .collect();
+        let init_reaps = s.members.get(&INIT).is_some_and(|m| m.reaps);
         for o in orphans {
+            let zombie = s.members.get(&o).is_some_and(|c| c.zombie.is_some());
+            if zombie && init_reaps {
+                s.members.remove(&o);
+                continue;
+            }
             if let Some(c) = s.members.get_mut(&o) {
                 c.ppid = INIT;
+            }
+            if zombie {
+                if let Some(init) = s.members.get_mut(&INIT) {
+                    init.incoming |= 1 << (libc::SIGCHLD - 1); // a child of init has ended
+                }
             }
         }
         let reaps = s.members.get(&ppid).is_some_and(|p| p.reaps);
@@ -313,7 +438,8 @@ impl Tree {
         let mut s = self.lock();
         let mut any = false;
         let mut found = None;
-        for (pid, m) in s.members.iter().filter(|(_, m)| m.ppid == parent) {
+        let children = (s.members.iter()).filter(|(pid, m)| m.ppid == parent && m.leads(**pid));
+        for (pid, m) in children {
             let named = match target {
                 Target::All => true,
                 Target::Pid(p) => *pid == p,
@@ -351,9 +477,9 @@ impl Tree {
         for (pid, m) in s.members.iter_mut().filter(|(_, m)| m.zombie.is_none()) {
             let named = match target {
                 Target::Pid(p) => *pid == p,
-                Target::Group(g) => m.pgid == g,
+                Target::Group(g) => m.pgid == g && m.leads(*pid),
                 // kill(-1): everyone but init and the caller.
-                Target::All => *pid != INIT || from == INIT,
+                Target::All => m.leads(*pid) && *pid != INIT && *pid != from,
             };
             if !named {
                 continue;
@@ -385,19 +511,22 @@ impl Tree {
     /// The signals others sent `pid` since the last call (and SIGKILL once the tree is killed).
     pub fn take_incoming(&self, pid: i32) -> u64 {
         let mut s = self.lock();
-        let killed = if s.killed {
-            1 << (libc::SIGKILL - 1)
-        } else {
-            0
-        };
+        let mut killed = s.killed;
         let m = s.members.get_mut(&pid);
-        m.map_or(0, |m| std::mem::take(&mut m.incoming)) | killed
+        let bits = m.map_or(0, |m| {
+            killed |= m.doomed;
+            std::mem::take(&mut m.incoming)
+        });
+        bits | if killed { 1 << (libc::SIGKILL - 1) } else { 0 }
     }
 
     /// Whether signals wait for `pid` (without taking them).
     pub fn has_incoming(&self, pid: i32) -> bool {
         let s = self.lock();
-        s.killed || s.members.get(&pid).is_some_and(|m| m.incoming != 0)
+        s.killed
+            || s.members
+                .get(&pid)
+                .is_some_and(|m| m.incoming != 0 || m.doomed)
     }
 
     /// Whether the tree is ending.
@@ -508,10 +637,9 @@ impl Tree {
 
     /// Live (not ended) processes.
     pub fn running(&self) -> usize {
-        self.lock()
-            .members
-            .values()
-            .filter(|m| m.zombie.is_none())
+        let s = self.lock();
+        (s.members.iter())
+            .filter(|(pid, m)| m.zombie.is_none() && m.leads(**pid))
             .count()
     }
 }
@@ -567,11 +695,47 @@ mod tests {
         assert_eq!(t.send(a, Target::Pid(a), libc::SIGUSR1), Ok(true));
         assert_eq!(t.take_incoming(a), 0, "the caller serves its own");
         assert_eq!(t.send(a, Target::Pid(999), 0), Err(Errno::ESRCH));
-        assert_eq!(t.send(a, Target::All, libc::SIGHUP), Ok(true));
+        assert_eq!(
+            t.send(a, Target::All, libc::SIGHUP),
+            Ok(false),
+            "not the caller"
+        );
         assert_eq!(t.take_incoming(INIT), 0, "kill(-1) spares init");
+        assert_eq!(t.take_incoming(b), 1 << (libc::SIGHUP - 1));
         assert_eq!(t.setsid(b), Ok(b));
         assert_eq!(t.setsid(a), Err(Errno::EPERM), "a group leader");
         assert_eq!((t.pgid(b), t.sid(b)), (Ok(b), Ok(b)));
+    }
+
+    #[test]
+    fn threads_count_against_the_limit_and_end_with_their_group() {
+        let t = Tree::new(4);
+        let a = t.add_child(INIT, 17, false).unwrap();
+        let t1 = t.add_thread(a).unwrap();
+        let t2 = t.add_thread(a).unwrap();
+        assert_eq!(
+            t.add_thread(a),
+            Err(Errno::EAGAIN),
+            "init, a and two threads"
+        );
+        assert_eq!(t.group_size(a), 3);
+        assert_eq!(t.running(), 2, "threads are not processes");
+        assert_eq!(t.ppid(t1), INIT, "a thread's parent is its process's");
+        t.thread_exit(t1);
+        assert_eq!(t.group_size(a), 2);
+        assert!(!t.killed_for(t2));
+        t.exit_group(a, signaled_status(libc::SIGSEGV));
+        t.exit_group(a, exited_status(0));
+        assert!(t.killed_for(t2) && t.killed_for(a));
+        assert_eq!(t.group_status(a), Some(11), "the first reason stays");
+        assert_ne!(t.take_incoming(t2) & (1 << 8), 0);
+        assert!(!t.killed_for(INIT));
+        assert_eq!(t.send(INIT, Target::All, libc::SIGTERM), Ok(false));
+        assert_eq!(
+            t.take_incoming(t2) & (1 << 14),
+            0,
+            "kill(-1) goes to processes"
+        );
     }
 
     #[test]

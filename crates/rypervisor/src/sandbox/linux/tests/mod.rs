@@ -168,11 +168,16 @@ fn denied_calls_and_strict_mode() {
         -38,
         "the C library falls back to clone"
     );
-    let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+    let shared = libc::CLONE_VM as u64;
     assert_eq!(
-        r.ret(nr::CLONE, &[thread, BUF, 0, 0, 0]),
+        r.ret(nr::CLONE, &[shared, BUF, 0, 0, 0]),
         -38,
-        "threads: not yet"
+        "CLONE_VM alone"
+    );
+    let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+    assert!(
+        matches!(r.call(nr::CLONE, &[thread, BUF, 0, 0, 0]), Next::Vm(VmRequest::Fork(s)) if s.thread),
+        "a thread: for the run loop to start"
     );
     assert_eq!(r.ret(9999, &[]), -38);
     r.mem.write(BUF, b"/etc/passwd\0").unwrap();
@@ -181,7 +186,7 @@ fn denied_calls_and_strict_mode() {
         -13,
         "EACCES"
     );
-    assert_eq!(r.process.stats.denied, 3, "ptrace, a thread, 9999");
+    assert_eq!(r.process.stats.denied, 3, "ptrace, CLONE_VM alone, 9999");
     r.process.policy_mut().strict = true;
     assert_eq!(
         r.call(nr::PTRACE, &[0, 0, 0]),
@@ -420,11 +425,20 @@ fn a_futex_wait_with_a_timeout_times_out() {
         "no timeout, no waker"
     );
     assert_eq!(
-        r.ret(nr::FUTEX, &[BUF, 9, 5, ts]),
+        r.ret(nr::FUTEX, &[BUF, 9, 5, ts, 0, u64::from(u32::MAX)]),
         e(libc::ETIMEDOUT),
         "an absolute deadline past"
     );
-    assert_eq!(r.ret(nr::FUTEX, &[BUF, 10, 1, 0]), 0);
+    assert_eq!(
+        r.ret(nr::FUTEX, &[BUF, 9, 5, ts, 0, 0]),
+        e(libc::EINVAL),
+        "no bits"
+    );
+    assert_eq!(
+        r.ret(nr::FUTEX, &[BUF, 10, 1, 0, 0, 1]),
+        0,
+        "nobody to wake"
+    );
 }
 
 mod fs;
