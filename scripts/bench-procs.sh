@@ -5,8 +5,9 @@
 #   - fork + _exit + waitpid, and fork + execve(static hello) + waitpid: microseconds per
 #     round trip, as the program itself measures them (forkbench.c);
 #   - `seq 100000 | sort -n | tail -1` under busybox sh: wall time of the whole run;
-#   - the VMM's resident memory per extra process: RSS with 32 children waiting on a pipe,
-#     minus RSS with none, over 32.
+#   - pthread_create + pthread_join (a vCPU in the same VM);
+#   - the VMM's resident memory per extra process and per extra thread: RSS with 32 children
+#     (threads) waiting on a pipe, minus RSS with none, over 32.
 #
 # Usage: scripts/bench-procs.sh [ROUNDS]     (default 7)
 set -euo pipefail
@@ -16,7 +17,7 @@ cargo build -q --release -p rypervisor-cli
 work="$(mktemp -d "${TMPDIR:-/tmp}/rypervisor-procs.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 for p in forkbench hello; do
-  gcc -static -O2 -o "$work/$p" "crates/rypervisor/tests/programs/$p.c"
+  gcc -static -pthread -O2 -o "$work/$p" "crates/rypervisor/tests/programs/$p.c"
 done
 python3 - "$rounds" "$PWD/target/release/rypervisor" "$work" <<'PY'
 import shutil, statistics, subprocess, sys, time
@@ -34,6 +35,7 @@ def runners(cmd):
 inner = {  # the program reports µs per round trip
     "fork+exit+wait": [fb, "fork", "200"],
     "fork+exec+wait (static hello)": [fb, "exec", "100", hello],
+    "pthread_create+join": [fb, "thread", "200"],
 }
 wall = {"sh: seq 100000 | sort -n | tail -1": [bb, "sh", "-c", "seq 100000 | sort -n | tail -1"]}
 times = {}
@@ -61,8 +63,8 @@ def rss_kib(pid):
         if line.startswith("VmRSS:"):
             total = int(line.split()[1])
     return total
-def held(n):
-    p = subprocess.Popen([rv, "exec", "--max-procs", "64", "--", fb, "hold", str(n)],
+def held(n, mode="hold"):
+    p = subprocess.Popen([rv, "exec", "--max-procs", "64", "--", fb, mode, str(n)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == f"holding {n}"
     time.sleep(0.3)
@@ -71,4 +73,6 @@ def held(n):
     return kib
 none, many = statistics.median(held(0) for _ in range(3)), statistics.median(held(32) for _ in range(3))
 print(f"VMM RSS: {none} KiB with no child, {many} KiB with 32: {(many - none) / 32:.0f} KiB per process")
+threads = statistics.median(held(32, "hold-threads") for _ in range(3))
+print(f"VMM RSS: {threads} KiB with 32 threads: {(threads - none) / 32:.0f} KiB per thread")
 PY

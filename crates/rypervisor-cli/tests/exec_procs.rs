@@ -54,7 +54,7 @@ fn process_calls_behave_as_natively() {
         let prog = program("procs", libc);
         let dir = prog.parent().unwrap();
         let p = path_str(&prog);
-        for mode in ["basic", "exec", "signals", "pipes"] {
+        for mode in ["basic", "exec", "signals", "pipes", "epoll"] {
             let (want, want_status) = native(p, &[mode], dir);
             let allow = ["--allow-read", path_str(dir), "--cwd", path_str(dir)];
             let (got, status, stderr) = sandboxed(&allow, p, &[mode]);
@@ -82,6 +82,14 @@ fn process_calls_behave_as_natively() {
         }
         let (out, _) = native(p, &["pipes"], dir);
         assert!(out.contains("records whole 256 torn 0"), "{libc:?}: {out}");
+        let (out, _) = native(p, &["epoll"], dir);
+        for line in [
+            "ready: 1 events 0x1 data 42",
+            "oneshot: 1 then 0",
+            "a file: -1 Operation",
+        ] {
+            assert!(out.contains(line), "{libc:?}: {line} in {out}");
+        }
     }
 }
 

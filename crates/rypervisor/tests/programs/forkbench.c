@@ -1,7 +1,9 @@
 /* Process benchmarks: `forkbench fork N` times N fork + _exit + waitpid round trips,
- * `forkbench exec N PROG` N fork + execve(PROG) + waitpid, `forkbench hold N` starts N
- * children that wait on a pipe (for measuring the memory each costs), then ends them.
- * Prints microseconds per round trip (or "holding N" and waits for a line on stdin). */
+ * `forkbench exec N PROG` N fork + execve(PROG) + waitpid, `forkbench thread N` N
+ * pthread_create + pthread_join; `forkbench hold N` and `forkbench hold-threads N` start N
+ * children (or threads) that wait on a pipe (for measuring the memory each costs), then end
+ * them. Prints microseconds per round trip (or "holding N" and waits for a line on stdin). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +19,51 @@ static double now_us(void) {
     return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
 }
 
+static int hold_fd;
+static void *held(void *arg) {
+    char c;
+    (void)arg;
+    read(hold_fd, &c, 1);
+    return 0;
+}
+static void *nothing(void *arg) { return arg; }
+
 int main(int argc, char **argv) {
     if (argc < 3)
         return 2;
     int n = atoi(argv[2]), st;
+    if (n < 0 || n > 4096)
+        return 2;
+    if (!strcmp(argv[1], "hold-threads")) {
+        int fds[2];
+        pthread_t t[4096];
+        pthread_attr_t a;
+        pipe(fds);
+        hold_fd = fds[0];
+        pthread_attr_init(&a);
+        pthread_attr_setstacksize(&a, 64 << 10);
+        for (int i = 0; i < n; i++)
+            if (pthread_create(&t[i], &a, held, 0))
+                return 1;
+        printf("holding %d\n", n);
+        fflush(stdout);
+        char line[8];
+        fgets(line, sizeof line, stdin);
+        close(fds[1]); /* every reader sees EOF */
+        for (int i = 0; i < n; i++)
+            pthread_join(t[i], 0);
+        return 0;
+    }
+    if (!strcmp(argv[1], "thread")) {
+        double t0 = now_us();
+        for (int i = 0; i < n; i++) {
+            pthread_t t;
+            if (pthread_create(&t, 0, nothing, 0) || pthread_join(t, 0))
+                return 1;
+        }
+        printf("%.1f\n", (now_us() - t0) / n);
+        return 0;
+    }
     if (!strcmp(argv[1], "hold")) {
         int fds[2];
         pipe(fds);

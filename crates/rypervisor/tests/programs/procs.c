@@ -6,18 +6,22 @@
  *   procs exec             execve of itself ("report"), close-on-exec, posix_spawn, vfork
  *   procs signals          kill across processes (a spinning child too), SIGCHLD, SA_RESTART
  *   procs pipes            PIPE_BUF atomicity between writers, EOF, SIGPIPE and EPIPE
+ *   procs epoll            epoll over a pipe another process writes: create, ctl, wait,
+ *                          EPOLLONESHOT, a file refused
  *   procs bomb             fork until it fails: how many, and why
- *   procs quiet            children, pipes, an exec and a posix_spawn, printing nothing:
+ *   procs quiet            a thread, children, pipes, an exec and a posix_spawn, printing nothing:
  *                          status 0 if all went as on Linux
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -303,6 +307,37 @@ static int pipes_mode(void) {
     return 0;
 }
 
+static int epoll_mode(void) {
+    int ep = epoll_create1(EPOLL_CLOEXEC), p[2];
+    pipe(p);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42}, out[4];
+    printf("ctl add: %d\n", epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev));
+    int f = open("/dev/null", O_RDONLY);
+    errno = 0;
+    int r = epoll_ctl(ep, EPOLL_CTL_ADD, f, &ev);
+    printf("a file: %d %s\n", r, strerror(errno));
+    errno = 0;
+    r = epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev);
+    printf("again: %d %s\n", r, strerror(errno));
+    printf("nothing yet: %d\n", epoll_wait(ep, out, 4, 50));
+    if (fork() == 0) {
+        nap(100);
+        write(p[1], "x", 1);
+        _exit(0);
+    }
+    int n = epoll_wait(ep, out, 4, 5000);
+    printf("ready: %d events %#x data %llu\n", n, n > 0 ? out[0].events : 0,
+           n > 0 ? (unsigned long long)out[0].data.u64 : 0ULL);
+    wait(0);
+    ev.events = EPOLLIN | EPOLLONESHOT;
+    printf("mod: %d\n", epoll_ctl(ep, EPOLL_CTL_MOD, p[0], &ev));
+    int first = epoll_wait(ep, out, 4, 0);
+    int second = epoll_wait(ep, out, 4, 0);
+    printf("oneshot: %d then %d\n", first, second);
+    printf("del: %d\n", epoll_ctl(ep, EPOLL_CTL_DEL, p[0], 0));
+    return 0;
+}
+
 static int bomb(void) {
     int n = 0;
     for (;;) {
@@ -321,8 +356,16 @@ static int bomb(void) {
     return 0;
 }
 
+static void *quiet_thread(void *arg) {
+    return (void *)((long)arg + 1);
+}
+
 static int quiet(void) {
     int ok = 1, st, fds[2];
+    pthread_t t;
+    void *r = 0;
+    ok &= pthread_create(&t, 0, quiet_thread, (void *)41) == 0 && pthread_join(t, &r) == 0;
+    ok &= (long)r == 42;
     for (int i = 0; i < 4; i++) {
         pipe(fds);
         pid_t pid = fork();
@@ -370,6 +413,8 @@ int main(int argc, char **argv) {
         return pipes_mode();
     if (!strcmp(mode, "bomb"))
         return bomb();
+    if (!strcmp(mode, "epoll"))
+        return epoll_mode();
     if (!strcmp(mode, "quiet"))
         return quiet();
     return 2;

@@ -31,6 +31,8 @@ pub enum OpenFile {
     Dir(Arc<Directory>),
     /// One end of a pipe (an open file description: duplicates and children share it).
     Pipe(Arc<PipeEnd>),
+    /// An epoll instance.
+    Epoll(Arc<super::epoll::Epoll>),
 }
 
 /// An open directory: the host's descriptor (its listing position is the kernel's) and its
@@ -51,6 +53,7 @@ impl OpenFile {
             OpenFile::Host(f) => Some(Arc::as_ptr(f).cast()),
             OpenFile::Dir(d) => Some(Arc::as_ptr(d).cast()),
             OpenFile::Pipe(p) => Some(Arc::as_ptr(&p.pipe).cast()),
+            OpenFile::Epoll(e) => Some(Arc::as_ptr(e).cast()),
             OpenFile::Std(_) | OpenFile::Device(_) => None,
         }
     }
@@ -284,7 +287,7 @@ impl FdTable {
                     mode | if p.nonblock() { libc::O_NONBLOCK } else { 0 }
                 }
                 OpenFile::Std(1) | OpenFile::Std(2) => libc::O_WRONLY,
-                OpenFile::Device(_) => libc::O_RDWR,
+                OpenFile::Device(_) | OpenFile::Epoll(_) => libc::O_RDWR,
                 OpenFile::Dir(_) => libc::O_RDONLY | libc::O_DIRECTORY,
                 _ => libc::O_RDONLY,
             })),

@@ -58,7 +58,9 @@ impl Process {
             OpenFile::Host(f) => Ok(HostFile::File(f)),
             OpenFile::Dir(d) if dirs => Ok(HostFile::Dir(d)),
             OpenFile::Dir(_) => Err(Errno::EISDIR),
-            OpenFile::Std(_) | OpenFile::Device(_) | OpenFile::Pipe(_) => Err(Errno::ESPIPE),
+            OpenFile::Std(_) | OpenFile::Device(_) | OpenFile::Pipe(_) | OpenFile::Epoll(_) => {
+                Err(Errno::ESPIPE)
+            }
         }
     }
 
@@ -162,6 +164,7 @@ impl Process {
             OpenFile::Std(_) => Err(Errno::EBADF.into()),
             OpenFile::Host(f) => (&*f).read(data).map_err(|e| Errno::from_io(&e).into()),
             OpenFile::Dir(_) => Err(Errno::EISDIR.into()),
+            OpenFile::Epoll(_) => Err(Errno::EINVAL.into()),
             OpenFile::Pipe(end) => self.pipe_read(&end.clone(), data, cx),
             OpenFile::Device(Device::Null) => Ok(0),
             OpenFile::Device(Device::Zero) => {

@@ -23,6 +23,7 @@ pub mod block;
 pub mod children;
 pub mod deliver;
 pub mod dirs;
+pub mod epoll;
 pub mod errno;
 pub mod exec;
 pub mod fdtable;
@@ -355,6 +356,12 @@ impl Process {
             PIPE => self.pipe(a0, 0, cx),
             PIPE2 => self.pipe(a0, a1, cx),
             POLL => self.poll(a0, a1, poll::poll_timeout(a2), cx),
+            EPOLL_CREATE if a0 as i32 > 0 => self.epoll_create(0),
+            EPOLL_CREATE => Err(Errno::EINVAL.into()),
+            EPOLL_CREATE1 => self.epoll_create(a0),
+            EPOLL_CTL => self.epoll_ctl(fd, a1, a2 as i32, a3, cx),
+            EPOLL_WAIT | EPOLL_PWAIT => self.epoll_wait(fd, a1, a2, poll::poll_timeout(a3), cx),
+            EPOLL_PWAIT2 => self.epoll_wait(fd, a1, a2, poll::timespec_timeout(a3, cx)?, cx),
             PPOLL => self.poll(a0, a1, poll::timespec_timeout(a2, cx)?, cx),
             SELECT => self.select(a0, [a1, a2, a3], poll::timeval_timeout(a4, cx)?, cx),
             PSELECT6 => self.select(a0, [a1, a2, a3], poll::timespec_timeout(a4, cx)?, cx),

@@ -53,7 +53,7 @@ impl Process {
     }
 
     /// The shared part: `fds` in, their `revents` out; `timeout` None waits without end.
-    fn wait_ready(
+    pub(super) fn wait_ready(
         &mut self,
         fds: &mut [libc::pollfd],
         timeout: Option<Duration>,

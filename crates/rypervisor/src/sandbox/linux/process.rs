@@ -48,7 +48,8 @@ impl Default for ProcessState {
 }
 
 impl Process {
-    /// `sched_getaffinity`: CPU 0 only (the sandbox has one vCPU); the size written.
+    /// `sched_getaffinity`: CPU 0 only (threads are vCPUs the host schedules; a program told
+    /// of one CPU does not size itself by the host); the size written.
     pub(super) fn getaffinity(
         &self,
         pid: u64,

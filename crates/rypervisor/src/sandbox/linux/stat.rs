@@ -120,6 +120,13 @@ impl Process {
                 None => made_stat(libc::S_IFCHR | 0o620, 0, 0, 10 + n as u64),
             },
             OpenFile::Device(d) => device_stat(d),
+            // An epoll instance: an anonymous inode (device 0:14 on Linux).
+            OpenFile::Epoll(e) => {
+                let ino = std::sync::Arc::as_ptr(&e) as u64 >> 4;
+                let mut st = made_stat(0o600, 0, 0, ino);
+                st.0.st_dev = libc::makedev(0, 14);
+                st
+            }
             // A pipe: a FIFO on the pipe file system (device 0:13 on Linux), its inode its
             // buffer's identity.
             OpenFile::Pipe(p) => {
@@ -229,9 +236,10 @@ impl Process {
                 let raw = match self.file(fd)? {
                     OpenFile::Host(f) => f.as_raw_fd(),
                     OpenFile::Dir(d) => d.file.as_raw_fd(),
-                    OpenFile::Std(_) | OpenFile::Device(_) | OpenFile::Pipe(_) => {
-                        return Err(Errno::ENOSYS.into())
-                    }
+                    OpenFile::Std(_)
+                    | OpenFile::Device(_)
+                    | OpenFile::Pipe(_)
+                    | OpenFile::Epoll(_) => return Err(Errno::ENOSYS.into()),
                 };
                 // SAFETY: an open descriptor of ours and a live statfs for the kernel to fill.
                 unsafe { libc::fstatfs(raw, &mut out.0) }
