@@ -1,7 +1,8 @@
 //! `rypervisor exec` running process trees: every process its own micro-VM. The C program
 //! `procs` (glibc and musl) is compared with the same program run natively, mode by mode;
 //! shells run pipelines, command substitution, background jobs, traps and scripts, compared
-//! with the same shell natively; a fork bomb meets `--max-procs`; `--timeout` ends a tree.
+//! with the same shell natively; threads; CPU exceptions to handlers; a fork bomb meets
+//! `--max-procs`; `--timeout` ends a tree.
 
 mod common;
 #[path = "../../rypervisor/tests/support/mod.rs"]
@@ -34,7 +35,10 @@ fn native(prog: &str, args: &[&str], dir: &Path) -> (String, i32) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (text, out.status.code().unwrap_or(-1))
+    // Killed by a signal: the status a shell shows (and rypervisor exits with).
+    use std::os::unix::process::ExitStatusExt;
+    let status = (out.status.code()).unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+    (text, status)
 }
 
 fn sandboxed(flags: &[&str], prog: &str, args: &[&str]) -> (String, i32, String) {
@@ -121,6 +125,31 @@ fn threads_are_vcpus_of_one_vm() {
             ("pthread_create failed\n", 1),
             "{libc:?}"
         );
+    }
+}
+
+#[test]
+fn cpu_exceptions_reach_the_program_s_handlers() {
+    for libc in support::libcs() {
+        let prog = program("faults", libc);
+        let p = path_str(&prog);
+        let (want, want_status) = native(p, &[], prog.parent().unwrap());
+        for line in [
+            // (musl names SIGFPE "Arithmetic exception")
+            "page fault: Segmentation fault code 1 (SEGV_MAPERR 1) addr 0x10 1 trapno 14",
+            " exception code 1 (FPE_INTDIV 1) trapno 0",
+            "ud2: Illegal instruction code 2 (ILL_ILLOPN 2) trapno 6",
+        ] {
+            assert!(want.contains(line), "{libc:?}: {line} in {want}");
+        }
+        let (got, status, stderr) = sandboxed(&[], p, &[]);
+        assert_eq!(
+            (got.as_str(), status),
+            (want.as_str(), want_status),
+            "{libc:?}: {stderr}"
+        );
+        assert_eq!(status, 139, "blocked, the last fault ends it");
+        assert!(stderr.contains("killed by SIGSEGV"), "{stderr}");
     }
 }
 

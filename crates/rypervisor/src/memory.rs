@@ -310,21 +310,13 @@ impl GuestRam {
                 }
                 let start = self.base + at + first as u64 * PAGE_SIZE;
                 let bytes = (page - first) * PAGE_SIZE as usize;
-                let src = other
-                    .mem
-                    .get_slice(GuestAddress(start), bytes)
-                    .map_err(|_| MemoryError::OutOfRange {
-                        addr: start,
-                        len: bytes,
-                    })?;
-                let dst = self
-                    .mem
-                    .get_slice(GuestAddress(start), bytes)
-                    .map_err(|_| MemoryError::OutOfRange {
-                        addr: start,
-                        len: bytes,
-                    })?;
-                src.copy_to_volatile_slice(dst);
+                let out_of_range = |_| MemoryError::OutOfRange {
+                    addr: start,
+                    len: bytes,
+                };
+                let at = GuestAddress(start);
+                let src = other.mem.get_slice(at, bytes).map_err(out_of_range)?;
+                src.copy_to_volatile_slice(self.mem.get_slice(at, bytes).map_err(out_of_range)?);
                 copied += bytes as u64;
             }
             at += len;

@@ -228,7 +228,10 @@ impl Machine {
             UserMemory::copy_of(parent_mem, kvm.pagemap.as_ref())?.0
         };
         vm.register_ram_with(mem.ram(), 0, true)?;
-        let mut vcpu = create_vcpu(&vm, &kvm.cpuid, &mem)?;
+        // The tables are in the memory (copied, or shared: then other vCPUs of the parent
+        // may be running on them, so they are never rewritten); the parent's segment
+        // registers point at them.
+        let mut vcpu = new_vcpu(&vm.fd, &kvm.cpuid, 0)?;
         copy_cpu(kvm, parent, &mut vcpu, (regs, sregs))?;
         Ok(Self {
             vcpu,
@@ -254,6 +257,20 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// A new thread on the vCPU of a thread that ended (KVM frees a vCPU only with its VM,
+    /// so vCPUs are reused, not made anew for every thread): its creator's state.
+    pub fn reuse_vcpu(
+        kvm: &Kvm,
+        vcpu: &mut Vcpu,
+        parent: &Vcpu,
+        (regs, sregs): (&kvm_regs, &kvm_sregs),
+    ) -> Result<(), SandboxError> {
+        let _deferred = crate::vcpu::kick::Deferred::new();
+        copy_cpu(kvm, parent, vcpu, (regs, sregs))
+    }
+}
+
 /// `parent`'s state on `vcpu`: segments and tables, registers, FPU, the FS/GS bases and TSC.
 fn copy_cpu(
     kvm: &Kvm,
@@ -261,8 +278,9 @@ fn copy_cpu(
     vcpu: &mut Vcpu,
     (regs, sregs): (&kvm_regs, &kvm_sregs),
 ) -> Result<(), SandboxError> {
-    vcpu.fd().set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
-    vcpu.fd().set_regs(regs).map_err(ioctl("KVM_SET_REGS"))?;
+    // Through kvm_run where a reused vCPU already syncs its registers there.
+    vcpu.set_sregs(sregs)?;
+    vcpu.set_regs(regs)?;
     let fpu = parent.fd().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
     // SAFETY: the buffer came from KVM_GET_XSAVE on a vCPU of the same KVM, with the same
     // CPUID and XCR0.

@@ -29,6 +29,7 @@
 
 pub mod builder;
 pub mod exit;
+pub mod handlers;
 pub mod host;
 pub mod layout;
 pub mod linux;

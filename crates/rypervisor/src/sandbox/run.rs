@@ -10,10 +10,12 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VmFd;
 
 use super::exit::{Exit, Fault};
+use super::handlers::{user_regs, SYSRET_RFLAGS};
 use super::host::{BufferHost, Host};
 use super::layout;
 use super::linux::block::ERESTARTSYS;
-use super::linux::sigframe::{self, HandlerEntry, UserRegs};
+
+use super::linux::shared::Shared;
 use super::linux::trace::{self, TraceSink};
 use super::linux::{Context, Next, Process, SyscallArgs, SyscallStats};
 use super::machine::{Kvm, Machine};
@@ -62,6 +64,8 @@ pub struct Sandbox {
     pub(super) vm: Arc<VmFd>,
     /// The next vCPU id in this VM.
     pub(super) next_vcpu: Arc<std::sync::atomic::AtomicU64>,
+    /// The vCPUs of this VM's threads that ended, for new threads to reuse.
+    pub(super) spare_vcpus: Arc<std::sync::Mutex<Vec<Vcpu>>>,
     pub(super) mem: UserMemory,
     /// `/dev/kvm`, shared with the tree's other micro-VMs.
     pub(super) kvm: Arc<Kvm>,
@@ -86,9 +90,12 @@ pub struct Sandbox {
     pub(super) sregs_touched: bool,
     build_time: Duration,
     /// The vDSO's time page.
-    pub(super) clock: TimeKeeper,
+    pub(super) clock: Shared<TimeKeeper>,
     /// This thread as the tree kicks it (while it runs).
     pub(super) waker: Option<ThreadWaker>,
+    /// Whether this sandbox re-bases the vDSO's time page: one writer per page, so not a
+    /// process's other threads, nor a `vfork` child on its parent's memory (until it execs).
+    pub(super) keeps_time: bool,
     /// The process ended while the VMM served a call that cannot say so itself (a `vfork`
     /// parent's wait).
     pub(super) pending_end: Option<Exit>,
@@ -122,36 +129,6 @@ fn is_stdin_read(call: &SyscallArgs) -> bool {
 /// Sandbox ids.
 static NEXT_SANDBOX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Signal handlers running at once whose FPU state is kept (deeper: the oldest is dropped).
-const MAX_NESTED_HANDLERS: usize = 64;
-
-/// The program's registers after its system call returned `value` (what `sysret` gives it).
-fn user_regs(r: &kvm_regs, value: i64) -> UserRegs {
-    UserRegs {
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-        rdi: r.rdi,
-        rsi: r.rsi,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        rdx: r.rdx,
-        rax: value as u64,
-        rcx: r.rcx,
-        rsp: r.rsp,
-        rip: r.rcx,
-        rflags: (r.r11 & SYSRET_RFLAGS) | crate::arch::rflags::FIXED,
-    }
-}
-
-/// RFLAGS bits `sysret` restores from R11 (it clears RF and VM, and bit 1 is always set).
-const SYSRET_RFLAGS: u64 = 0x3c_7fd7;
-
 impl Sandbox {
     pub(super) fn new(
         name: String,
@@ -172,6 +149,7 @@ impl Sandbox {
             vcpu,
             vm,
             next_vcpu: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            spare_vcpus: Arc::default(),
             mem,
             kvm,
             tsc_clock,
@@ -187,8 +165,9 @@ impl Sandbox {
             baseline: None,
             sregs_touched: false,
             build_time,
-            clock,
+            clock: Shared::new(clock),
             waker: None,
+            keeps_time: true,
             pending_end: None,
             fpu_saved: Vec::new(),
         }
@@ -218,7 +197,7 @@ impl Sandbox {
                     vcpu,
                     vm: self.vm.clone(),
                     mem: self.mem.share(),
-                    clock: self.clock.clone(),
+                    clock: self.clock.lock().clone(),
                 },
                 self.tsc_clock,
             ),
@@ -228,7 +207,10 @@ impl Sandbox {
             Duration::ZERO,
         );
         t.next_vcpu = self.next_vcpu.clone();
+        t.spare_vcpus = self.spare_vcpus.clone();
+        t.clock = self.clock.share(); // one keeper for the page they share
         t.sregs_touched = true;
+        t.keeps_time = false; // the first thread keeps the page they share
         t
     }
 
@@ -242,12 +224,14 @@ impl Sandbox {
         } = machine;
         self.vcpu = vcpu;
         self.vm = vm;
+        self.clock = Shared::new(clock);
         self.next_vcpu = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        self.spare_vcpus = Arc::default();
         self.mem = mem;
-        self.clock = clock;
         self.fpu_saved.clear();
         self.baseline = None;
         self.sregs_touched = true;
+        self.keeps_time = true; // a machine of its own
     }
 
     /// Runs `f` with the process and a [`Context`] for it.
@@ -261,7 +245,8 @@ impl Sandbox {
             None => self.process.tree().remaining(),
         };
         let (vcpu, clock) = (&self.vcpu, &self.clock);
-        let vdso_clock = move |c: i32| clock.read(c, || vcpu.get_msr(layout::msr::TSC).ok());
+        let vdso_clock =
+            move |c: i32| (clock.lock()).read(c, || vcpu.get_msr(layout::msr::TSC).ok());
         let mut cx = Context {
             mem: &mut self.mem,
             host,
@@ -373,6 +358,12 @@ impl Sandbox {
                 ExitAction::Kicked if tree.killed_for(self.process.pid()) => {
                     break Paused::Ended(Exit::Signaled(libc::SIGKILL))
                 }
+                // A CPU exception at an IDT stub: the program's handler for its signal, if
+                // it has one; else its end.
+                ExitAction::Stop(Stop::Halted) => match self.fault_to_handler(host)? {
+                    Some(exit) => break Paused::Ended(exit),
+                    None => continue,
+                },
                 ExitAction::Kicked => {
                     // Kicked by a signal another process sent: delivered where the program is.
                     if tree.has_incoming(self.process.pid()) {
@@ -527,133 +518,32 @@ impl Sandbox {
         Ok(None)
     }
 
-    /// A signal another process sent arrived while the program ran (its vCPU was kicked):
-    /// delivered at the instruction it stopped at, as Linux delivers on an interrupt. In the
-    /// CPL0 system-call stub (hardware) it waits for the call's return instead.
-    fn deliver_async(&mut self, host: &mut dyn Host) -> Result<Option<Exit>, SandboxError> {
-        let (regs, sregs) = self.vcpu.state()?;
-        let kernel = layout::is_kernel_cs(&sregs);
-        // In the CPL0 stub before its `out`: the call's exit comes next and delivers.
-        if kernel && regs.rip != layout::STUB_SYSRET {
-            return Ok(None);
-        }
-        let r = &regs;
-        let mut now = UserRegs {
-            r8: r.r8,
-            r9: r.r9,
-            r10: r.r10,
-            r11: r.r11,
-            r12: r.r12,
-            r13: r.r13,
-            r14: r.r14,
-            r15: r.r15,
-            rdi: r.rdi,
-            rsi: r.rsi,
-            rbp: r.rbp,
-            rbx: r.rbx,
-            rdx: r.rdx,
-            rax: r.rax,
-            rcx: r.rcx,
-            rsp: r.rsp,
-            rip: r.rip,
-            rflags: r.rflags,
-        };
-        if kernel {
-            // At the stub's `sysretq`: where it would return to, then deliver there.
-            now.rip = r.rcx;
-            now.rflags = (r.r11 & SYSRET_RFLAGS) | crate::arch::rflags::FIXED;
-        }
-        match self.with_context(host, |p, cx| p.deliver(&now, cx)) {
-            Ok(None) if kernel => {
-                self.resume(&now, regs, &sregs)?;
-                Ok(None)
-            }
-            Ok(None) => Ok(None),
-            Ok(Some(e)) => self.enter_handler(&e, &now, regs, &sregs),
-            Err(exit) => Ok(Some(exit)),
-        }
-    }
-
-    /// Runs a handler: the FPU state kept (and its FXSAVE image where the frame's `fpstate`
-    /// points, for handlers that look), then the handler's registers.
-    fn enter_handler(
-        &mut self,
-        e: &HandlerEntry,
-        interrupted: &UserRegs,
-        regs: kvm_regs,
-        sregs: &kvm_sregs,
-    ) -> Result<Option<Exit>, SandboxError> {
-        let fpu = Box::new(self.vcpu.fd().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
-        let image: Vec<u8> = (fpu.region.iter())
-            .take(sigframe::FPSTATE_SIZE as usize / 4)
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        if self.mem.write(e.fpstate, &image).is_err() {
-            // Checked with the frame; a frame the program cannot have is SIGSEGV.
-            return Ok(Some(Exit::Signaled(libc::SIGSEGV)));
-        }
-        if self.fpu_saved.len() >= MAX_NESTED_HANDLERS {
-            self.fpu_saved.remove(0);
-        }
-        self.fpu_saved.push(fpu);
-        let handler = UserRegs {
-            rip: e.rip,
-            rsp: e.rsp,
-            rdi: e.args[0],
-            rsi: e.args[1],
-            rdx: e.args[2],
-            rax: 0,
-            rflags: e.rflags,
-            ..*interrupted
-        };
-        self.resume(&handler, regs, sregs)?;
-        Ok(None)
-    }
-
-    /// Resumes the program with the whole register state `user` (a handler's entry, or what
-    /// `rt_sigreturn` restores, RCX and R11 included). Where the system call entered CPL0
-    /// (hardware), the VMM returns to CPL3 itself instead of through the stub's `sysretq`:
-    /// the user CS and SS as `sysret` loads them (FS and GS, the TLS, untouched), then the
-    /// registers.
-    fn resume(
-        &mut self,
-        user: &UserRegs,
-        mut regs: kvm_regs,
-        sregs: &kvm_sregs,
-    ) -> Result<(), SandboxError> {
-        let u = user;
-        (
-            regs.r8, regs.r9, regs.r10, regs.r12, regs.r13, regs.r14, regs.r15,
-        ) = (u.r8, u.r9, u.r10, u.r12, u.r13, u.r14, u.r15);
-        (
-            regs.rdi, regs.rsi, regs.rbp, regs.rbx, regs.rdx, regs.rax, regs.rsp,
-        ) = (u.rdi, u.rsi, u.rbp, u.rbx, u.rdx, u.rax, u.rsp);
-        let flags = (u.rflags & SYSRET_RFLAGS) | crate::arch::rflags::FIXED;
-        if layout::is_kernel_cs(sregs) {
-            let mut user_sregs = *sregs;
-            layout::user_segments(&mut user_sregs);
-            self.vcpu.set_sregs(&user_sregs)?;
-            self.sregs_touched = true;
-        }
-        (regs.rip, regs.rflags, regs.rcx, regs.r11) = (u.rip, flags, u.rcx, u.r11);
-        Ok(self.vcpu.set_regs(&regs)?)
-    }
-
-    /// Re-bases the vDSO's time page when a refresh is due (the vCPU is stopped, so the
-    /// program never sees a half-written page).
+    /// Re-bases the vDSO's time page when a refresh is due. The keeper is shared by the
+    /// process's threads (their clock system calls read the same one); its first thread
+    /// writes the page.
     fn keep_time(&mut self) -> Result<(), SandboxError> {
-        if self.clock.due(host_monotonic_ns()) {
+        if self.keeps_time && self.clock.lock().due(host_monotonic_ns()) {
             let tsc = self.vcpu.get_msr(layout::msr::TSC)?;
-            self.clock.refresh(tsc, &HostTime::now());
+            self.clock.lock().refresh(tsc, &HostTime::now());
             self.write_time_page()?;
         }
         Ok(())
     }
 
-    /// Writes the keeper's page (also after a restore put back an older one).
+    /// Writes the keeper's page (also after a restore put back an older one) under its
+    /// sequence lock, as other vCPUs of the process may be reading it: an odd sequence
+    /// first, then the body, then the page's own (even) sequence.
     pub(super) fn write_time_page(&mut self) -> Result<(), SandboxError> {
-        let page = vm_memory::ByteValued::as_slice(self.clock.page());
-        Ok(self.mem.ram().write(vdso::VVAR, page)?)
+        use std::sync::atomic::{fence, Ordering};
+        let page = *self.clock.lock().page();
+        let bytes = vm_memory::ByteValued::as_slice(&page);
+        let seq = vdso::clock::SEQ as usize;
+        let ram = self.mem.ram();
+        ram.write(vdso::VVAR, &(page.seq.wrapping_sub(1) | 1).to_le_bytes())?;
+        fence(Ordering::SeqCst);
+        ram.write(vdso::VVAR + 4, &bytes[seq + 4..])?;
+        fence(Ordering::SeqCst);
+        Ok(ram.write(vdso::VVAR, &bytes[seq..seq + 4])?)
     }
 
     /// Puts a system call's result in RAX and returns to the program (see [`layout`]).
@@ -680,7 +570,7 @@ impl Sandbox {
     }
 
     /// Decodes the exception behind a HLT at an IDT stub.
-    fn exception(&mut self) -> Result<Exit, SandboxError> {
+    pub(super) fn exception(&mut self) -> Result<Exit, SandboxError> {
         let (regs, sregs) = self.vcpu.state()?;
         let Some(vector) = layout::vector_at(regs.rip) else {
             let rip = regs.rip;

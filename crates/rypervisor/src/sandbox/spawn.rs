@@ -53,9 +53,12 @@ impl ThreadWaker {
 
     /// After `execve`: the new vCPU (kicked at once if a signal came meanwhile).
     pub(super) fn set_kicker(&self, kicker: Kicker, tree: &Tree, pid: i32) {
+        // The tree's lock before this one's, never inside it (the tree calls wakers, which
+        // take this lock, while it holds its own).
+        let kick = tree.has_incoming(pid);
         if let Some(t) = lock(&self.target).as_mut() {
             t.0 = kicker;
-            if tree.has_incoming(pid) {
+            if kick {
                 t.0.kick(&t.1);
             }
         }
@@ -126,10 +129,19 @@ impl Sandbox {
             return Err(SandboxError::NoChildHost);
         };
         let mut child = if s.thread {
-            let id = self
-                .next_vcpu
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let vcpu = Machine::thread_vcpu(&self.kvm, &self.vm, id, &self.vcpu, (regs, sregs))?;
+            let spare = lock(&self.spare_vcpus).pop();
+            let vcpu = match spare {
+                Some(mut vcpu) => {
+                    Machine::reuse_vcpu(&self.kvm, &mut vcpu, &self.vcpu, (regs, sregs))?;
+                    vcpu
+                }
+                None => {
+                    let id = self
+                        .next_vcpu
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Machine::thread_vcpu(&self.kvm, &self.vm, id, &self.vcpu, (regs, sregs))?
+                }
+            };
             self.thread(vcpu, *s.child)
         } else {
             let machine = Machine::fork(
@@ -137,10 +149,12 @@ impl Sandbox {
                 &self.vcpu,
                 &self.mem,
                 s.share_mem,
-                &self.clock,
+                &self.clock.lock(),
                 (regs, sregs),
             )?;
-            self.child(machine, *s.child)
+            let mut child = self.child(machine, *s.child);
+            child.keeps_time = !s.share_mem; // a vfork child leaves its parent's page alone
+            child
         };
         let mut r = *regs;
         if s.stack != 0 {
@@ -202,7 +216,13 @@ impl Sandbox {
             if tree.group_size(tgid) <= 1 {
                 return;
             }
-            tree.wait(seen, Some(Duration::from_millis(50)));
+            // The time limit holds here too; doomed threads are kicked again (a kick just
+            // before a blocking host call is missed).
+            if tree.remaining().is_some_and(|left| left.is_zero()) || tree.killed() {
+                tree.exit_group(tgid, signaled_status(libc::SIGKILL));
+            }
+            tree.kick_doomed(tgid, self.process.pid());
+            tree.wait(seen, Some(Duration::from_millis(20)));
         }
     }
 
@@ -254,7 +274,10 @@ impl Sandbox {
                 tree.exit_group(self.process.tgid(), wait_status(&exit));
             }
             self.with_context(&mut *host, |p, cx| p.clear_child_tid(cx));
-            drop(self);
+            // Its vCPU goes to the next thread; the rest of it goes now.
+            let spare = self.spare_vcpus.clone();
+            let Sandbox { vcpu, .. } = self;
+            lock(&spare).push(vcpu);
             tree.thread_exit(pid);
             return;
         }

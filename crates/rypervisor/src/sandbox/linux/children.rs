@@ -328,7 +328,7 @@ impl Process {
         if tid <= 0 || tgid.is_some_and(|g| g as i32 <= 0) || sig > 64 {
             return Err(Errno::EINVAL.into());
         }
-        if tgid.is_some_and(|g| g as i32 != tid) {
+        if tgid.is_some_and(|g| self.tree.tgid_of(tid) != Ok(g as i32)) {
             return Err(Errno::ESRCH.into()); // no such thread in that process
         }
         if self.tree.send(self.pid, Target::Pid(tid), sig as i32)? {

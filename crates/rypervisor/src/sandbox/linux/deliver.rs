@@ -3,9 +3,10 @@
 //! the process (its default action: status 128 + signal), or runs its handler on a
 //! [signal frame](super::sigframe) on the stack or the alternate stack; `rt_sigreturn` puts
 //! the interrupted state back. The run loop saves and restores the FPU state around the
-//! handler. A program that computes without system calls gets its SIGALRM at its next call.
+//! handler. A program that computes without system calls gets its SIGALRM at its next call;
+//! a CPU exception it causes goes to its handler through [`Process::deliver_fault`].
 
-use super::sigframe::{self, HandlerEntry, Info, UserRegs};
+use super::sigframe::{self, FaultInfo, HandlerEntry, Info, UserRegs};
 use super::signals::{bit, now_ns, SI_KERNEL};
 use super::{Context, Process, UID};
 use crate::sandbox::exit::Exit;
@@ -74,11 +75,42 @@ impl Process {
         }
     }
 
+    /// A CPU exception the program caused (`sig`, `code`: SIGSEGV with SEGV_MAPERR...): its
+    /// handler runs on a frame (as Linux forces it, whatever the mask), or, with none, the
+    /// caller's `Err` ends the program as before. A blocked or ignored fault signal cannot be
+    /// put off: the default action, as on Linux.
+    pub fn deliver_fault(
+        &mut self,
+        sig: i32,
+        code: i32,
+        fault: FaultInfo,
+        regs: &UserRegs,
+        cx: &mut Context<'_>,
+    ) -> Option<Result<HandlerEntry, Exit>> {
+        let action = self.signals.action(sig);
+        if action.handler <= 1 || self.signals.mask & bit(sig) != 0 {
+            return None;
+        }
+        self.signals.codes[sig as usize - 1] = code;
+        Some(self.run_handler_with(sig, action.handler, regs, Some(fault), cx))
+    }
+
     fn run_handler(
         &mut self,
         sig: i32,
         handler: u64,
         regs: &UserRegs,
+        cx: &mut Context<'_>,
+    ) -> Result<HandlerEntry, Exit> {
+        self.run_handler_with(sig, handler, regs, None, cx)
+    }
+
+    fn run_handler_with(
+        &mut self,
+        sig: i32,
+        handler: u64,
+        regs: &UserRegs,
+        fault: Option<FaultInfo>,
         cx: &mut Context<'_>,
     ) -> Result<HandlerEntry, Exit> {
         let action = self.signals.action(sig);
@@ -105,6 +137,7 @@ impl Process {
             code,
             pid: if code == SI_KERNEL { 0 } else { 1 },
             uid: if code == SI_KERNEL { 0 } else { UID as u32 },
+            fault,
         };
         let restorer = action.restorer;
         let entry = sigframe::push(

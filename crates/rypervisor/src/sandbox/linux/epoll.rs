@@ -20,17 +20,34 @@ const EPOLLONESHOT: u32 = 1 << 30;
 /// `struct epoll_event` is packed on x86-64: a u32 and a u64.
 const EVENT_SIZE: u64 = 12;
 
+/// One entry of the interest list.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    events: u32,
+    data: u64,
+    /// The open file it was added for: an entry whose descriptor now names another (it was
+    /// closed, and the number reused) is dropped, as Linux drops it with its file.
+    file: usize,
+    /// `EPOLLONESHOT` fired: nothing is reported until `EPOLL_CTL_MOD`.
+    disabled: bool,
+    /// Bumped by every `EPOLL_CTL_MOD`, so a wait never disables what was re-armed meanwhile.
+    version: u64,
+}
+
 /// One epoll instance.
 #[derive(Debug, Default)]
 pub struct Epoll {
-    interest: Mutex<BTreeMap<i32, (u32, u64)>>,
+    interest: Mutex<BTreeMap<i32, Entry>>,
 }
 
 impl Epoll {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<i32, (u32, u64)>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<i32, Entry>> {
         self.interest.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// Most events one wait reports (its buffer is checked for this many at most).
+const MAX_EVENTS: usize = MAX_FDS as usize;
 
 impl Process {
     /// `epoll_create1(flags)` (`epoll_create(size)` is flags 0, with a positive size).
@@ -60,7 +77,8 @@ impl Process {
         cx: &mut Context<'_>,
     ) -> SysResult {
         let ep = self.epoll_of(epfd)?;
-        match self.file(fd)? {
+        let target = self.file(fd)?;
+        match &target {
             _ if fd == epfd => return Err(Errno::EINVAL.into()),
             OpenFile::Host(_) | OpenFile::Dir(_) | OpenFile::Device(_) => {
                 return Err(Errno::EPERM.into()); // always ready: not pollable on Linux
@@ -77,7 +95,14 @@ impl Process {
                 let events = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
                 let mut data = [0u8; 8];
                 data.copy_from_slice(&raw[4..]);
-                let entry = (events, u64::from_le_bytes(data));
+                let version = interest.get(&fd).map_or(0, |e| e.version + 1);
+                let entry = Entry {
+                    events,
+                    data: u64::from_le_bytes(data),
+                    file: target.identity(),
+                    disabled: false,
+                    version,
+                };
                 let present = interest.contains_key(&fd);
                 match (op, present) {
                     (EPOLL_CTL_ADD, true) => return Err(Errno::EEXIST.into()),
@@ -105,38 +130,41 @@ impl Process {
     ) -> SysResult {
         let ep = self.epoll_of(epfd)?;
         let max = max as i32;
-        if max <= 0 || max > MAX_FDS {
+        if max <= 0 || max as u64 > i32::MAX as u64 / EVENT_SIZE {
             return Err(Errno::EINVAL.into());
         }
+        let max = (max as usize).min(MAX_EVENTS);
         cx.mem.check(events, max as u64 * EVENT_SIZE)?;
-        let entries: Vec<(i32, u32, u64)> = (ep.lock().iter())
-            .map(|(fd, (ev, data))| (*fd, *ev, *data))
-            .collect();
+        let entries: Vec<(i32, Entry)> = (ep.lock().iter()).map(|(fd, e)| (*fd, *e)).collect();
         let mut fds: Vec<libc::pollfd> = (entries.iter())
-            .map(|(fd, ev, _)| libc::pollfd {
-                fd: if *ev & !EPOLLONESHOT == 0 { -1 } else { *fd },
-                // EPOLLIN/PRI/OUT/ERR/HUP/RDNORM... have poll's values.
-                events: *ev as i16,
+            .map(|(fd, e)| libc::pollfd {
+                fd: if e.disabled { -1 } else { *fd },
+                // EPOLLIN/PRI/OUT/ERR/HUP/RDNORM... have poll's values; ERR and HUP come
+                // whatever was asked.
+                events: e.events as i16,
                 revents: 0,
             })
             .collect();
         self.wait_ready(&mut fds, timeout, cx)?;
         let mut out = Vec::new();
         let mut interest = ep.lock();
-        for (p, (fd, ev, data)) in fds.iter().zip(&entries) {
-            if p.revents == 0 || out.len() >= max as usize * EVENT_SIZE as usize {
+        for (p, (fd, e)) in fds.iter().zip(&entries) {
+            let now = self.file(*fd).ok().map(|f| f.identity());
+            if now != Some(e.file) {
+                interest.remove(fd); // closed (or the number reused): gone with its file
                 continue;
             }
-            if p.revents & libc::POLLNVAL != 0 {
-                interest.remove(fd); // closed: Linux drops it with its file
+            if p.revents == 0 || out.len() >= max * EVENT_SIZE as usize {
                 continue;
             }
+            let current = interest.get_mut(fd);
+            let Some(current) = current.filter(|c| c.version == e.version && !c.disabled) else {
+                continue; // re-armed or fired meanwhile (another waiter)
+            };
             out.extend_from_slice(&(p.revents as u16 as u32).to_le_bytes());
-            out.extend_from_slice(&data.to_le_bytes());
-            if ev & EPOLLONESHOT != 0 {
-                if let Some(e) = interest.get_mut(fd) {
-                    e.0 = EPOLLONESHOT; // disabled until EPOLL_CTL_MOD
-                }
+            out.extend_from_slice(&e.data.to_le_bytes());
+            if e.events & EPOLLONESHOT != 0 {
+                current.disabled = true; // until EPOLL_CTL_MOD
             }
         }
         drop(interest);

@@ -111,6 +111,11 @@ impl Process {
         flags: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
+        // From a thread other than the first of a process with others: Linux makes it the
+        // first; not served yet (the first thread's VMM thread holds the process's end).
+        if self.pid != self.tgid && self.tree.group_size(self.tgid) > 1 {
+            return self.unserved(super::sysno::EXECVEAT);
+        }
         let known = (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as u64;
         if flags & !known != 0 {
             return Err(Errno::EINVAL.into());

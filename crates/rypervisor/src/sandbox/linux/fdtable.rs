@@ -47,6 +47,16 @@ pub struct Directory {
 }
 
 impl OpenFile {
+    /// Which open file this is (the same for its duplicates; another after `close` and a new
+    /// `open` reuse the number), for epoll's interest list.
+    pub fn identity(&self) -> usize {
+        match self {
+            OpenFile::Std(n) => *n as usize + 1,
+            OpenFile::Device(d) => *d as usize + 16,
+            _ => self.host_object().map_or(0, |p| p as usize),
+        }
+    }
+
     /// The host object behind the descriptor, if any: duplicates share it (for counting).
     fn host_object(&self) -> Option<*const ()> {
         match self {

@@ -69,7 +69,16 @@ impl Futexes {
         n: usize,
         requeue: Option<(u64, usize)>,
     ) -> (usize, usize) {
-        let mut q = self.lock();
+        Self::wake_locked(self.lock(), addr, bitset, n, requeue)
+    }
+
+    fn wake_locked(
+        mut q: MutexGuard<'_, Queues>,
+        addr: u64,
+        bitset: u32,
+        n: usize,
+        requeue: Option<(u64, usize)>,
+    ) -> (usize, usize) {
         let (mut woken, mut moved) = (0, 0);
         for w in q.waiters.iter_mut().filter(|w| w.addr == addr && !w.woken) {
             if woken < n && w.bitset & bitset != 0 {
@@ -110,19 +119,26 @@ impl Process {
             }
             REQUEUE | CMP_REQUEUE => {
                 cx.mem.check(addr2, 4)?;
+                // The timeout argument is the number to requeue here; both counts are ints.
+                let (wake, requeue) = (val32 as i32, timeout as u32 as i32);
+                if wake < 0 || requeue < 0 {
+                    return Err(Errno::EINVAL.into());
+                }
+                let requeue = Some((addr2, requeue as usize));
+                // CMP_REQUEUE compares under the queue's lock, as Linux does under its own.
+                let futexes = self.futexes.clone();
+                let q = futexes.lock();
                 if cmd == CMP_REQUEUE {
                     let v: u32 = cx.mem.read_obj(addr)?;
                     if v != val3 as u32 {
                         return Err(Errno::EAGAIN.into());
                     }
                 }
-                // The timeout argument is the number to requeue here.
-                let requeue = Some((addr2, timeout as u32 as usize));
-                let (n, m) = self.futexes.wake(addr, u32::MAX, val32 as usize, requeue);
+                let (n, m) = Futexes::wake_locked(q, addr, u32::MAX, wake as usize, requeue);
                 if n > 0 {
                     self.tree.notify();
                 }
-                Ok(if cmd == CMP_REQUEUE { n + m } else { n } as i64)
+                Ok((n + m) as i64)
             }
             WAIT | WAIT_BITSET => {
                 let bitset = if cmd == WAIT { u32::MAX } else { val3 as u32 };
@@ -189,8 +205,11 @@ impl Process {
             id
         };
         if timeout.is_none() && !self.futexes_shared() {
-            // Nobody else can ever wake it: Linux would hang until the time limit; say so.
-            futexes.leave(id);
+            // Nobody else can ever wake it: Linux would hang until the time limit; say so
+            // (unless the last other thread woke it on its way out).
+            if futexes.leave(id) {
+                return Ok(0);
+            }
             return Err(Errno::EDEADLK.into());
         }
         let woken = |_: &mut Self, _: &mut Context<'_>| Ok(futexes.woken(id).then_some(()));

@@ -29,6 +29,7 @@ pub mod exec;
 pub mod fdtable;
 pub mod files;
 pub mod futex;
+pub mod groups;
 pub mod identity;
 pub mod memory;
 pub mod pipe;
@@ -489,7 +490,7 @@ impl Process {
     }
 
     /// A call outside the policy: ENOSYS, or the end of the program under `--strict`.
-    fn unserved(&mut self, nr: u64) -> SysResult {
+    pub(super) fn unserved(&mut self, nr: u64) -> SysResult {
         self.stats.denied += 1;
         if self.policy.strict {
             Err(SysError::End(Exit::Denied { nr }))

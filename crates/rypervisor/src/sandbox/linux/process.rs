@@ -48,6 +48,15 @@ impl Default for ProcessState {
 }
 
 impl Process {
+    /// `ESRCH` unless `pid` is 0, this thread or its process.
+    fn is_me(&self, pid: u64) -> Result<(), Errno> {
+        match pid as i32 {
+            0 => Ok(()),
+            p if p == self.pid || p == self.tgid => Ok(()),
+            _ => Err(Errno::ESRCH),
+        }
+    }
+
     /// `sched_getaffinity`: CPU 0 only (threads are vCPUs the host schedules; a program told
     /// of one CPU does not size itself by the host); the size written.
     pub(super) fn getaffinity(
@@ -57,9 +66,7 @@ impl Process {
         mask: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        if pid != 0 && pid as i32 != self.pid && pid as i32 != self.tgid {
-            return Err(Errno::ESRCH.into());
-        }
+        self.is_me(pid)?;
         // Linux copies whole longs of its CPU mask and refuses a buffer too small for it.
         if len < 8 || !len.is_multiple_of(8) {
             return Err(Errno::EINVAL.into());
@@ -76,9 +83,7 @@ impl Process {
         mask: u64,
         cx: &mut Context<'_>,
     ) -> SysResult {
-        if pid != 0 && pid as i32 != self.pid {
-            return Err(Errno::ESRCH.into());
-        }
+        self.is_me(pid)?;
         let mut first = [0u8; 1];
         if len == 0 {
             return Err(Errno::EINVAL.into());

@@ -127,6 +127,21 @@ pub struct Info {
     pub pid: i32,
     /// The sender's uid.
     pub uid: u32,
+    /// For a CPU exception: `si_addr`, and the frame's `trapno`, `err` and `cr2`.
+    pub fault: Option<FaultInfo>,
+}
+
+/// What a CPU exception tells its handler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultInfo {
+    /// `si_addr`: the faulting address (CR2 for a page fault, else the instruction's).
+    pub addr: u64,
+    /// The vector (`sigcontext.trapno`).
+    pub trapno: u64,
+    /// The error code (`sigcontext.err`).
+    pub err: u64,
+    /// CR2 (`sigcontext.cr2`).
+    pub cr2: u64,
 }
 
 /// Where a handler starts.
@@ -188,6 +203,12 @@ pub fn push(
         uid: info.uid,
         ..SigInfo::default()
     };
+    if let Some(fault) = info.fault {
+        // si_addr shares its place (offset 16) with si_pid and si_uid.
+        (f.info.pid, f.info.uid) = (fault.addr as u32 as i32, (fault.addr >> 32) as u32);
+        (f.uc.mcontext.trapno, f.uc.mcontext.err) = (fault.trapno, fault.err);
+        f.uc.mcontext.cr2 = fault.cr2;
+    }
     mem.write_obj(frame, &f)?;
     let uc = frame + std::mem::offset_of!(RtSigFrame, uc) as u64;
     let si = frame + std::mem::offset_of!(RtSigFrame, info) as u64;
@@ -280,6 +301,7 @@ mod tests {
             code: 0,
             pid: 1,
             uid: 1000,
+            fault: None,
         };
         let e = push(
             &mut mem,

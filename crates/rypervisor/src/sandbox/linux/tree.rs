@@ -30,32 +30,32 @@ const PID_MAX: i32 = 32768;
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// One process, or one thread of a process, as the tree sees it.
-struct Member {
+pub(super) struct Member {
     /// The thread group (the process) it belongs to: its own pid for a process's first
     /// thread.
-    tgid: i32,
-    ppid: i32,
-    pgid: i32,
-    sid: i32,
+    pub(super) tgid: i32,
+    pub(super) ppid: i32,
+    pub(super) pgid: i32,
+    pub(super) sid: i32,
     /// The wait status once it has ended, until its parent reaps it.
-    zombie: Option<i32>,
+    pub(super) zombie: Option<i32>,
     /// Signals sent by other processes, not yet taken by the process (bit `n - 1`).
-    incoming: u64,
+    pub(super) incoming: u64,
     /// The signal its parent gets when it ends (`SIGCHLD` for `fork`).
-    exit_signal: i32,
+    pub(super) exit_signal: i32,
     /// It is a `vfork` child that has neither exec'd nor ended: its parent waits.
-    vfork: bool,
+    pub(super) vfork: bool,
     /// Its SIGCHLD is ignored (or `SA_NOCLDWAIT`): its children are reaped as they end.
-    reaps: bool,
+    pub(super) reaps: bool,
     /// Its thread group is ending (`exit_group`, a fatal signal): it is to stop.
-    doomed: bool,
+    pub(super) doomed: bool,
     /// On a group's first thread: the group's wait status once a thread ended it all.
-    group_status: Option<i32>,
-    waker: Option<Waker>,
+    pub(super) group_status: Option<i32>,
+    pub(super) waker: Option<Waker>,
 }
 
 impl Member {
-    fn new(tgid: i32, ppid: i32, pgid: i32, sid: i32) -> Self {
+    pub(super) fn new(tgid: i32, ppid: i32, pgid: i32, sid: i32) -> Self {
         Self {
             tgid,
             ppid,
@@ -73,20 +73,20 @@ impl Member {
     }
 
     /// A process (a thread group's first thread), not one of its other threads.
-    fn leads(&self, pid: i32) -> bool {
+    pub(super) fn leads(&self, pid: i32) -> bool {
         self.tgid == pid
     }
 }
 
-struct State {
+pub(super) struct State {
     /// Moves on every change a waiter may care about.
-    generation: u64,
-    next_pid: i32,
-    members: BTreeMap<i32, Member>,
+    pub(super) generation: u64,
+    pub(super) next_pid: i32,
+    pub(super) members: BTreeMap<i32, Member>,
     /// The whole tree is ending (the first program ended, or the time limit).
-    killed: bool,
+    pub(super) killed: bool,
     /// The VMM threads of the processes after the first.
-    threads: Vec<JoinHandle<()>>,
+    pub(super) threads: Vec<JoinHandle<()>>,
 }
 
 /// Which processes a `kill` or `wait` means (`pid` > 0, 0, -1, < -1).
@@ -115,8 +115,8 @@ impl Target {
 /// The shared process table.
 pub struct Tree {
     state: Mutex<State>,
-    changed: Condvar,
-    max: usize,
+    pub(super) changed: Condvar,
+    pub(super) max: usize,
     deadline: Mutex<Option<Instant>>,
 }
 
@@ -157,7 +157,7 @@ impl Tree {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -237,97 +237,13 @@ impl Tree {
     }
 
     /// The next pid not in use.
-    fn free_pid(s: &mut State) -> i32 {
+    pub(super) fn free_pid(s: &mut State) -> i32 {
         let mut pid = s.next_pid;
         while s.members.contains_key(&pid) {
             pid = if pid >= PID_MAX { INIT + 1 } else { pid + 1 };
         }
         s.next_pid = if pid >= PID_MAX { INIT + 1 } else { pid + 1 };
         pid
-    }
-
-    /// A tid for a new thread of process `tgid` (counted against the limit), or `EAGAIN`.
-    pub fn add_thread(&self, tgid: i32) -> Result<i32, Errno> {
-        let mut s = self.lock();
-        if s.killed || s.members.len() >= self.max {
-            return Err(Errno::EAGAIN);
-        }
-        let leader = s.members.get(&tgid).ok_or(Errno::ESRCH)?;
-        if leader.doomed {
-            return Err(Errno::EAGAIN);
-        }
-        let (ppid, pgid, sid) = (leader.ppid, leader.pgid, leader.sid);
-        let tid = Self::free_pid(&mut s);
-        s.members.insert(tid, Member::new(tgid, ppid, pgid, sid));
-        Ok(tid)
-    }
-
-    /// The threads of process `tgid` still running (its first one included, while it runs).
-    pub fn group_size(&self, tgid: i32) -> usize {
-        let s = self.lock();
-        (s.members.values())
-            .filter(|m| m.tgid == tgid && m.zombie.is_none())
-            .count()
-    }
-
-    /// Thread `tid` (not a group's first) ended by itself: it leaves the tree.
-    pub fn thread_exit(&self, tid: i32) {
-        {
-            let mut s = self.lock();
-            if s.members.get(&tid).is_some_and(|m| !m.leads(tid)) {
-                s.members.remove(&tid);
-            }
-        }
-        self.notify();
-    }
-
-    /// Process `tgid` ends as a whole with wait status `status` (unless something ended it
-    /// already): every thread is doomed and kicked.
-    pub fn exit_group(&self, tgid: i32, status: i32) {
-        let mut s = self.lock();
-        if let Some(leader) = s.members.get_mut(&tgid) {
-            leader.group_status.get_or_insert(status);
-        }
-        let mut wake = Vec::new();
-        for m in s.members.values_mut().filter(|m| m.tgid == tgid) {
-            m.doomed = true;
-            wake.extend(m.waker.clone());
-        }
-        s.generation += 1;
-        drop(s);
-        for w in wake {
-            w();
-        }
-        self.changed.notify_all();
-    }
-
-    /// Every thread of process `tgid` but `keep` is to stop (`execve`).
-    pub fn doom_others(&self, tgid: i32, keep: i32) {
-        let mut s = self.lock();
-        let mut wake = Vec::new();
-        for (pid, m) in s.members.iter_mut().filter(|(_, m)| m.tgid == tgid) {
-            if *pid != keep {
-                m.doomed = true;
-                wake.extend(m.waker.clone());
-            }
-        }
-        s.generation += 1;
-        drop(s);
-        for w in wake {
-            w();
-        }
-        self.changed.notify_all();
-    }
-
-    /// The wait status a thread gave its whole process, if one did.
-    pub fn group_status(&self, tgid: i32) -> Option<i32> {
-        self.lock().members.get(&tgid).and_then(|m| m.group_status)
-    }
-
-    /// Whether `pid` is to stop: the tree ends, or its thread group does.
-    pub fn killed_for(&self, pid: i32) -> bool {
-        let s = self.lock();
-        s.killed || s.members.get(&pid).is_some_and(|m| m.doomed)
     }
 
     /// Takes back a pid whose process could not be built.
@@ -413,16 +329,18 @@ impl Tree {
         if reaps && pid != INIT {
             s.members.remove(&pid);
         }
+        let mut wake = None;
         if let Some(parent) = s.members.get_mut(&ppid) {
             if (1..=64).contains(&signal) {
                 parent.incoming |= 1 << (signal - 1);
-                if let Some(w) = parent.waker.clone() {
-                    w();
-                }
+                wake = parent.waker.clone();
             }
         }
         s.generation += 1;
         drop(s);
+        if let Some(w) = wake {
+            w(); // outside the tree's lock (a waker takes its own)
+        }
         self.changed.notify_all();
     }
 
@@ -573,188 +491,11 @@ impl Tree {
         }
     }
 
-    /// `getppid`.
-    pub fn ppid(&self, pid: i32) -> i32 {
-        self.lock().members.get(&pid).map_or(0, |m| m.ppid)
-    }
-
-    /// `getpgid(pid)` (`ESRCH` for no such process).
-    pub fn pgid(&self, pid: i32) -> Result<i32, Errno> {
-        self.lock()
-            .members
-            .get(&pid)
-            .map(|m| m.pgid)
-            .ok_or(Errno::ESRCH)
-    }
-
-    /// `getsid(pid)`.
-    pub fn sid(&self, pid: i32) -> Result<i32, Errno> {
-        self.lock()
-            .members
-            .get(&pid)
-            .map(|m| m.sid)
-            .ok_or(Errno::ESRCH)
-    }
-
-    /// `setpgid(pid, pgid)` called by `caller` (0s already replaced): itself or a child of its
-    /// session, into a group of that session (or a new one named after `pid`).
-    pub fn setpgid(&self, caller: i32, pid: i32, pgid: i32) -> Result<(), Errno> {
-        let mut s = self.lock();
-        let caller_sid = s.members.get(&caller).map_or(INIT, |m| m.sid);
-        let m = s.members.get(&pid).ok_or(Errno::ESRCH)?;
-        if pid != caller && m.ppid != caller {
-            return Err(Errno::ESRCH);
-        }
-        if m.pgid == pgid {
-            return Ok(()); // already there
-        }
-        if m.sid != caller_sid || m.sid == pid {
-            return Err(Errno::EPERM); // another session, or a session leader
-        }
-        let group_exists = pgid == pid
-            || s.members
-                .values()
-                .any(|o| o.pgid == pgid && o.sid == caller_sid);
-        if !group_exists {
-            return Err(Errno::EPERM);
-        }
-        if let Some(m) = s.members.get_mut(&pid) {
-            m.pgid = pgid;
-        }
-        Ok(())
-    }
-
-    /// `setsid` for `pid`: a new session and group named after it, unless it leads a group.
-    pub fn setsid(&self, pid: i32) -> Result<i32, Errno> {
-        let mut s = self.lock();
-        if s.members.values().any(|m| m.pgid == pid) {
-            return Err(Errno::EPERM);
-        }
-        let m = s.members.get_mut(&pid).ok_or(Errno::ESRCH)?;
-        (m.pgid, m.sid) = (pid, pid);
-        Ok(pid)
-    }
-
     /// Live (not ended) processes.
     pub fn running(&self) -> usize {
         let s = self.lock();
         (s.members.iter())
             .filter(|(pid, m)| m.zombie.is_none() && m.leads(**pid))
             .count()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn children_are_reaped_once_with_their_status() {
-        let t = Tree::new(4);
-        let a = t.add_child(INIT, libc::SIGCHLD, false).unwrap();
-        let b = t.add_child(INIT, libc::SIGCHLD, false).unwrap();
-        assert_eq!((a, b), (2, 3));
-        assert_eq!(t.reap(INIT, Target::All, false), Ok(None), "both still run");
-        t.exit(b, exited_status(7));
-        assert_eq!(t.take_incoming(INIT), 1 << (libc::SIGCHLD - 1));
-        assert_eq!(t.reap(INIT, Target::Pid(a), false), Ok(None));
-        assert_eq!(t.reap(INIT, Target::All, true), Ok(Some((b, 7 << 8))));
-        assert_eq!(t.reap(INIT, Target::All, false), Ok(Some((b, 7 << 8))));
-        assert_eq!(t.reap(INIT, Target::Pid(b), false), Err(Errno::ECHILD));
-        assert_eq!(t.reap(a, Target::All, false), Err(Errno::ECHILD));
-    }
-
-    #[test]
-    fn the_limit_counts_zombies_and_orphans_go_to_init() {
-        let t = Tree::new(3);
-        let a = t.add_child(INIT, libc::SIGCHLD, false).unwrap();
-        let b = t.add_child(a, libc::SIGCHLD, false).unwrap();
-        assert_eq!(t.add_child(b, libc::SIGCHLD, false), Err(Errno::EAGAIN));
-        t.exit(a, signaled_status(libc::SIGSEGV));
-        assert_eq!(t.ppid(b), INIT, "re-parented");
-        assert_eq!(
-            t.add_child(INIT, 17, false),
-            Err(Errno::EAGAIN),
-            "a zombie counts"
-        );
-        assert_eq!(t.reap(INIT, Target::All, false), Ok(Some((a, 11))));
-        assert!(t.add_child(INIT, 17, false).is_ok());
-    }
-
-    #[test]
-    fn signals_reach_groups_and_never_the_sender_twice() {
-        let t = Tree::new(8);
-        let a = t.add_child(INIT, 17, false).unwrap();
-        let b = t.add_child(INIT, 17, false).unwrap();
-        t.setpgid(INIT, a, a).unwrap();
-        t.setpgid(INIT, b, a).unwrap();
-        assert_eq!(t.setpgid(INIT, b, 99), Err(Errno::EPERM), "no such group");
-        assert_eq!(t.send(INIT, Target::Group(a), libc::SIGTERM), Ok(false));
-        assert_eq!(t.take_incoming(a), 1 << (libc::SIGTERM - 1));
-        assert_eq!(t.take_incoming(b), 1 << (libc::SIGTERM - 1));
-        assert_eq!(t.send(a, Target::Pid(a), libc::SIGUSR1), Ok(true));
-        assert_eq!(t.take_incoming(a), 0, "the caller serves its own");
-        assert_eq!(t.send(a, Target::Pid(999), 0), Err(Errno::ESRCH));
-        assert_eq!(
-            t.send(a, Target::All, libc::SIGHUP),
-            Ok(false),
-            "not the caller"
-        );
-        assert_eq!(t.take_incoming(INIT), 0, "kill(-1) spares init");
-        assert_eq!(t.take_incoming(b), 1 << (libc::SIGHUP - 1));
-        assert_eq!(t.setsid(b), Ok(b));
-        assert_eq!(t.setsid(a), Err(Errno::EPERM), "a group leader");
-        assert_eq!((t.pgid(b), t.sid(b)), (Ok(b), Ok(b)));
-    }
-
-    #[test]
-    fn threads_count_against_the_limit_and_end_with_their_group() {
-        let t = Tree::new(4);
-        let a = t.add_child(INIT, 17, false).unwrap();
-        let t1 = t.add_thread(a).unwrap();
-        let t2 = t.add_thread(a).unwrap();
-        assert_eq!(
-            t.add_thread(a),
-            Err(Errno::EAGAIN),
-            "init, a and two threads"
-        );
-        assert_eq!(t.group_size(a), 3);
-        assert_eq!(t.running(), 2, "threads are not processes");
-        assert_eq!(t.ppid(t1), INIT, "a thread's parent is its process's");
-        t.thread_exit(t1);
-        assert_eq!(t.group_size(a), 2);
-        assert!(!t.killed_for(t2));
-        t.exit_group(a, signaled_status(libc::SIGSEGV));
-        t.exit_group(a, exited_status(0));
-        assert!(t.killed_for(t2) && t.killed_for(a));
-        assert_eq!(t.group_status(a), Some(11), "the first reason stays");
-        assert_ne!(t.take_incoming(t2) & (1 << 8), 0);
-        assert!(!t.killed_for(INIT));
-        assert_eq!(t.send(INIT, Target::All, libc::SIGTERM), Ok(false));
-        assert_eq!(
-            t.take_incoming(t2) & (1 << 14),
-            0,
-            "kill(-1) goes to processes"
-        );
-    }
-
-    #[test]
-    fn a_wait_ends_when_something_changes() {
-        let t = Tree::new(4);
-        let seen = t.generation();
-        let t2 = t.clone();
-        let h = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            t2.notify();
-        });
-        let start = Instant::now();
-        t.wait(seen, Some(Duration::from_secs(5)));
-        assert!(start.elapsed() < Duration::from_secs(4));
-        h.join().unwrap();
-        let seen = t.generation();
-        t.wait(seen, Some(Duration::from_millis(10)));
-        t.kill_all();
-        t.wait(seen, None); // returns: the tree is killed
-        assert_ne!(t.take_incoming(INIT) & (1 << 8), 0, "SIGKILL for all");
     }
 }

@@ -443,4 +443,5 @@ fn a_futex_wait_with_a_timeout_times_out() {
 
 mod fs;
 mod signals;
+mod tree;
 mod wait;
