@@ -176,6 +176,47 @@ fn a_fork_bomb_meets_max_procs() {
 }
 
 #[test]
+fn every_vmm_thread_of_a_tree_is_confined() {
+    // Two children sleeping and a program with threads: while they run, every thread of the
+    // VMM (each process's, each vCPU's, the watchdog) shows Seccomp: 2.
+    require_kvm();
+    let threads_prog = program("threads", Libc::Glibc);
+    let script = format!(
+        "sleep 3 & sleep 3 & {} 2 >/dev/null; wait",
+        path_str(&threads_prog)
+    );
+    let mut args = vec!["exec", "--timeout", "30", "--mem", "256M"];
+    args.extend_from_slice(&SYSTEM);
+    let dir = path_str(threads_prog.parent().unwrap());
+    args.extend([
+        "--allow-read",
+        dir,
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = common::threads(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let named = |p: &str| seen.iter().filter(|(n, _)| n.starts_with(p)).count();
+    assert!(
+        named("pid ") >= 2,
+        "the sleeping children's threads: {seen:?}"
+    );
+    for (name, mode) in &seen {
+        assert!(mode.ends_with('2'), "{name}: {mode}");
+    }
+}
+
+#[test]
 fn a_time_limit_ends_the_whole_tree() {
     let started = Instant::now();
     let mut all = vec!["exec", "--timeout", "1"];
