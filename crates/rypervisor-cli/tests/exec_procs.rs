@@ -58,7 +58,7 @@ fn process_calls_behave_as_natively() {
         let prog = program("procs", libc);
         let dir = prog.parent().unwrap();
         let p = path_str(&prog);
-        for mode in ["basic", "exec", "signals", "pipes", "epoll"] {
+        for mode in ["basic", "exec", "signals", "pipes", "epoll", "leader"] {
             let (want, want_status) = native(p, &[mode], dir);
             let allow = ["--allow-read", path_str(dir), "--cwd", path_str(dir)];
             let (got, status, stderr) = sandboxed(&allow, p, &[mode]);

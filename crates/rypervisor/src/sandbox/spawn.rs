@@ -232,7 +232,9 @@ impl Sandbox {
     pub(super) fn end_of_process(&mut self, exit: Exit) -> Exit {
         let (tree, tgid) = (self.process.tree().clone(), self.process.tgid());
         if tree.group_size(tgid) > 1 {
-            if !self.process.thread_exited() {
+            if self.process.thread_exited() {
+                tree.leader_left(tgid);
+            } else {
                 tree.exit_group(tgid, wait_status(&exit));
             }
             self.await_threads();

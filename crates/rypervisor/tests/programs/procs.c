@@ -8,6 +8,8 @@
  *   procs pipes            PIPE_BUF atomicity between writers, EOF, SIGPIPE and EPIPE
  *   procs epoll            epoll over a pipe another process writes: create, ctl, wait,
  *                          EPOLLONESHOT, a file refused
+ *   procs leader           a child whose first thread left by pthread_exit is killed
+ *                          through its other thread
  *   procs bomb             fork until it fails: how many, and why
  *   procs quiet            a thread, children, pipes, an exec and a posix_spawn, printing nothing:
  *                          status 0 if all went as on Linux
@@ -338,6 +340,27 @@ static int epoll_mode(void) {
     return 0;
 }
 
+static void *pausing(void *arg) {
+    for (;;)
+        pause();
+    return arg;
+}
+
+static int leader_mode(void) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        pthread_t t;
+        pthread_create(&t, 0, pausing, 0);
+        pthread_exit(0);
+    }
+    nap(200);
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+    status("child whose first thread left", st);
+    return 0;
+}
+
 static int bomb(void) {
     int n = 0;
     for (;;) {
@@ -415,6 +438,8 @@ int main(int argc, char **argv) {
         return bomb();
     if (!strcmp(mode, "epoll"))
         return epoll_mode();
+    if (!strcmp(mode, "leader"))
+        return leader_mode();
     if (!strcmp(mode, "quiet"))
         return quiet();
     return 2;

@@ -72,6 +72,13 @@ impl Tree {
         self.changed.notify_all();
     }
 
+    /// Process `tgid`'s first thread left by `exit`; the others run on and take its signals.
+    pub fn leader_left(&self, tgid: i32) {
+        if let Some(m) = self.lock().members.get_mut(&tgid) {
+            m.left = true;
+        }
+    }
+
     /// Kicks the doomed threads of process `tgid` but `me` again.
     pub fn kick_doomed(&self, tgid: i32, me: i32) {
         let s = self.lock();

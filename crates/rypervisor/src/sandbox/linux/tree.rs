@@ -49,6 +49,9 @@ pub(super) struct Member {
     pub(super) reaps: bool,
     /// Its thread group is ending (`exit_group`, a fatal signal): it is to stop.
     pub(super) doomed: bool,
+    /// A process's first thread that left by `exit` while others run: signals for the
+    /// process go to one of them.
+    pub(super) left: bool,
     /// On a group's first thread: the group's wait status once a thread ended it all.
     pub(super) group_status: Option<i32>,
     pub(super) waker: Option<Waker>,
@@ -67,6 +70,7 @@ impl Member {
             vfork: false,
             reaps: false,
             doomed: false,
+            left: false,
             group_status: None,
             waker: None,
         }
@@ -392,20 +396,32 @@ impl Tree {
         let mut hit = false;
         let mut me = false;
         let mut wake = Vec::new();
-        for (pid, m) in s.members.iter_mut().filter(|(_, m)| m.zombie.is_none()) {
-            let named = match target {
+        let mut named = Vec::new();
+        for (pid, m) in s.members.iter().filter(|(_, m)| m.zombie.is_none()) {
+            let hit = match target {
                 Target::Pid(p) => *pid == p,
                 Target::Group(g) => m.pgid == g && m.leads(*pid),
                 // kill(-1): everyone but init and the caller.
                 Target::All => m.leads(*pid) && *pid != INIT && *pid != from,
             };
-            if !named {
-                continue;
+            if hit {
+                // A first thread gone by `exit`: one of its process's others takes it.
+                let to = match m.left {
+                    true => (s.members.iter())
+                        .find(|(t, o)| {
+                            o.tgid == m.tgid && !o.left && o.zombie.is_none() && **t != *pid
+                        })
+                        .map_or(*pid, |(t, _)| *t),
+                    false => *pid,
+                };
+                named.push((*pid, to));
             }
+        }
+        for (pid, to) in named {
             hit = true;
-            if *pid == from {
+            if pid == from {
                 me = true;
-            } else if sig > 0 {
+            } else if let Some(m) = s.members.get_mut(&to).filter(|_| sig > 0) {
                 m.incoming |= 1 << (sig - 1);
                 wake.extend(m.waker.clone());
             }
