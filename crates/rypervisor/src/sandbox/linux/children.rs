@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::block::Restart;
 use super::shared::Shared;
+use super::sigframe::SigInfo;
 use super::signals::{SI_TKILL, SI_USER};
 use super::tree::{Target, Tree};
 use super::{Context, Errno, Process, SysError, SysResult, VmRequest};
@@ -291,19 +292,15 @@ impl Process {
         let keep = options & libc::WNOWAIT as u64 != 0;
         let found = self.reap(target, nohang, keep, cx)?;
         if info != 0 {
-            let mut si = [0u8; 128];
-            if let Some((pid, st)) = found {
+            // None yet (WNOHANG): all zeros, as Linux writes.
+            let si = found.map_or_else(SigInfo::default, |(pid, st)| {
                 let (code, value) = match st & 0x7f {
                     0 => (CLD_EXITED, (st >> 8) & 0xff),
                     sig => (CLD_KILLED, sig),
                 };
-                si[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
-                si[8..12].copy_from_slice(&code.to_le_bytes());
-                si[16..20].copy_from_slice(&pid.to_le_bytes());
-                si[20..24].copy_from_slice(&(super::UID as u32).to_le_bytes());
-                si[24..28].copy_from_slice(&value.to_le_bytes());
-            }
-            cx.mem.write(info, &si)?;
+                SigInfo::new(libc::SIGCHLD, code, (pid, super::UID as u32), value)
+            });
+            cx.mem.write_obj(info, &si)?;
         }
         Ok(0)
     }

@@ -86,7 +86,9 @@ impl Process {
             if out.len() >= MAX_STRINGS {
                 return Err(Errno::E2BIG);
             }
-            let ptr = cx.mem.read_u64(at + i * 8)?;
+            let ptr = cx
+                .mem
+                .read_u64(at.checked_add(i * 8).ok_or(Errno::EFAULT)?)?;
             if ptr == 0 {
                 break;
             }

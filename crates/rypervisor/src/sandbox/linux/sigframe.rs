@@ -66,10 +66,11 @@ struct UContext {
     sigmask: u64,
 }
 
-/// `siginfo_t` (128 bytes): number, errno, code, then (for `kill`) the sender's pid and uid.
+/// `siginfo_t` (128 bytes): number, errno, code, then (for `kill`) the sender's pid and uid,
+/// (for SIGCHLD) the child's status next; also what `waitid` and `rt_sigtimedwait` fill.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
-struct SigInfo {
+pub struct SigInfo {
     signo: i32,
     errno: i32,
     code: i32,
@@ -77,6 +78,22 @@ struct SigInfo {
     pid: i32,
     uid: u32,
     rest: [u64; 13],
+}
+
+impl SigInfo {
+    /// Signal `signo` with `code`, from `pid`/`uid`, and (SIGCHLD) `status` (`si_status`).
+    pub fn new(signo: i32, code: i32, (pid, uid): (i32, u32), status: i32) -> Self {
+        let mut rest = [0; 13];
+        rest[0] = u64::from(status as u32);
+        Self {
+            signo,
+            code,
+            pid,
+            uid,
+            rest,
+            ..Self::default()
+        }
+    }
 }
 
 /// `struct rt_sigframe` without its trailing FPU area.

@@ -336,10 +336,9 @@ impl Process {
             return Err(Errno::EAGAIN.into());
         };
         if info != 0 {
-            let mut si = [0u8; 128];
-            si[0..4].copy_from_slice(&sig.to_le_bytes());
-            si[8..12].copy_from_slice(&self.signals.codes[sig as usize - 1].to_le_bytes());
-            cx.mem.write(info, &si)?;
+            let code = self.signals.codes[sig as usize - 1];
+            let si = super::sigframe::SigInfo::new(sig, code, (0, 0), 0);
+            cx.mem.write_obj(info, &si)?;
         }
         Ok(i64::from(sig))
     }
