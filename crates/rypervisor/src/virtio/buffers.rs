@@ -46,33 +46,72 @@ impl<'m> Buffers<'m> {
         let mut b = Self::default();
         // Zero-length descriptors carry nothing (and would only count against IOV_MAX).
         for d in chain.filter(|d| d.is_write_only() == writable && d.len() > 0) {
-            b.len = b
-                .len
-                .checked_add(d.len() as usize)
-                .ok_or(BufferError::Overflow)?;
-            // The common case first: the buffer lies in one region (one lookup, no iterator).
-            if let Ok(slice) = GuestMemoryBackend::get_slice(mem, d.addr(), d.len() as usize) {
-                b.slices.push_back(slice);
-                continue;
-            }
-            let access = if writable {
-                Permissions::Write
-            } else {
-                Permissions::Read
-            };
-            let slices = GuestMemory::get_slices(mem, d.addr(), d.len() as usize, access)
-                .map_err(|_| BufferError::OutsideMemory)?;
-            let mut covered = 0;
-            for s in slices {
-                let s = s.map_err(|_| BufferError::OutsideMemory)?;
-                covered += s.len();
-                b.slices.push_back(s);
-            }
-            if covered != d.len() as usize {
-                return Err(BufferError::OutsideMemory);
-            }
+            b.push(mem, d.addr(), d.len() as usize, writable)?;
         }
         Ok(b)
+    }
+
+    /// Both directions of `chain` in one walk: (driver-readable, device-writable).
+    pub fn split(
+        chain: DescriptorChain<&'m GuestMemoryMmap>,
+        mem: &'m GuestMemoryMmap,
+    ) -> Result<(Self, Self), BufferError> {
+        let (mut r, mut w) = (Self::default(), Self::default());
+        for d in chain.filter(|d| d.len() > 0) {
+            let (b, writable) = match d.is_write_only() {
+                true => (&mut w, true),
+                false => (&mut r, false),
+            };
+            b.push(mem, d.addr(), d.len() as usize, writable)?;
+        }
+        Ok((r, w))
+    }
+
+    /// Appends the guest buffer `[addr, addr+len)`, which may span regions.
+    fn push(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+        addr: vm_memory::GuestAddress,
+        len: usize,
+        writable: bool,
+    ) -> Result<(), BufferError> {
+        self.len = self.len.checked_add(len).ok_or(BufferError::Overflow)?;
+        // The common case first: the buffer lies in one region (one lookup, no iterator).
+        if let Ok(slice) = GuestMemoryBackend::get_slice(mem, addr, len) {
+            self.slices.push_back(slice);
+            return Ok(());
+        }
+        let access = if writable {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        let slices = GuestMemory::get_slices(mem, addr, len, access)
+            .map_err(|_| BufferError::OutsideMemory)?;
+        let mut covered = 0;
+        for s in slices {
+            let s = s.map_err(|_| BufferError::OutsideMemory)?;
+            covered += s.len();
+            self.slices.push_back(s);
+        }
+        if covered != len {
+            return Err(BufferError::OutsideMemory);
+        }
+        Ok(())
+    }
+
+    /// Takes the last byte off the end, as a slice of its own (a virtio-blk status byte).
+    pub fn pop_last_byte(&mut self) -> Option<Slice<'m>> {
+        let last = self.slices.back_mut()?;
+        let at = last.len().checked_sub(1)?;
+        let byte = last.subslice(at, 1).ok()?;
+        if at == 0 {
+            self.slices.pop_back();
+        } else {
+            *last = last.subslice(0, at).ok()?;
+        }
+        self.len -= 1;
+        Some(byte)
     }
 
     /// Buffers over host memory (for tests).
@@ -244,6 +283,17 @@ impl Buffers<'_> {
     /// for the call.
     pub fn with_iovecs<T>(&self, f: impl FnOnce(&[libc::iovec]) -> T) -> T {
         const IOV_MAX: usize = 1024;
+        // One slice (most packets, frames and requests): no allocation.
+        if let [one] = self.slices.as_slices().0 {
+            if self.slices.len() == 1 {
+                let guard = one.ptr_guard_mut();
+                let iov = libc::iovec {
+                    iov_base: guard.as_ptr().cast(),
+                    iov_len: one.len(),
+                };
+                return f(std::slice::from_ref(&iov));
+            }
+        }
         let guards: Vec<_> = (self.slices.iter().take(IOV_MAX))
             .map(|s| (s.ptr_guard_mut(), s.len()))
             .collect();
@@ -343,6 +393,39 @@ mod tests {
         let mut back = [0u8; 14];
         mem.read_slice(&mut back, GuestAddress(0xa000)).unwrap();
         assert_eq!(&back, b"into the guest");
+    }
+
+    #[test]
+    fn one_walk_splits_both_directions_and_the_last_byte_comes_off() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut d = DriverQueue::new(&mem, 8, 0x1000);
+        let mut q = d.device_queue(false);
+        let b = |addr, len, writable| Buffer {
+            addr,
+            len,
+            writable,
+        };
+        d.offer(&[
+            b(0x8000, 16, false),
+            b(0x9000, 0, true), // empty: skipped
+            b(0xa000, 8, true),
+            b(0xb000, 1, true),
+        ])
+        .unwrap();
+        let chain = q.pop_descriptor_chain(&mem).unwrap();
+        let (r, mut w) = Buffers::split(chain, &mem).unwrap();
+        assert_eq!((r.len(), r.slice_count()), (16, 1));
+        assert_eq!((w.len(), w.slice_count()), (9, 2));
+        w.pop_last_byte().unwrap().copy_from(&[0xeeu8]);
+        assert_eq!((w.len(), w.slice_count()), (8, 1));
+        w.pop_last_byte().unwrap().copy_from(&[0xddu8]);
+        assert_eq!((w.len(), w.slice_count()), (7, 1));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xb000)).unwrap(), 0xee);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xa007)).unwrap(), 0xdd);
+        for _ in 0..7 {
+            w.pop_last_byte().unwrap();
+        }
+        assert!(w.is_empty() && w.pop_last_byte().is_none());
     }
 
     #[test]

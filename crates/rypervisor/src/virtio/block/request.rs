@@ -50,14 +50,8 @@ pub fn execute(
     disk: &Disk,
     serial: &[u8],
 ) -> Result<Done, Unanswerable> {
-    let mut readable = Buffers::of(chain.clone(), mem, false)?;
-    let writable = Buffers::of(chain, mem, true)?;
-    if writable.is_empty() {
-        return Err(Unanswerable::NoStatus);
-    }
-    let mut status_at = writable.clone();
-    status_at.skip(writable.len() - 1);
-    let data_out = writable.take(writable.len() - 1);
+    let (mut readable, mut data_out) = Buffers::split(chain, mem)?;
+    let status_at = data_out.pop_last_byte().ok_or(Unanswerable::NoStatus)?;
     let (status, written) = match readable.read_obj::<[u8; 16]>() {
         Err(_) => (VIRTIO_BLK_S_IOERR, 0),
         Ok(header) => {
@@ -66,7 +60,7 @@ pub fn execute(
             serve(kind, sector, &readable, &data_out, disk, serial)
         }
     };
-    status_at.write_bytes(&[status as u8])?;
+    status_at.copy_from(&[status as u8]);
     Ok(Done {
         status: status as u8,
         written: written + 1,
