@@ -82,6 +82,7 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
     devices.allow_when(libc::SYS_socket, 0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?;
     // virtio-blk: positioned I/O on the images (opened before the filter), flushes, holes.
     devices.allow(&[
+        libc::SYS_pread64,
         libc::SYS_preadv,
         libc::SYS_pwritev,
         libc::SYS_pwrite64,
@@ -89,7 +90,8 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
         libc::SYS_fallocate,
     ]);
     devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::FIONBIO)?;
-    // virtio-net: frames in and out of the tap, and its offloads once the guest chose them.
+    // virtio-net: frames in and out of the tap, and its offloads once the guest chose them;
+    // vsock: a host stream read into several RX buffers at once (writev is basic).
     devices.allow(&[libc::SYS_readv]);
     devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::TUNSETOFFLOAD)?;
     let console_input = base()?;

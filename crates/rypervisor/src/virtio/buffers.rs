@@ -8,8 +8,8 @@ use std::io::ErrorKind;
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{
-    ByteValued, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, Permissions, ReadVolatile,
-    VolatileMemoryError, VolatileSlice, WriteVolatile,
+    ByteValued, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, Permissions, VolatileMemoryError,
+    VolatileSlice, WriteVolatile,
 };
 
 /// One slice of guest memory.
@@ -161,20 +161,28 @@ impl<'m> Buffers<'m> {
         }
     }
 
-    /// The first `n` bytes (at most what is left) as buffers of their own.
-    pub fn take(&self, n: usize) -> Buffers<'m> {
-        let mut out = Buffers::default();
+    /// Appends `other`'s slices after ours.
+    pub fn append(&mut self, other: Buffers<'m>) {
+        self.len = self.len.saturating_add(other.len);
+        self.slices.extend(other.slices);
+    }
+
+    /// Keeps the first `n` bytes (at most what is left), dropping the rest.
+    pub fn truncate(&mut self, n: usize) {
         let mut left = n.min(self.len);
-        for s in &self.slices {
+        self.len = left;
+        let mut keep = 0;
+        for s in self.slices.iter_mut() {
             if left == 0 {
                 break;
             }
-            let part = s.subslice(0, left.min(s.len())).unwrap_or(*s);
-            left -= part.len();
-            out.len += part.len();
-            out.slices.push_back(part);
+            if s.len() > left {
+                *s = s.subslice(0, left).unwrap_or(*s);
+            }
+            left -= s.len();
+            keep += 1;
         }
-        out
+        self.slices.truncate(keep);
     }
 
     /// Copies out an object from the front and consumes it.
@@ -204,6 +212,39 @@ impl<'m> Buffers<'m> {
         }
         self.skip(bytes.len());
         Ok(())
+    }
+
+    /// Writes `bytes` at `offset` from the front, consuming nothing (a field of a header the
+    /// device filled by a read).
+    pub fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<(), BufferError> {
+        let end = offset
+            .checked_add(bytes.len())
+            .ok_or(BufferError::Overflow)?;
+        if end > self.len {
+            return Err(BufferError::Short(end));
+        }
+        let (mut skip, mut done) = (offset, 0);
+        for s in &self.slices {
+            if done == bytes.len() {
+                break;
+            }
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(bytes.len() - done);
+            if let Ok(part) = s.subslice(skip, n) {
+                part.copy_from(&bytes[done..done + n]);
+            }
+            skip = 0;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies the front into `out` (as much as fits), consuming nothing; how many bytes.
+    pub fn peek(&self, out: &mut [u8]) -> usize {
+        self.copy_out(out)
     }
 
     /// Copies the front into `out` (as much as fits); how many bytes.
@@ -252,29 +293,91 @@ impl<'m> Buffers<'m> {
         }
         Ok(done)
     }
+}
 
-    /// Fills up to `max` bytes at the front from `r` until it gives less than asked; how many
-    /// (`Ok(0)`: end of stream). `WouldBlock` before any byte is an error of that kind.
-    pub fn read_from(&self, r: &mut impl ReadVolatile, max: usize) -> std::io::Result<usize> {
-        let mut done = 0;
-        for s in &self.slices {
-            let want = s.len().min(max - done);
-            if want == 0 {
+/// Part of a device-writable buffer list: `len` bytes after its first `skip` (an RX buffer's
+/// payload area, after the header the device writes last).
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a, 'm> {
+    /// The buffers.
+    pub buffers: &'a Buffers<'m>,
+    /// Bytes left out at the front.
+    pub skip: usize,
+    /// Bytes after them (at most what the buffers hold).
+    pub len: usize,
+}
+
+impl<'a, 'm> Window<'a, 'm> {
+    /// All of `buffers`.
+    pub fn whole(buffers: &'a Buffers<'m>) -> Self {
+        Self {
+            buffers,
+            skip: 0,
+            len: buffers.len(),
+        }
+    }
+}
+
+/// At most this many slices go into one [`readv_windows`] (16 RX buffers of up to 4 slices
+/// each), so its iovecs live on the stack.
+pub const MAX_READ_SLICES: usize = 64;
+
+/// One `readv` from `fd` into `windows` in order, at most `max` bytes and
+/// [`MAX_READ_SLICES`] slices: a stream socket's bytes spread over several guest buffers in
+/// one call. Returns the bytes read and the bytes offered (a read shorter than offered says
+/// the socket is drained). `WouldBlock` is an error of that kind; `Ok((0, _))` is the end
+/// of the stream.
+pub fn readv_windows(
+    fd: std::os::fd::RawFd,
+    windows: &[Window<'_, '_>],
+    max: usize,
+) -> std::io::Result<(usize, usize)> {
+    let mut guards: [Option<vm_memory::volatile_memory::PtrGuardMut>; MAX_READ_SLICES] =
+        std::array::from_fn(|_| None);
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [empty; MAX_READ_SLICES];
+    let (mut count, mut offered) = (0, 0);
+    'all: for w in windows {
+        let (mut skip, mut len) = (w.skip, w.len.min(w.buffers.len().saturating_sub(w.skip)));
+        for s in w.buffers.slices() {
+            if offered == max || count == MAX_READ_SLICES {
+                break 'all;
+            }
+            if len == 0 {
                 break;
             }
-            let mut part = s.subslice(0, want).unwrap_or(*s);
-            match retry(|| r.read_volatile(&mut part)) {
-                Ok(n) => {
-                    done += n;
-                    if n < want {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock && done > 0 => break,
-                Err(e) => return Err(e),
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
             }
+            let n = (s.len() - skip).min(len).min(max - offered);
+            let Ok(part) = s.subslice(skip, n) else {
+                break 'all;
+            };
+            let guard = part.ptr_guard_mut();
+            iov[count] = libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: n,
+            };
+            guards[count] = Some(guard);
+            (skip, len, offered, count) = (0, len - n, offered + n, count + 1);
         }
-        Ok(done)
+    }
+    loop {
+        // SAFETY: each of the first `count` iovecs describes a live guest-memory slice whose
+        // guard is held in `guards` for the call; the kernel writes at most their lengths;
+        // the result is checked.
+        let n = unsafe { libc::readv(fd, iov.as_ptr(), count as i32) };
+        if n >= 0 {
+            return Ok((n as usize, offered));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -311,7 +414,14 @@ impl Buffers<'_> {
         self.with_iovecs(|iov| loop {
             // SAFETY: the iovecs describe live guest memory (see `with_iovecs`); the
             // kernel writes at most their lengths; the result is checked.
-            let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as i32) };
+            // One slice (a frame in one buffer) goes by `read`, which skips the kernel's
+            // copy-in of the iovec array.
+            let n = unsafe {
+                match iov {
+                    [one] => libc::read(fd, one.iov_base, one.iov_len),
+                    _ => libc::readv(fd, iov.as_ptr(), iov.len() as i32),
+                }
+            };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -326,7 +436,12 @@ impl Buffers<'_> {
     pub fn writev_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
         self.with_iovecs(|iov| loop {
             // SAFETY: as in `readv_from`; the kernel only reads the memory.
-            let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as i32) };
+            let n = unsafe {
+                match iov {
+                    [one] => libc::write(fd, one.iov_base, one.iov_len),
+                    _ => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
+                }
+            };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -382,14 +497,20 @@ mod tests {
         let head: [u8; 7] = r.read_obj().unwrap();
         assert_eq!(&head, b"header+");
         let (mut a, mut z) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(r.take(3).write_to(&mut a).unwrap(), 3);
+        let mut three = r.clone();
+        three.truncate(3);
+        assert_eq!(three.write_to(&mut a).unwrap(), 3);
         let mut got = [0u8; 3];
         std::io::Read::read_exact(&mut z, &mut got).unwrap();
         assert_eq!(&got, b"pay");
         let w = Buffers::of(chain, &mem, true).unwrap();
         assert_eq!(w.len(), 16);
         std::io::Write::write_all(&mut z, b"into the guest").unwrap();
-        assert_eq!(w.read_from(&mut a, 16).unwrap(), 14);
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            readv_windows(a.as_raw_fd(), &[Window::whole(&w)], 16).unwrap(),
+            (14, 16)
+        );
         let mut back = [0u8; 14];
         mem.read_slice(&mut back, GuestAddress(0xa000)).unwrap();
         assert_eq!(&back, b"into the guest");
@@ -426,6 +547,25 @@ mod tests {
             w.pop_last_byte().unwrap();
         }
         assert!(w.is_empty() && w.pop_last_byte().is_none());
+    }
+
+    #[test]
+    fn writes_at_an_offset_cross_slices_and_peeks_consume_nothing() {
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let mut buf = Buffers::from_bytes(&mut a);
+        buf.append(Buffers::from_bytes(&mut b));
+        buf.write_at(2, &[1, 2, 3, 4]).unwrap();
+        assert!(matches!(
+            buf.write_at(6, &[0; 3]),
+            Err(BufferError::Short(9))
+        ));
+        let mut out = [0u8; 8];
+        assert_eq!(buf.peek(&mut out), 8);
+        assert_eq!(out, [0, 0, 1, 2, 3, 4, 0, 0]);
+        assert_eq!(buf.len(), 8);
+        buf.truncate(5);
+        assert_eq!((buf.len(), buf.slice_count()), (5, 2));
+        assert_eq!(buf.peek(&mut out), 5);
     }
 
     #[test]

@@ -62,20 +62,20 @@ impl EventLoop {
     ) -> Result<Self, VirtioError> {
         let epoll = Epoll::new().map_err(VirtioError::EventLoop)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
-        let add = |fd: RawFd, source: Source| {
-            let event = EpollEvent::new(EventSet::IN, token(source));
+        let add = |fd: RawFd, events: EventSet, source: Source| {
+            let event = EpollEvent::new(events, token(source));
             epoll
                 .ctl(ControlOperation::Add, fd, event)
                 .map_err(VirtioError::EventLoop)
         };
-        add(stop.as_raw_fd(), Source::Stop)?;
+        add(stop.as_raw_fd(), EventSet::IN, Source::Stop)?;
         for (d, device) in devices.iter().enumerate() {
             let device = device.lock().unwrap_or_else(|p| p.into_inner());
             for (i, evt) in device.queue_events().iter().enumerate() {
-                add(evt.as_raw_fd(), Source::Queue(d, i))?;
+                add(evt.as_raw_fd(), EventSet::IN, Source::Queue(d, i))?;
             }
-            for (i, fd) in device.other_fds().into_iter().enumerate() {
-                add(fd, Source::Other(d, i))?;
+            for (i, (fd, events)) in device.other_fds().into_iter().enumerate() {
+                add(fd, events, Source::Other(d, i))?;
             }
         }
         let thread = std::thread::Builder::new()

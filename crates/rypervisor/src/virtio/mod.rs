@@ -133,8 +133,10 @@ pub trait VirtioDevice: Send {
     /// The event loop saw queue `index`'s eventfd (already read): serve the queue.
     fn process_queue(&mut self, index: usize);
 
-    /// Other descriptors the event loop should watch for this device (host sockets...).
-    fn other_fds(&self) -> Vec<std::os::fd::RawFd> {
+    /// Other descriptors the event loop should watch for this device (a vsock muxer's epoll,
+    /// a tap), each with the events to wait for: `EDGE_TRIGGERED` for one the device reads
+    /// until `WouldBlock` and may leave unread while the guest has no buffers.
+    fn other_fds(&self) -> Vec<(std::os::fd::RawFd, vmm_sys_util::epoll::EventSet)> {
         Vec::new()
     }
 
@@ -230,9 +232,31 @@ pub fn serve_queue(
     mem: &GuestMemoryMmap,
     interrupt: &Interrupt,
     kick: &EventFd,
-    serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+    mut serve: impl FnMut(Chain<'_>) -> u32,
 ) -> Result<(), RingsBroken> {
-    let outcome = serve_chains(queue, mem, serve);
+    let one_by_one = |chains: &[Chain<'_>], lens: &mut Vec<u32>| {
+        lens.extend(chains.iter().map(|c| serve(c.clone())));
+    };
+    serve_queue_batched(queue, mem, interrupt, kick, 1, one_by_one)
+}
+
+/// A descriptor chain on guest memory.
+pub type Chain<'m> = virtio_queue::DescriptorChain<&'m GuestMemoryMmap>;
+
+/// [`serve_queue`], the chains handed over up to `batch` at a time (those available
+/// together), so a device can serve them in one go — vsock writes a connection's
+/// consecutive payloads with one `writev`. `serve` pushes one used length per chain, in
+/// order; all are returned used after it, so nothing is given back to the driver while
+/// the device still reads it.
+pub fn serve_queue_batched(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    kick: &EventFd,
+    batch: usize,
+    serve: impl FnMut(&[Chain<'_>], &mut Vec<u32>),
+) -> Result<(), RingsBroken> {
+    let outcome = serve_chains(queue, mem, batch.max(1), serve);
     if outcome == Served::OutOfBudget {
         let _ = kick.write(1);
     }
@@ -250,14 +274,15 @@ pub fn stop_broken(active: &mut Option<Active>, complaints: &mut Complaints, dev
     *active = None;
 }
 
-/// Pops every available chain, hands it to `serve` and returns it used. With EVENT_IDX the
-/// driver kicks only when told to (`avail_event`): notifications are re-enabled after
-/// draining, and the queue drained again if buffers came meanwhile. At most the queue's size
-/// per call.
+/// Pops every available chain, hands them to `serve` (up to `batch` at a time) and returns
+/// them used. With EVENT_IDX the driver kicks only when told to (`avail_event`):
+/// notifications are re-enabled after draining, and the queue drained again if buffers came
+/// meanwhile. At most the queue's size per call.
 fn serve_chains(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+    batch: usize,
+    mut serve: impl FnMut(&[Chain<'_>], &mut Vec<u32>),
 ) -> Served {
     use virtio_queue::QueueT;
     // A queue the driver never made ready (DRIVER_OK without QUEUE_READY) has nothing to
@@ -266,17 +291,31 @@ fn serve_chains(
         return Served::Done;
     }
     let mut budget = usize::from(queue.size()).max(1);
+    let (mut chains, mut lens) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
     loop {
         let _ = queue.disable_notification(mem);
         let mut popped = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            popped = true;
-            let head = chain.head_index();
-            let len = serve(chain);
-            if queue.add_used(mem, head, len).is_err() {
-                return Served::BadRing;
+        loop {
+            chains.clear();
+            while chains.len() < batch.min(budget) {
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                chains.push(chain);
             }
-            budget = budget.saturating_sub(1);
+            if chains.is_empty() {
+                break;
+            }
+            popped = true;
+            lens.clear();
+            serve(&chains, &mut lens);
+            for (i, chain) in chains.iter().enumerate() {
+                let len = lens.get(i).copied().unwrap_or(0);
+                if queue.add_used(mem, chain.head_index(), len).is_err() {
+                    return Served::BadRing;
+                }
+            }
+            budget -= chains.len();
             if budget == 0 {
                 return Served::OutOfBudget;
             }

@@ -3,9 +3,8 @@
 //! `virtio_net_hdr_v1` both in the guest's buffers and on the tap (`IFF_VNET_HDR`), so frames
 //! move between the tap and guest memory with one `readv`/`writev` and no copy.
 //!
-//! The tap is watched edge-triggered through an epoll of the device's own (the event loop
-//! waits on that one descriptor): a frame that finds no guest buffer waits in the tap's
-//! queue, and is delivered when the driver gives buffers back (its RX kick). A frame the tap
+//! The event loop watches the tap edge-triggered: a frame that finds no guest buffer waits in
+//! the tap's queue, and is delivered when the driver gives buffers back (its RX kick). A frame the tap
 //! cannot take now (its queue full) is dropped and counted, as a congested NIC would.
 
 use std::fs::File;
@@ -14,7 +13,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC};
 use virtio_queue::{QueueOwnedT, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{set_offload, VNET_HDR};
@@ -48,7 +47,6 @@ pub struct Net {
     tap: File,
     mac: [u8; 6],
     events: Vec<EventFd>,
-    epoll: Epoll,
     /// The tap may have frames (edge-triggered: until a read says WouldBlock).
     readable: bool,
     /// Offloads to set on the tap, from the event loop (activation runs on a vCPU thread).
@@ -75,15 +73,10 @@ impl std::fmt::Debug for Net {
 impl Net {
     /// A device on `tap` (non-blocking, with 12-byte vnet headers) with `mac`.
     pub fn new(tap: File, mac: [u8; 6]) -> Result<Self, VirtioError> {
-        let epoll = Epoll::new().map_err(VirtioError::EventLoop)?;
-        let event = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 0);
-        (epoll.ctl(ControlOperation::Add, tap.as_raw_fd(), event))
-            .map_err(VirtioError::EventLoop)?;
         Ok(Self {
             tap,
             mac,
             events: queue_eventfds(QUEUE_SIZES.len())?,
-            epoll,
             readable: true,
             offload: None,
             csum: false,
@@ -136,11 +129,9 @@ impl Net {
                         // header's flags must be 0 (whatever the tap set, e.g. from before
                         // a reset).
                         if !self.guest_csum {
-                            let _ = b.clone().write_bytes(&[0]);
+                            let _ = b.write_at(0, &[0]);
                         }
-                        let mut field = b.clone();
-                        field.skip(10);
-                        let _ = field.write_bytes(&1u16.to_le_bytes());
+                        let _ = b.write_at(10, &1u16.to_le_bytes());
                         self.stats.rx += 1;
                         n as u32
                     }
@@ -222,9 +213,10 @@ impl Net {
 /// segmentation offload (none is offered), and a partial checksum only if CSUM was
 /// acknowledged.
 fn tx_allowed(frame: &Buffers<'_>, csum: bool) -> bool {
-    let Ok(head) = frame.clone().read_obj::<[u8; 2]>() else {
+    let mut head = [0u8; 2];
+    if frame.peek(&mut head) < head.len() {
         return false;
-    };
+    }
     let (flags, gso_type) = (head[0], head[1]);
     let needs_csum = flags & 1 != 0; // VIRTIO_NET_HDR_F_NEEDS_CSUM
     frame.slice_count() <= 1024 && gso_type == 0 && (csum || !needs_csum)
@@ -286,15 +278,16 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn other_fds(&self) -> Vec<RawFd> {
-        vec![self.epoll.as_raw_fd()]
+    fn other_fds(&self) -> Vec<(RawFd, EventSet)> {
+        vec![(
+            self.tap.as_raw_fd(),
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        )]
     }
 
+    /// The tap became readable (an edge: it is read until `WouldBlock` before another).
     fn process_fd(&mut self, _index: usize) {
-        let mut events = [EpollEvent::default(); 4];
-        if matches!(self.epoll.wait(0, &mut events), Ok(n) if n > 0) {
-            self.readable = true;
-        }
+        self.readable = true;
         self.apply_offload();
         self.process_rx();
     }

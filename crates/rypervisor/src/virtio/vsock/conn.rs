@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use super::packet::{
     OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV,
     SHUTDOWN_SEND,
 };
-use crate::virtio::buffers::Buffers;
+use crate::virtio::buffers::{readv_windows, Buffers, Window};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +32,10 @@ pub enum State {
     /// An RST is owed to the guest; then the connection is gone.
     Resetting,
 }
+
+/// RX buffers one read from the host stream may fill at most (64 KiB of Linux's 4 KiB
+/// buffers): one connection cannot take the whole queue at once.
+pub const MAX_RX_BATCH: usize = 16;
 
 /// Packets owed to the guest (bits).
 const OWE_REQUEST: u8 = 1;
@@ -78,6 +83,10 @@ pub struct Connection {
     pub deadline: Option<Instant>,
     /// In the device's list of connections that owe the guest something.
     pub queued: bool,
+    /// RX buffers the last read from the host stream filled: the next read is offered one
+    /// more, so that a read shorter than offered tells the stream is drained (a read that
+    /// exactly fills what it was offered cannot tell, and would cost one more read).
+    filled_last: usize,
 }
 
 impl Connection {
@@ -113,6 +122,7 @@ impl Connection {
             host_write_shut: false,
             deadline: None,
             queued: false,
+            filled_last: 1,
         }
     }
 
@@ -142,6 +152,17 @@ impl Connection {
     /// Whether it owes the guest a packet now.
     pub fn owes(&self) -> bool {
         self.state == State::Resetting || self.owed != 0 || self.can_send_data()
+    }
+
+    /// How many RX buffers its next packet would like: one for a control packet; for data,
+    /// one more than the last read filled (at most [`MAX_RX_BATCH`]).
+    pub fn buffers_wanted(&self) -> usize {
+        let control =
+            self.state == State::Resetting || self.owed & (OWE_REQUEST | OWE_RESPONSE) != 0;
+        if control || !self.can_send_data() {
+            return 1;
+        }
+        (self.filled_last + 1).min(MAX_RX_BATCH)
     }
 
     fn can_send_data(&self) -> bool {
@@ -195,7 +216,7 @@ impl Connection {
             return self.reset();
         }
         if self.pending.is_empty() {
-            match payload.write_to(&mut self.stream) {
+            match writev_some(&self.stream, payload) {
                 Ok(n) => {
                     self.credit.forwarded(n as u32);
                     let mut rest = payload.clone();
@@ -274,8 +295,10 @@ impl Connection {
     }
 
     /// The next packet for the guest, its payload (if any) read from the host stream straight
-    /// into `payload` (at most its length and the guest's credit). `None`: nothing after all.
-    pub fn next_packet(&mut self, payload: &Buffers<'_>) -> Option<Outgoing> {
+    /// into the `payload` windows in order (at most their lengths and the guest's credit; an
+    /// RW's `len` is the total, which the device spreads over the windows as separate
+    /// packets). `None`: nothing after all.
+    pub fn next_packet(&mut self, payload: &[Window<'_, '_>]) -> Option<Outgoing> {
         let packet = |op, flags, len, credit: &mut Credit| Outgoing {
             op,
             flags,
@@ -291,21 +314,23 @@ impl Connection {
                 return Some(packet(op, 0, 0, &mut self.credit));
             }
         }
-        if self.can_send_data() && !payload.is_empty() {
-            let room = payload.len().min(self.credit.peer_credit() as usize);
-            match read_some(&mut self.stream, payload, room) {
-                Ok(Some(0)) => {
+        let offered: usize = payload.iter().map(|w| w.len).sum();
+        if self.can_send_data() && offered > 0 {
+            let room = offered.min(self.credit.peer_credit() as usize);
+            match read_some(&self.stream, payload, room) {
+                Ok(Some((0, _))) => {
                     self.host_eof = true;
                     self.shutdown_flags |= SHUTDOWN_SEND;
                     self.owed |= OWE_SHUTDOWN;
                 }
-                Ok(Some(n)) => {
+                Ok(Some((n, offered))) => {
                     // A short read from a stream socket means it is drained for now (epoll(7)):
                     // no need for a read that would only say WouldBlock — unless the host's
                     // end closed, whose EOF still has to be read.
-                    if n < room && !self.host_hung_up {
+                    if n < offered && !self.host_hung_up {
                         self.readable = false;
                     }
+                    self.filled_last = windows_filled(payload, n);
                     self.credit.sent(n as u32);
                     self.owed &= !OWE_CREDIT;
                     return Some(packet(OP_RW, 0, n, &mut self.credit));
@@ -344,18 +369,41 @@ fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> std::io::Result<usize> {
     }
 }
 
-/// Reads what the socket has now, at most `max` bytes (`None`: nothing yet; `Some(0)`: end
-/// of stream).
+/// Writes what the socket takes now of `payload`, in one `writev` (0 when it takes nothing).
+fn writev_some(stream: &UnixStream, payload: &Buffers<'_>) -> std::io::Result<usize> {
+    match payload.writev_to(stream.as_raw_fd()) {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads what the socket has now, at most `max` bytes, in one `readv`: the bytes read and
+/// those offered (`None`: nothing yet; `Some((0, _))`: end of stream).
 fn read_some(
-    stream: &mut UnixStream,
-    into: &Buffers<'_>,
+    stream: &UnixStream,
+    into: &[Window<'_, '_>],
     max: usize,
-) -> std::io::Result<Option<usize>> {
-    match into.read_from(stream, max) {
+) -> std::io::Result<Option<(usize, usize)>> {
+    match readv_windows(stream.as_raw_fd(), into, max) {
         Ok(n) => Ok(Some(n)),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// How many of `windows` (in order) `n` bytes reach into.
+pub fn windows_filled(windows: &[Window<'_, '_>], n: usize) -> usize {
+    let mut left = n;
+    let mut filled = 0;
+    for w in windows {
+        if left == 0 {
+            break;
+        }
+        left = left.saturating_sub(w.len);
+        filled += 1;
+    }
+    filled
 }
 
 #[cfg(test)]
@@ -375,7 +423,7 @@ mod tests {
     }
 
     fn next(c: &mut Connection, buf: &mut [u8]) -> Option<Outgoing> {
-        c.next_packet(&Buffers::from_bytes(buf))
+        c.next_packet(&[Window::whole(&Buffers::from_bytes(buf))])
     }
 
     fn pair() -> (Connection, UnixStream) {

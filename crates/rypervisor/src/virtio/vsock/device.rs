@@ -9,12 +9,14 @@ use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::conn::MAX_RX_BATCH;
+use super::credit::HOST_BUF_ALLOC;
 use super::muxer::Muxer;
-use super::packet::{check, Header, Refusal, HEADER_SIZE, MAX_PAYLOAD};
+use super::packet::{check, Header, Refusal, HEADER_SIZE, MAX_PAYLOAD, OP_RW};
 use super::{VsockError, VIRTIO_ID_VSOCK};
-use crate::virtio::buffers::Buffers;
+use crate::virtio::buffers::{Buffers, Window};
 use crate::virtio::{
-    notify_used, queue_eventfds, ring_broken, serve_queue, stop_broken, Active, Complaints,
+    notify_used, queue_eventfds, ring_broken, serve_queue_batched, stop_broken, Active, Complaints,
     VirtioDevice,
 };
 use vm_memory::ByteValued;
@@ -26,6 +28,11 @@ pub const TX: usize = 1;
 /// Transport events (unused by us).
 pub const EVENTS: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+/// TX chains served together at most (64 KiB of Linux's 4 KiB packets).
+const TX_BATCH: usize = 16;
+/// Payload bytes joined into one write at most: what we advertise, so a join is never
+/// refused where its packets one by one would have passed the credit check.
+const RUN_MAX: usize = HOST_BUF_ALLOC as usize;
 
 /// Packet counts, for tests and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,22 +102,48 @@ impl Vsock {
         let queue = &mut active.queues[TX];
         let (muxer, stats, complaints) = (&mut self.muxer, &mut self.stats, &mut self.complaints);
         let (interrupt, kick) = (&active.interrupt, &self.events[TX]);
-        let outcome = serve_queue(queue, mem, interrupt, kick, |chain| {
-            let head = chain.head_index();
-            match read_packet(chain, mem, self.guest_cid) {
-                Ok((header, payload)) => {
-                    stats.tx += 1;
-                    muxer.from_guest(&header, &payload);
+        let guest_cid = self.guest_cid;
+        let outcome = serve_queue_batched(queue, mem, interrupt, kick, TX_BATCH, |chains, lens| {
+            // Consecutive RW packets of one connection go to its host stream together (one
+            // `writev`); anything else is served in order, after what came before it.
+            let mut run: Option<(Header, Buffers<'_>)> = None;
+            let flush = |run: &mut Option<(Header, Buffers<'_>)>, muxer: &mut Muxer| {
+                if let Some((h, payload)) = run.take() {
+                    muxer.from_guest(&h, &payload);
                 }
-                Err((why, header)) => {
-                    stats.dropped += 1;
-                    complaints.note("vsock", format_args!("TX buffer {head} dropped: {why}"));
-                    if let Some(h) = header {
-                        muxer.reset_connection(&h);
+            };
+            for chain in chains {
+                lens.push(0);
+                let head = chain.head_index();
+                match read_packet(chain.clone(), mem, guest_cid) {
+                    Ok((header, payload)) => {
+                        stats.tx += 1;
+                        let fits = |joined: &Buffers<'_>| joined.len() + payload.len() <= RUN_MAX;
+                        let run_on = run.as_mut().filter(|(h, b)| joins(h, &header) && fits(b));
+                        if let Some((h, joined)) = run_on {
+                            (h.buf_alloc, h.fwd_cnt) = (header.buf_alloc, header.fwd_cnt);
+                            h.len = h.len.saturating_add(header.len);
+                            joined.append(payload);
+                            continue;
+                        }
+                        flush(&mut run, muxer);
+                        if header.op == OP_RW {
+                            run = Some((header, payload));
+                        } else {
+                            muxer.from_guest(&header, &payload);
+                        }
+                    }
+                    Err((why, header)) => {
+                        flush(&mut run, muxer);
+                        stats.dropped += 1;
+                        complaints.note("vsock", format_args!("TX buffer {head} dropped: {why}"));
+                        if let Some(h) = header {
+                            muxer.reset_connection(&h);
+                        }
                     }
                 }
             }
-            0
+            flush(&mut run, muxer);
         });
         if outcome.is_err() {
             return stop_broken(&mut self.active, &mut self.complaints, "vsock");
@@ -118,7 +151,8 @@ impl Vsock {
         self.process_rx();
     }
 
-    /// Fills the guest's RX buffers with owed packets, one packet per buffer.
+    /// Fills the guest's RX buffers with owed packets, one packet per buffer; a connection's
+    /// data may fill several buffers from one read of its host stream.
     fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -130,11 +164,44 @@ impl Vsock {
             return; // never set up by the driver: nothing to fill
         }
         let (mut used, mut broken) = (false, false);
+        let mut bufs: Vec<RxBuffer<'_>> = Vec::with_capacity(MAX_RX_BATCH);
         while self.muxer.has_packets() {
             let _ = queue.disable_notification(mem);
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let wanted = self.muxer.buffers_wanted().min(budget);
+            bufs.clear();
+            while bufs.len() < wanted {
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                match rx_buffer(chain, mem) {
+                    Ok(b) => bufs.push(b),
+                    // Buffers not filled go back by rewinding the queue, which must not reach
+                    // past one already used: an unusable buffer behind good ones waits for
+                    // the next round, where it comes first.
+                    Err(_) if !bufs.is_empty() => {
+                        queue.go_to_previous_position();
+                        break;
+                    }
+                    Err(why) => {
+                        let what =
+                            format_args!("RX buffer {head} unusable ({why}): returned empty");
+                        self.complaints.note("vsock", what);
+                        used = true;
+                        budget -= 1;
+                        if queue.add_used(mem, head, 0).is_err() {
+                            return self.complaints.note("vsock", format_args!("bad used ring"));
+                        }
+                    }
+                }
+            }
+            if bufs.is_empty() {
                 if ring_broken(queue, mem) {
                     broken = true;
+                    break;
+                }
+                if budget == 0 {
+                    let _ = self.events[RX].write(1); // fairness: the event loop comes back
                     break;
                 }
                 // No buffers: ask to be kicked when some come, and look once more.
@@ -142,26 +209,28 @@ impl Vsock {
                     Ok(true) => continue,
                     _ => break,
                 }
-            };
-            let head = chain.head_index();
-            let written = match write_packet(chain, mem, &mut self.muxer) {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    queue.go_to_previous_position(); // nothing owed after all: keep the buffer
-                    break;
-                }
-                Err(why) => {
-                    let what = format_args!("RX buffer {head} unusable ({why}): returned empty");
-                    self.complaints.note("vsock", what);
-                    0
-                }
-            };
-            self.stats.rx += u64::from(written > 0);
-            used = true;
-            if queue.add_used(mem, head, written).is_err() {
-                return self.complaints.note("vsock", format_args!("bad used ring"));
             }
-            budget -= 1;
+            let windows: Vec<Window<'_, '_>> = bufs.iter().map(RxBuffer::payload).collect();
+            let packet = self.muxer.next_packet(&windows);
+            let filled = match packet {
+                None => 0,
+                Some((header, len)) => put_packets(&mut bufs, header, len),
+            };
+            // What was popped and not filled goes back, last first.
+            for _ in filled..bufs.len() {
+                queue.go_to_previous_position();
+            }
+            for b in bufs.drain(..filled) {
+                self.stats.rx += 1;
+                used = true;
+                budget -= 1;
+                if queue.add_used(mem, b.head, b.written).is_err() {
+                    return self.complaints.note("vsock", format_args!("bad used ring"));
+                }
+            }
+            if filled == 0 {
+                break; // nothing owed after all: the buffers stay
+            }
             if budget == 0 {
                 let _ = self.events[RX].write(1); // fairness: the event loop comes back
                 break;
@@ -174,6 +243,72 @@ impl Vsock {
             stop_broken(&mut self.active, &mut self.complaints, "vsock");
         }
     }
+}
+
+/// One RX buffer popped from the queue: its device-writable bytes, a header's room first.
+struct RxBuffer<'m> {
+    head: u16,
+    buffers: Buffers<'m>,
+    /// Bytes for the used ring once filled.
+    written: u32,
+}
+
+impl<'m> RxBuffer<'m> {
+    /// Where its payload goes: after the header, at most MAX_PAYLOAD.
+    fn payload(&self) -> Window<'_, 'm> {
+        let room = self.buffers.len() - HEADER_SIZE;
+        Window {
+            buffers: &self.buffers,
+            skip: HEADER_SIZE,
+            len: room.min(MAX_PAYLOAD as usize),
+        }
+    }
+}
+
+fn rx_buffer<'m>(
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
+    mem: &'m GuestMemoryMmap,
+) -> Result<RxBuffer<'m>, String> {
+    let head = chain.head_index();
+    let buffers = Buffers::of(chain, mem, true).map_err(|e| e.to_string())?;
+    if buffers.len() < HEADER_SIZE {
+        return Err("shorter than a header".into());
+    }
+    Ok(RxBuffer {
+        head,
+        buffers,
+        written: 0,
+    })
+}
+
+/// Writes the packet's header into the first buffer, or — for an RW whose `len` bytes the
+/// read spread over several buffers — one RW header into each buffer they reached, with its
+/// share of the bytes; how many buffers were filled.
+fn put_packets(bufs: &mut [RxBuffer<'_>], header: Header, len: usize) -> usize {
+    let mut left = len;
+    let mut filled = 0;
+    for b in bufs.iter_mut() {
+        let share = left.min(b.payload().len);
+        let mut h = header;
+        h.len = share as u32;
+        // The buffer holds a header's room (checked when it was popped).
+        let _ = b.buffers.write_bytes(h.as_slice());
+        b.written = (HEADER_SIZE + share) as u32;
+        filled += 1;
+        left -= share;
+        if left == 0 || header.op != OP_RW {
+            break;
+        }
+    }
+    filled
+}
+
+/// Whether `next` continues the run of RW packets that `run` heads: data on the same
+/// connection.
+fn joins(run: &Header, next: &Header) -> bool {
+    next.op == OP_RW
+        && run.op == OP_RW
+        && (next.src_port, next.dst_port) == (run.src_port, run.dst_port)
 }
 
 /// Reads one TX packet's header, checked, and finds its payload in guest memory (only the
@@ -194,29 +329,8 @@ fn read_packet<'m>(
         Err(Refusal::BadLength) => return Err(("payload past its buffers".into(), Some(header))),
         Err(why) => return Err((format!("{why:?}"), None)),
     }
-    Ok((header, r.take(header.len as usize)))
-}
-
-/// Writes the muxer's next packet into an RX buffer, the payload read from the host socket
-/// straight into guest memory; the bytes written, or `None` if nothing was owed after all.
-fn write_packet(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-    muxer: &mut Muxer,
-) -> Result<Option<u32>, String> {
-    let mut w = Buffers::of(chain, mem, true).map_err(|e| e.to_string())?;
-    if w.len() < HEADER_SIZE {
-        return Err("shorter than a header".into());
-    }
-    let mut payload = w.clone();
-    payload.skip(HEADER_SIZE);
-    let payload = payload.take(MAX_PAYLOAD as usize);
-    let Some((header, len)) = muxer.next_packet(&payload) else {
-        return Ok(None);
-    };
-    w.write_bytes(header.as_slice())
-        .map_err(|e| e.to_string())?;
-    Ok(Some((HEADER_SIZE + len) as u32))
+    r.truncate(header.len as usize);
+    Ok((header, r))
 }
 
 impl VirtioDevice for Vsock {
@@ -278,8 +392,8 @@ impl VirtioDevice for Vsock {
         }
     }
 
-    fn other_fds(&self) -> Vec<std::os::fd::RawFd> {
-        vec![self.muxer.fd()]
+    fn other_fds(&self) -> Vec<(std::os::fd::RawFd, vmm_sys_util::epoll::EventSet)> {
+        vec![(self.muxer.fd(), vmm_sys_util::epoll::EventSet::IN)]
     }
 
     fn process_fd(&mut self, _index: usize) {

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -40,6 +41,9 @@ pub struct GuestDriver {
     /// The device's interrupt line.
     pub irq: EventFd,
     interrupt: Arc<Interrupt>,
+    /// Time spent inside the device's queue and socket handlers (what its event-loop thread
+    /// would spend), apart from the model driver's own work.
+    pub device_time: Duration,
 }
 
 impl std::fmt::Debug for GuestDriver {
@@ -91,10 +95,25 @@ impl GuestDriver {
             tx_free,
             irq,
             interrupt,
+            device_time: Duration::ZERO,
         };
         driver.refill_rx();
-        driver.device.process_queue(TX); // the activation's kick
+        driver.queue(TX); // the activation's kick
         Ok(driver)
+    }
+
+    /// Kicks queue `q`: the device serves it.
+    fn queue(&mut self, q: usize) {
+        let start = Instant::now();
+        self.device.process_queue(q);
+        self.device_time += start.elapsed();
+    }
+
+    /// The device's event loop found its host sockets ready: it serves them.
+    fn sockets(&mut self) {
+        let start = Instant::now();
+        self.device.process_fd(0);
+        self.device_time += start.elapsed();
     }
 
     /// A header from the guest's `port` to the host's `host_port`.
@@ -139,7 +158,7 @@ impl GuestDriver {
         for (header, payload) in packets {
             self.offer_tx(header.as_slice(), payload);
         }
-        self.device.process_queue(TX);
+        self.queue(TX);
         self.reclaim_tx();
     }
 
@@ -170,14 +189,14 @@ impl GuestDriver {
                 break;
             }
         }
-        self.device.process_queue(TX);
+        self.queue(TX);
         self.reclaim_tx();
     }
 
     /// Lets the device serve its host sockets and takes the packets it gave the guest, their
     /// headers only (the guest's copy of the payload out of its buffers left out, as above).
     pub fn receive_headers(&mut self) -> Vec<Header> {
-        self.device.process_fd(0);
+        self.sockets();
         self.acknowledge();
         let mut got = Vec::new();
         while let Some((head, len)) = self.rx.take_used() {
@@ -195,7 +214,7 @@ impl GuestDriver {
         }
         self.refill_rx();
         if !got.is_empty() {
-            self.device.process_queue(RX);
+            self.queue(RX);
         }
         got
     }
@@ -203,7 +222,7 @@ impl GuestDriver {
     /// Sends any bytes as a packet's header and payload descriptors (for fuzzing).
     pub fn send_raw(&mut self, header: &[u8], payload: &[u8]) {
         if self.offer_tx(header, payload) {
-            self.device.process_queue(TX);
+            self.queue(TX);
             self.reclaim_tx();
         }
     }
@@ -241,7 +260,7 @@ impl GuestDriver {
     /// serve it.
     pub fn send_chain(&mut self, chain: &[Buffer]) {
         if self.tx.offer(chain).is_some() {
-            self.device.process_queue(TX);
+            self.queue(TX);
         }
         self.reclaim_tx();
     }
@@ -277,7 +296,7 @@ impl GuestDriver {
     /// Lets the device serve its host sockets, then takes every packet it gave the guest
     /// (and gives the buffers back).
     pub fn receive(&mut self) -> Vec<(Header, Vec<u8>)> {
-        self.device.process_fd(0);
+        self.sockets();
         self.collect()
     }
 
@@ -304,7 +323,7 @@ impl GuestDriver {
         }
         self.refill_rx();
         if !got.is_empty() {
-            self.device.process_queue(RX); // the driver's kick after refilling
+            self.queue(RX); // the driver's kick after refilling
         }
         got
     }

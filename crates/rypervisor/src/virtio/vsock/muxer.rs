@@ -9,7 +9,7 @@
 //! advertised; RSTs for packets that match no connection are capped too (beyond, dropped:
 //! the guest gave a packet no connection to answer it on, and it will time out).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ use super::packet::{
     OP_SHUTDOWN, TYPE_STREAM,
 };
 use super::{unix, VsockError, HOST_CID};
-use crate::virtio::buffers::Buffers;
+use crate::virtio::buffers::{Buffers, Window};
 use crate::virtio::Complaints;
 
 /// Connections (and CONNECT lines being read) at most.
@@ -58,10 +58,11 @@ pub struct Muxer {
     epoll: Epoll,
     timer: TimerFd,
     ticking: bool,
-    conns: HashMap<Key, Connection>,
-    lines: HashMap<u64, PendingLine>,
+    /// (Ordered maps: a few lookups of small keys per packet cost less than hashing them.)
+    conns: BTreeMap<Key, Connection>,
+    lines: BTreeMap<u64, PendingLine>,
     /// Epoll token → connection.
-    tokens: HashMap<u64, Key>,
+    tokens: BTreeMap<u64, Key>,
     next_token: u64,
     next_host_port: u32,
     /// Connections that owe the guest a packet, in turn.
@@ -98,9 +99,9 @@ impl Muxer {
             epoll,
             timer,
             ticking: false,
-            conns: HashMap::new(),
-            lines: HashMap::new(),
-            tokens: HashMap::new(),
+            conns: BTreeMap::new(),
+            lines: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             next_token: 0,
             next_host_port: FIRST_HOST_PORT,
             owing: VecDeque::new(),
@@ -423,9 +424,19 @@ impl Muxer {
         !self.stray_rsts.is_empty() || !self.owing.is_empty()
     }
 
-    /// The next packet for the guest: its header, and its payload read into `payload` (at
-    /// most its length). `None` when nothing is owed after all.
-    pub fn next_packet(&mut self, payload: &Buffers<'_>) -> Option<(Header, usize)> {
+    /// How many RX buffers the next packet would like (see [`Connection::buffers_wanted`]).
+    pub fn buffers_wanted(&self) -> usize {
+        if !self.stray_rsts.is_empty() {
+            return 1;
+        }
+        let next = self.owing.front().and_then(|k| self.conns.get(k));
+        next.map_or(1, Connection::buffers_wanted)
+    }
+
+    /// The next packet for the guest: its header, and its payload read into the `payload`
+    /// windows (at most their lengths; an RW's `len` is the total over them). `None` when
+    /// nothing is owed after all.
+    pub fn next_packet(&mut self, payload: &[Window<'_, '_>]) -> Option<(Header, usize)> {
         if let Some(rst) = self.stray_rsts.pop_front() {
             return Some((rst, 0));
         }
