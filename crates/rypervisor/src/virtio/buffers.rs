@@ -102,6 +102,9 @@ impl<'m> Buffers<'m> {
 
     /// Takes the last byte off the end, as a slice of its own (a virtio-blk status byte).
     pub fn pop_last_byte(&mut self) -> Option<Slice<'m>> {
+        while self.slices.back().is_some_and(|s| s.is_empty()) {
+            self.slices.pop_back(); // (empty slices are never pushed; kept safe anyway)
+        }
         let last = self.slices.back_mut()?;
         let at = last.len().checked_sub(1)?;
         let byte = last.subslice(at, 1).ok()?;

@@ -326,7 +326,9 @@ impl Connection {
                 Ok(Some((n, offered))) => {
                     // A short read from a stream socket means it is drained for now (epoll(7)):
                     // no need for a read that would only say WouldBlock — unless the host's
-                    // end closed, whose EOF still has to be read.
+                    // end closed, whose EOF still has to be read. (A Unix stream read also
+                    // stops short at passed descriptors or an out-of-band mark; such bytes
+                    // wait for the host program's next write.)
                     if n < offered && !self.host_hung_up {
                         self.readable = false;
                     }

@@ -30,8 +30,8 @@ pub const EVENTS: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 /// TX chains served together at most (64 KiB of Linux's 4 KiB packets).
 const TX_BATCH: usize = 16;
-/// Payload bytes joined into one write at most: what we advertise, so a join is never
-/// refused where its packets one by one would have passed the credit check.
+/// Payload bytes joined into one write at most: what we advertise, so a guest that keeps
+/// to its credit (held + sent ≤ 64 KiB) always passes the check with its packets joined.
 const RUN_MAX: usize = HOST_BUF_ALLOC as usize;
 
 /// Packet counts, for tests and logs.
@@ -167,14 +167,21 @@ impl Vsock {
         let mut bufs: Vec<RxBuffer<'_>> = Vec::with_capacity(MAX_RX_BATCH);
         while self.muxer.has_packets() {
             let _ = queue.disable_notification(mem);
-            let wanted = self.muxer.buffers_wanted().min(budget);
+            let wanted = self.muxer.buffers_wanted();
             bufs.clear();
-            while bufs.len() < wanted {
+            // (Unusable buffers count against the budget too: at most `budget` chains are
+            // used however many the driver keeps adding meanwhile.)
+            while bufs.len() < wanted.min(budget) {
                 let Some(chain) = queue.pop_descriptor_chain(mem) else {
                     break;
                 };
                 let head = chain.head_index();
                 match rx_buffer(chain, mem) {
+                    // A buffer with no room for payload behind others would get an empty RW.
+                    Ok(b) if b.payload().len == 0 && !bufs.is_empty() => {
+                        queue.go_to_previous_position();
+                        break;
+                    }
                     Ok(b) => bufs.push(b),
                     // Buffers not filled go back by rewinding the queue, which must not reach
                     // past one already used: an unusable buffer behind good ones waits for
