@@ -112,6 +112,18 @@ fn reads_and_writes_reach_the_file_in_sectors() {
     assert_eq!(r.request(VIRTIO_BLK_T_OUT, 10, &out), (OK, 1));
     assert_eq!(r.file(10 * 512, 1024), vec![0xab; 1024]);
     assert_eq!(r.file(12 * 512, 1), vec![12], "nothing past it");
+    // The status byte may end the data's own buffer (one descriptor after the header).
+    let mut header = [0u8; 16];
+    header[8..].copy_from_slice(&5u64.to_le_bytes()); // IN (0), sector 5
+    r.mem.write_slice(&header, GuestAddress(HEADER)).unwrap();
+    r.mem.write_obj(0xffu8, GuestAddress(DATA + 512)).unwrap();
+    r.q.offer(&[readable(HEADER, 16), writable(DATA, 513)])
+        .unwrap();
+    r.dev.process_queue(0);
+    assert_eq!(r.q.take_used().map(|u| u.1), Some(513));
+    r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert!(got.iter().all(|&b| b == 5), "sector 5's bytes");
+    assert_eq!(r.mem.read_obj::<u8>(GuestAddress(DATA + 512)).unwrap(), OK);
 }
 
 #[test]
