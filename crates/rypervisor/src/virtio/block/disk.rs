@@ -1,12 +1,13 @@
 //! A disk image file: positioned reads and writes straight between the file and guest memory
-//! (`preadv`/`pwritev` over the request's guest-memory slices: vm-memory's volatile I/O has
-//! no positioned form, and a bounce buffer would cost a copy per request), `fdatasync` for
-//! FLUSH, and hole punching / zeroing for DISCARD and WRITE_ZEROES.
+//! (`pread`/`pwrite`, or `preadv`/`pwritev` for a request in several buffers, over its
+//! guest-memory slices: vm-memory's volatile I/O has no positioned form, and a bounce buffer
+//! would cost a copy per request), `fdatasync` for FLUSH, and hole punching / zeroing for
+//! DISCARD and WRITE_ZEROES.
 //!
-//! I/O is synchronous, on the device event loop: on a file in the host's page cache a
-//! `preadv` is a memory copy, and the benchmark (benches/block.rs) measured this at the
-//! `pread` floor's rate for queue depth 1 and 32; a worker thread or io_uring would add a
-//! hand-off per request for a win only on cold, slow storage.
+//! I/O is synchronous, on the device event loop: on a file in the host's page cache a read
+//! is a memory copy, and the benchmark (benches/block.rs) measured the device at 0.7–0.95×
+//! the `pread`/`pwrite` floor at queue depth 1 and 32; a worker thread or io_uring would
+//! add a hand-off per request for a win only on cold, slow storage.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
