@@ -7,7 +7,9 @@
 //! meant for tests, reuses descriptor 0 for every chain and lays the used ring over the
 //! avail ring; a benchmark needs buffers that come and go, so this one keeps a free list.
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -129,6 +131,17 @@ impl DriverQueue {
         Some((id as u16, len))
     }
 
+    /// Sets or clears `VRING_AVAIL_F_NO_INTERRUPT` (the driver needs no interrupt for used
+    /// buffers; meaningful without EVENT_IDX).
+    pub fn quiet(&mut self, quiet: bool) {
+        let flags = if quiet {
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        } else {
+            0
+        };
+        let _ = self.mem.write_obj(flags, GuestAddress(self.avail));
+    }
+
     /// Descriptors not in use.
     pub fn free(&self) -> usize {
         self.free.len()
@@ -162,5 +175,45 @@ mod tests {
         assert_eq!(d.take_used(), None);
         assert_eq!(d.free(), 8);
         assert!(q.ready());
+    }
+
+    #[test]
+    fn a_driver_that_asks_for_no_interrupt_without_event_idx_gets_none() {
+        use crate::virtio::{notify_used, Interrupt};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        for event_idx in [false, true] {
+            let mut d = DriverQueue::new(&mem, 8, 0x1000);
+            let mut q = d.device_queue(event_idx);
+            let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let interrupt = Interrupt::new(irq.try_clone().unwrap());
+            let used_one = |d: &mut DriverQueue, q: &mut Queue| {
+                let buf = Buffer {
+                    addr: 0x8000,
+                    len: 1,
+                    writable: true,
+                };
+                let head = d.offer(&[buf]).unwrap();
+                q.pop_descriptor_chain(&mem).unwrap();
+                q.add_used(&mem, head, 0).unwrap();
+                notify_used(q, &mem, &interrupt);
+                d.take_used().unwrap();
+                let raised = irq.read().is_ok();
+                interrupt.ack(interrupt.status());
+                raised
+            };
+            assert!(
+                used_one(&mut d, &mut q),
+                "event_idx {event_idx}: interrupts by default"
+            );
+            d.quiet(true);
+            // With EVENT_IDX the flag means nothing: used_event (0, passed) rules.
+            assert!(!used_one(&mut d, &mut q), "event_idx {event_idx}");
+            d.quiet(false);
+            assert_eq!(
+                used_one(&mut d, &mut q),
+                !event_idx,
+                "event_idx {event_idx}"
+            );
+        }
     }
 }

@@ -343,15 +343,30 @@ pub fn ring_broken(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
 }
 
 /// Signals the device's interrupt if the driver wants to hear about `queue`'s new used
-/// buffers (always without EVENT_IDX; with it, when the used index passed its mark).
+/// buffers: with EVENT_IDX, when the used index passed its mark; without, unless the driver
+/// set `VRING_AVAIL_F_NO_INTERRUPT`.
 pub fn notify_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
     use virtio_queue::QueueT;
     match queue.needs_notification(mem) {
         Ok(false) => {}
+        Ok(true) if !queue.event_idx_enabled() && no_interrupt_asked(queue, mem) => {}
         Ok(true) => interrupt.signal(INT_VRING),
         Err(e) => {
             tracing::warn!("virtio: cannot read the driver's event index ({e:?}); interrupting");
             interrupt.signal(INT_VRING);
         }
     }
+}
+
+/// Whether a driver without EVENT_IDX set `VRING_AVAIL_F_NO_INTERRUPT` in the avail ring's
+/// flags: it needs no interrupt for used buffers, and the device should send none (virtio
+/// 1.2, 2.7.7.2). virtio-queue's `needs_notification` does not read the flag, hence this.
+fn no_interrupt_asked(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+    use virtio_queue::QueueT;
+    use vm_memory::Bytes;
+    let flags = vm_memory::GuestAddress(queue.avail_ring());
+    // (`needs_notification` fenced after the used ring's writes.)
+    mem.load::<u16>(flags, Ordering::Acquire)
+        .is_ok_and(|f| f & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0)
 }
