@@ -234,10 +234,22 @@ pub fn serve_queue(
     kick: &EventFd,
     mut serve: impl FnMut(Chain<'_>) -> u32,
 ) -> Result<(), RingsBroken> {
-    let one_by_one = |chains: &[Chain<'_>], lens: &mut Vec<u32>| {
-        lens.extend(chains.iter().map(|c| serve(c.clone())));
+    use virtio_queue::QueueT;
+    // One chain at a time (no list to build).
+    let one = |queue: &mut Queue, budget: &mut usize| {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            return Ok(false);
+        };
+        let head = chain.head_index();
+        let len = serve(chain);
+        queue
+            .add_used(mem, head, len)
+            .map_err(|_| Served::BadRing)?;
+        *budget -= 1;
+        Ok(true)
     };
-    serve_queue_batched(queue, mem, interrupt, kick, 1, one_by_one)
+    let outcome = serve_chains(queue, mem, one);
+    finish(queue, mem, interrupt, kick, outcome)
 }
 
 /// A descriptor chain on guest memory.
@@ -254,9 +266,45 @@ pub fn serve_queue_batched(
     interrupt: &Interrupt,
     kick: &EventFd,
     batch: usize,
-    serve: impl FnMut(&[Chain<'_>], &mut Vec<u32>),
+    mut serve: impl FnMut(&[Chain<'_>], &mut Vec<u32>),
 ) -> Result<(), RingsBroken> {
-    let outcome = serve_chains(queue, mem, batch.max(1), serve);
+    use virtio_queue::QueueT;
+    let batch = batch.max(1);
+    let (mut chains, mut lens) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+    let some = |queue: &mut Queue, budget: &mut usize| {
+        chains.clear();
+        while chains.len() < batch.min(*budget) {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            chains.push(chain);
+        }
+        if chains.is_empty() {
+            return Ok(false);
+        }
+        lens.clear();
+        serve(&chains, &mut lens);
+        for (i, chain) in chains.iter().enumerate() {
+            let len = lens.get(i).copied().unwrap_or(0);
+            queue
+                .add_used(mem, chain.head_index(), len)
+                .map_err(|_| Served::BadRing)?;
+        }
+        *budget -= chains.len();
+        Ok(true)
+    };
+    let outcome = serve_chains(queue, mem, some);
+    finish(queue, mem, interrupt, kick, outcome)
+}
+
+/// After serving: the kick to come back if the budget ran out, the driver's interrupt.
+fn finish(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    kick: &EventFd,
+    outcome: Served,
+) -> Result<(), RingsBroken> {
     if outcome == Served::OutOfBudget {
         let _ = kick.write(1);
     }
@@ -274,15 +322,14 @@ pub fn stop_broken(active: &mut Option<Active>, complaints: &mut Complaints, dev
     *active = None;
 }
 
-/// Pops every available chain, hands them to `serve` (up to `batch` at a time) and returns
-/// them used. With EVENT_IDX the driver kicks only when told to (`avail_event`):
-/// notifications are re-enabled after draining, and the queue drained again if buffers came
-/// meanwhile. At most the queue's size per call.
+/// Serves every available chain by `round`s (each pops some, serves them, returns them used
+/// and counts them off the budget; false when there were none). With EVENT_IDX the driver
+/// kicks only when told to (`avail_event`): notifications are re-enabled after draining,
+/// and the queue drained again if buffers came meanwhile. At most the queue's size per call.
 fn serve_chains(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    batch: usize,
-    mut serve: impl FnMut(&[Chain<'_>], &mut Vec<u32>),
+    mut round: impl FnMut(&mut Queue, &mut usize) -> Result<bool, Served>,
 ) -> Served {
     use virtio_queue::QueueT;
     // A queue the driver never made ready (DRIVER_OK without QUEUE_READY) has nothing to
@@ -291,31 +338,15 @@ fn serve_chains(
         return Served::Done;
     }
     let mut budget = usize::from(queue.size()).max(1);
-    let (mut chains, mut lens) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
     loop {
         let _ = queue.disable_notification(mem);
         let mut popped = false;
         loop {
-            chains.clear();
-            while chains.len() < batch.min(budget) {
-                let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                    break;
-                };
-                chains.push(chain);
+            match round(queue, &mut budget) {
+                Ok(true) => popped = true,
+                Ok(false) => break,
+                Err(outcome) => return outcome,
             }
-            if chains.is_empty() {
-                break;
-            }
-            popped = true;
-            lens.clear();
-            serve(&chains, &mut lens);
-            for (i, chain) in chains.iter().enumerate() {
-                let len = lens.get(i).copied().unwrap_or(0);
-                if queue.add_used(mem, chain.head_index(), len).is_err() {
-                    return Served::BadRing;
-                }
-            }
-            budget -= chains.len();
             if budget == 0 {
                 return Served::OutOfBudget;
             }
