@@ -69,12 +69,14 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
         libc::SYS_epoll_ctl,
     ]);
     // vsock's host side: accept host programs on PATH, connect to PATH_<port> (Unix
-    // sockets only), stream I/O, half-closes, its deadline timer, removing PATH at the end.
+    // sockets only), stream I/O (sendmsg: a connection's payloads in one call), half-closes,
+    // its deadline timer, removing PATH at the end.
     devices.allow(&[
         libc::SYS_accept4,
         libc::SYS_connect,
         libc::SYS_recvfrom,
         libc::SYS_sendto,
+        libc::SYS_sendmsg,
         libc::SYS_shutdown,
         libc::SYS_timerfd_settime,
         libc::SYS_unlink,
@@ -91,7 +93,7 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
     ]);
     devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::FIONBIO)?;
     // virtio-net: frames in and out of the tap, and its offloads once the guest chose them;
-    // vsock: a host stream read into several RX buffers at once (writev is basic).
+    // vsock: a host stream read into several RX buffers at once.
     devices.allow(&[libc::SYS_readv]);
     devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::TUNSETOFFLOAD)?;
     let console_input = base()?;

@@ -456,6 +456,32 @@ impl Buffers<'_> {
     }
 }
 
+impl Buffers<'_> {
+    /// One `sendmsg` of the buffers to the stream socket `fd`, without waiting and with
+    /// `MSG_NOSIGNAL`: a peer that has gone gives `EPIPE`, never a SIGPIPE to the VMM
+    /// (whatever the process's disposition of SIGPIPE).
+    pub fn send_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        self.with_iovecs(|iov| loop {
+            // SAFETY: a zeroed msghdr is valid (no name, no control data); its iovecs
+            // describe live guest memory (see `with_iovecs`) that the kernel only reads; the
+            // result is checked.
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_ptr().cast_mut();
+                msg.msg_iovlen = iov.len();
+                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        })
+    }
+}
+
 /// Retries on EINTR; gives the OS error back as `std::io::Error`.
 fn retry(mut f: impl FnMut() -> Result<usize, VolatileMemoryError>) -> std::io::Result<usize> {
     loop {

@@ -371,9 +371,9 @@ fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> std::io::Result<usize> {
     }
 }
 
-/// Writes what the socket takes now of `payload`, in one `writev` (0 when it takes nothing).
+/// Writes what the socket takes now of `payload`, in one `sendmsg` (0 when it takes nothing).
 fn writev_some(stream: &UnixStream, payload: &Buffers<'_>) -> std::io::Result<usize> {
-    match payload.writev_to(stream.as_raw_fd()) {
+    match payload.send_to(stream.as_raw_fd()) {
         Ok(n) => Ok(n),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
