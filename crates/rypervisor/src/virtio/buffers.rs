@@ -2,9 +2,14 @@
 //! between a host descriptor (a socket, a file) and guest memory with one system call and no
 //! copy in between (`vm-memory`'s `ReadVolatile`/`WriteVolatile`). virtio-queue's
 //! `Reader`/`Writer` only copy through `std::io` buffers, which costs a memcpy per packet.
+//! The system calls over the slices are in `buffers/io.rs`.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
+
+mod io;
+pub(crate) use io::syscall;
+pub use io::{readv_windows, Window, MAX_READ_SLICES};
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{
@@ -295,190 +300,6 @@ impl<'m> Buffers<'m> {
             }
         }
         Ok(done)
-    }
-}
-
-/// Part of a device-writable buffer list: `len` bytes after its first `skip` (an RX buffer's
-/// payload area, after the header the device writes last).
-#[derive(Clone, Copy, Debug)]
-pub struct Window<'a, 'm> {
-    /// The buffers.
-    pub buffers: &'a Buffers<'m>,
-    /// Bytes left out at the front.
-    pub skip: usize,
-    /// Bytes after them (at most what the buffers hold).
-    pub len: usize,
-}
-
-impl<'a, 'm> Window<'a, 'm> {
-    /// All of `buffers`.
-    pub fn whole(buffers: &'a Buffers<'m>) -> Self {
-        Self {
-            buffers,
-            skip: 0,
-            len: buffers.len(),
-        }
-    }
-}
-
-/// At most this many slices go into one [`readv_windows`] (16 RX buffers of up to 4 slices
-/// each), so its iovecs live on the stack.
-pub const MAX_READ_SLICES: usize = 64;
-
-/// One `readv` from `fd` into `windows` in order, at most `max` bytes and
-/// [`MAX_READ_SLICES`] slices: a stream socket's bytes spread over several guest buffers in
-/// one call. Returns the bytes read and the bytes offered (a read shorter than offered says
-/// the socket is drained). `WouldBlock` is an error of that kind; `Ok((0, _))` is the end
-/// of the stream.
-pub fn readv_windows(
-    fd: std::os::fd::RawFd,
-    windows: &[Window<'_, '_>],
-    max: usize,
-) -> std::io::Result<(usize, usize)> {
-    let mut guards: [Option<vm_memory::volatile_memory::PtrGuardMut>; MAX_READ_SLICES] =
-        std::array::from_fn(|_| None);
-    let empty = libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    };
-    let mut iov = [empty; MAX_READ_SLICES];
-    let (mut count, mut offered) = (0, 0);
-    'all: for w in windows {
-        let (mut skip, mut len) = (w.skip, w.len.min(w.buffers.len().saturating_sub(w.skip)));
-        for s in w.buffers.slices() {
-            if offered == max || count == MAX_READ_SLICES {
-                break 'all;
-            }
-            if len == 0 {
-                break;
-            }
-            if skip >= s.len() {
-                skip -= s.len();
-                continue;
-            }
-            let n = (s.len() - skip).min(len).min(max - offered);
-            let Ok(part) = s.subslice(skip, n) else {
-                break 'all;
-            };
-            let guard = part.ptr_guard_mut();
-            iov[count] = libc::iovec {
-                iov_base: guard.as_ptr().cast(),
-                iov_len: n,
-            };
-            guards[count] = Some(guard);
-            (skip, len, offered, count) = (0, len - n, offered + n, count + 1);
-        }
-    }
-    loop {
-        // SAFETY: each of the first `count` iovecs describes a live guest-memory slice whose
-        // guard is held in `guards` for the call; the kernel writes at most their lengths;
-        // the result is checked.
-        let n = unsafe { libc::readv(fd, iov.as_ptr(), count as i32) };
-        if n >= 0 {
-            return Ok((n as usize, offered));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-impl Buffers<'_> {
-    /// Runs `f` with the slices as `iovec`s (at most `IOV_MAX`), their pointers kept valid
-    /// for the call.
-    pub fn with_iovecs<T>(&self, f: impl FnOnce(&[libc::iovec]) -> T) -> T {
-        const IOV_MAX: usize = 1024;
-        // One slice (most packets, frames and requests): no allocation.
-        if let [one] = self.slices.as_slices().0 {
-            if self.slices.len() == 1 {
-                let guard = one.ptr_guard_mut();
-                let iov = libc::iovec {
-                    iov_base: guard.as_ptr().cast(),
-                    iov_len: one.len(),
-                };
-                return f(std::slice::from_ref(&iov));
-            }
-        }
-        let guards: Vec<_> = (self.slices.iter().take(IOV_MAX))
-            .map(|s| (s.ptr_guard_mut(), s.len()))
-            .collect();
-        let iov: Vec<libc::iovec> = (guards.iter())
-            .map(|(g, len)| libc::iovec {
-                iov_base: g.as_ptr().cast(),
-                iov_len: *len,
-            })
-            .collect();
-        f(&iov)
-    }
-
-    /// One `readv` from `fd` into the buffers (a whole datagram or frame lands in one call).
-    pub fn readv_from(&self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
-        self.with_iovecs(|iov| loop {
-            // SAFETY: the iovecs describe live guest memory (see `with_iovecs`); the
-            // kernel writes at most their lengths; the result is checked.
-            // One slice (a frame in one buffer) goes by `read`, which skips the kernel's
-            // copy-in of the iovec array.
-            let n = unsafe {
-                match iov {
-                    [one] => libc::read(fd, one.iov_base, one.iov_len),
-                    _ => libc::readv(fd, iov.as_ptr(), iov.len() as i32),
-                }
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e);
-            }
-        })
-    }
-
-    /// One `writev` of the buffers to `fd` (a whole frame in one call).
-    pub fn writev_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
-        self.with_iovecs(|iov| loop {
-            // SAFETY: as in `readv_from`; the kernel only reads the memory.
-            let n = unsafe {
-                match iov {
-                    [one] => libc::write(fd, one.iov_base, one.iov_len),
-                    _ => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
-                }
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e);
-            }
-        })
-    }
-}
-
-impl Buffers<'_> {
-    /// One `sendmsg` of the buffers to the stream socket `fd`, without waiting and with
-    /// `MSG_NOSIGNAL`: a peer that has gone gives `EPIPE`, never a SIGPIPE to the VMM
-    /// (whatever the process's disposition of SIGPIPE).
-    pub fn send_to(&self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
-        self.with_iovecs(|iov| loop {
-            // SAFETY: a zeroed msghdr is valid (no name, no control data); its iovecs
-            // describe live guest memory (see `with_iovecs`) that the kernel only reads; the
-            // result is checked.
-            let n = unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_ptr().cast_mut();
-                msg.msg_iovlen = iov.len();
-                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e);
-            }
-        })
     }
 }
 

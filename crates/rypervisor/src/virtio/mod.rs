@@ -257,7 +257,7 @@ pub type Chain<'m> = virtio_queue::DescriptorChain<&'m GuestMemoryMmap>;
 
 /// [`serve_queue`], the chains handed over up to `batch` at a time (those available
 /// together), so a device can serve them in one go — vsock writes a connection's
-/// consecutive payloads with one `writev`. `serve` pushes one used length per chain, in
+/// consecutive payloads with one `sendmsg`. `serve` pushes one used length per chain, in
 /// order; all are returned used after it, so nothing is given back to the driver while
 /// the device still reads it.
 pub fn serve_queue_batched(

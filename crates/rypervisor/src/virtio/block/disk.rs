@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use crate::virtio::buffers::Buffers;
+use crate::virtio::buffers::{syscall, Buffers};
 
 /// Bytes per sector (virtio-blk's unit, whatever the image's).
 pub const SECTOR: u64 = 512;
@@ -69,25 +69,22 @@ impl Disk {
     /// Moves all of `data` between the file at `offset` and guest memory.
     pub fn transfer(&self, dir: Direction, offset: u64, data: &Buffers<'_>) -> std::io::Result<()> {
         // Mostly one call moves it all; only a short transfer needs a copy of the list.
-        let n = vectored(&self.file, dir, offset, data)?;
+        let mut n = vectored(&self.file, dir, offset, data)?;
         if n == data.len() {
             return Ok(());
         }
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut data = data.clone();
-        data.skip(n);
-        let mut at = offset + n as u64;
-        while !data.is_empty() {
-            let n = vectored(&self.file, dir, at, &data)?;
+        let (mut rest, mut at) = (data.clone(), offset);
+        loop {
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            data.skip(n);
+            rest.skip(n);
             at += n as u64;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            n = vectored(&self.file, dir, at, &rest)?;
         }
-        Ok(())
     }
 
     /// Makes written data durable.
@@ -140,26 +137,18 @@ fn vectored(
     data: &Buffers<'_>,
 ) -> std::io::Result<usize> {
     let (fd, off) = (file.as_raw_fd(), offset as libc::off_t);
-    data.with_iovecs(|iov| loop {
-        // SAFETY: each iovec describes a live guest-memory slice (kept valid by
-        // `with_iovecs` for the call); the kernel reads or writes at most those bytes; the
-        // result is checked.
+    data.with_iovecs(|iov| {
         // One buffer (the common request) goes by `pread`/`pwrite`, which skip the kernel's
         // copy-in of the iovec array (measured: about a fifth of a 4 KiB `preadv`).
-        let n = unsafe {
+        // SAFETY: each iovec describes a live guest-memory slice (kept valid by
+        // `with_iovecs` for the call); the kernel reads or writes at most those bytes.
+        syscall(|| unsafe {
             match (dir, iov) {
                 (Direction::Read, [one]) => libc::pread(fd, one.iov_base, one.iov_len, off),
                 (Direction::Write, [one]) => libc::pwrite(fd, one.iov_base, one.iov_len, off),
                 (Direction::Read, _) => libc::preadv(fd, iov.as_ptr(), iov.len() as i32, off),
                 (Direction::Write, _) => libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, off),
             }
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+        })
     })
 }

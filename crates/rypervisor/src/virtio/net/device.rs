@@ -4,8 +4,9 @@
 //! move between the tap and guest memory with one `readv`/`writev` and no copy.
 //!
 //! The event loop watches the tap edge-triggered: a frame that finds no guest buffer waits in
-//! the tap's queue, and is delivered when the driver gives buffers back (its RX kick). A frame the tap
-//! cannot take now (its queue full) is dropped and counted, as a congested NIC would.
+//! the tap's queue, and is delivered when the driver gives buffers back (its RX kick). A
+//! frame the tap cannot take now (its queue full) is dropped and counted, as a congested NIC
+//! would.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};

@@ -216,7 +216,7 @@ impl Connection {
             return self.reset();
         }
         if self.pending.is_empty() {
-            match writev_some(&self.stream, payload) {
+            match send_some(&self.stream, payload) {
                 Ok(n) => {
                     self.credit.forwarded(n as u32);
                     let mut rest = payload.clone();
@@ -372,7 +372,7 @@ fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> std::io::Result<usize> {
 }
 
 /// Writes what the socket takes now of `payload`, in one `sendmsg` (0 when it takes nothing).
-fn writev_some(stream: &UnixStream, payload: &Buffers<'_>) -> std::io::Result<usize> {
+fn send_some(stream: &UnixStream, payload: &Buffers<'_>) -> std::io::Result<usize> {
     match payload.send_to(stream.as_raw_fd()) {
         Ok(n) => Ok(n),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
@@ -395,7 +395,7 @@ fn read_some(
 }
 
 /// How many of `windows` (in order) `n` bytes reach into.
-pub fn windows_filled(windows: &[Window<'_, '_>], n: usize) -> usize {
+fn windows_filled(windows: &[Window<'_, '_>], n: usize) -> usize {
     let mut left = n;
     let mut filled = 0;
     for w in windows {

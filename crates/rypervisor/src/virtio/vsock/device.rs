@@ -105,7 +105,7 @@ impl Vsock {
         let guest_cid = self.guest_cid;
         let outcome = serve_queue_batched(queue, mem, interrupt, kick, TX_BATCH, |chains, lens| {
             // Consecutive RW packets of one connection go to its host stream together (one
-            // `writev`); anything else is served in order, after what came before it.
+            // `sendmsg`); anything else is served in order, after what came before it.
             let mut run: Option<(Header, Buffers<'_>)> = None;
             let flush = |run: &mut Option<(Header, Buffers<'_>)>, muxer: &mut Muxer| {
                 if let Some((h, payload)) = run.take() {
