@@ -7,6 +7,8 @@
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 
+use smallvec::{smallvec, SmallVec};
+
 mod io;
 pub(crate) use io::syscall;
 pub use io::{readv_windows, Window, MAX_READ_SLICES};
@@ -34,10 +36,14 @@ pub enum BufferError {
     Short(usize),
 }
 
+/// Slices kept inline: a packet, frame or request is a header and a payload or two (more
+/// spill to the heap). Serving one costs no allocation.
+const INLINE_SLICES: usize = 4;
+
 /// The buffers of one direction of a chain, consumed from the front.
 #[derive(Clone, Debug, Default)]
 pub struct Buffers<'m> {
-    slices: VecDeque<Slice<'m>>,
+    slices: SmallVec<[Slice<'m>; INLINE_SLICES]>,
     len: usize,
 }
 
@@ -83,7 +89,7 @@ impl<'m> Buffers<'m> {
         self.len = self.len.checked_add(len).ok_or(BufferError::Overflow)?;
         // The common case first: the buffer lies in one region (one lookup, no iterator).
         if let Ok(slice) = GuestMemoryBackend::get_slice(mem, addr, len) {
-            self.slices.push_back(slice);
+            self.slices.push(slice);
             return Ok(());
         }
         let access = if writable {
@@ -97,7 +103,7 @@ impl<'m> Buffers<'m> {
         for s in slices {
             let s = s.map_err(|_| BufferError::OutsideMemory)?;
             covered += s.len();
-            self.slices.push_back(s);
+            self.slices.push(s);
         }
         if covered != len {
             return Err(BufferError::OutsideMemory);
@@ -107,14 +113,14 @@ impl<'m> Buffers<'m> {
 
     /// Takes the last byte off the end, as a slice of its own (a virtio-blk status byte).
     pub fn pop_last_byte(&mut self) -> Option<Slice<'m>> {
-        while self.slices.back().is_some_and(|s| s.is_empty()) {
-            self.slices.pop_back(); // (empty slices are never pushed; kept safe anyway)
+        while self.slices.last().is_some_and(|s| s.is_empty()) {
+            self.slices.pop(); // (empty slices are never pushed; kept safe anyway)
         }
-        let last = self.slices.back_mut()?;
+        let last = self.slices.last_mut()?;
         let at = last.len().checked_sub(1)?;
         let byte = last.subslice(at, 1).ok()?;
         if at == 0 {
-            self.slices.pop_back();
+            self.slices.pop();
         } else {
             *last = last.subslice(0, at).ok()?;
         }
@@ -126,7 +132,7 @@ impl<'m> Buffers<'m> {
     pub fn from_bytes(bytes: &'m mut [u8]) -> Self {
         let len = bytes.len();
         Self {
-            slices: VecDeque::from([VolatileSlice::from(bytes)]),
+            slices: smallvec![VolatileSlice::from(bytes)],
             len,
         }
     }
@@ -156,17 +162,20 @@ impl<'m> Buffers<'m> {
     pub fn skip(&mut self, mut n: usize) {
         n = n.min(self.len);
         self.len -= n;
-        while n > 0 {
-            let Some(front) = self.slices.front_mut() else {
-                return;
-            };
-            if front.len() > n {
-                *front = front.offset(n).unwrap_or(*front);
-                return;
+        // The slices wholly consumed go in one drain; the next one is cut.
+        let mut gone = 0;
+        for s in self.slices.iter_mut() {
+            if n == 0 {
+                break;
             }
-            n -= front.len();
-            self.slices.pop_front();
+            if s.len() > n {
+                *s = s.offset(n).unwrap_or(*s);
+                break;
+            }
+            n -= s.len();
+            gone += 1;
         }
+        self.slices.drain(..gone);
     }
 
     /// Appends `other`'s slices after ours.
@@ -269,6 +278,9 @@ impl<'m> Buffers<'m> {
 
     /// Appends everything left to `out`.
     pub fn append_to(&self, out: &mut VecDeque<u8>) {
+        if self.is_empty() {
+            return; // (the bounce chunk below costs a 4 KiB memset)
+        }
         let mut chunk = [0u8; 4096];
         for s in &self.slices {
             let mut at = 0;

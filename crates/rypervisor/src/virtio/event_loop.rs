@@ -1,6 +1,10 @@
 //! The device event loop: one thread that waits (epoll) on every device's queue eventfds
 //! and its other descriptors, and calls the device for each one that is ready. vCPU threads
 //! never wait for device I/O: a driver's kick is an ioeventfd KVM signals, served here.
+//!
+//! A device whose descriptors come and go (vsock's host sockets) gets a [`Watch`] on the
+//! loop's own epoll and registers them itself, so one `epoll_wait` names the very socket
+//! that is ready: no epoll of its own to wait on again (Firecracker's muxer nests one).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -11,12 +15,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{VirtioDevice, VirtioError};
 
-/// What a ready descriptor stands for: device, then queue or other fd.
+/// What a ready descriptor stands for: device, then queue, other fd, or a descriptor the
+/// device watches itself under an id of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     Stop,
     Queue(usize, usize),
     Other(usize, usize),
+    Watched(usize, u32),
 }
 
 fn token(source: Source) -> u64 {
@@ -24,6 +30,7 @@ fn token(source: Source) -> u64 {
         Source::Stop => 0,
         Source::Queue(d, i) => 1 << 62 | (d as u64) << 32 | i as u64,
         Source::Other(d, i) => 2 << 62 | (d as u64) << 32 | i as u64,
+        Source::Watched(d, id) => 3 << 62 | (d as u64) << 32 | u64::from(id),
     }
 }
 
@@ -35,7 +42,65 @@ fn source(token: u64) -> Source {
     match token >> 62 {
         1 => Source::Queue(d, i),
         2 => Source::Other(d, i),
+        3 => Source::Watched(d, i as u32),
         _ => Source::Stop,
+    }
+}
+
+/// Where a device registers descriptors that come and go: the event loop's epoll, under the
+/// device's index (the loop then calls `process_event` with the id), or — for a device with
+/// no loop, in tests and benchmarks — an epoll of its own that [`Watch::ready`] polls.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    epoll: Arc<Epoll>,
+    device: usize,
+    own: bool,
+}
+
+impl Watch {
+    /// An epoll of its own, polled by [`Watch::ready`].
+    pub fn own() -> std::io::Result<Self> {
+        Ok(Self {
+            epoll: Arc::new(Epoll::new()?),
+            device: 0,
+            own: true,
+        })
+    }
+
+    /// Starts watching `fd` for `events` under `id`.
+    pub fn add(&self, fd: RawFd, events: EventSet, id: u32) -> std::io::Result<()> {
+        let event = EpollEvent::new(events, token(Source::Watched(self.device, id)));
+        self.epoll.ctl(ControlOperation::Add, fd, event)
+    }
+
+    /// Stops watching `fd` (closing it does as well).
+    pub fn delete(&self, fd: RawFd) {
+        let _ = (self.epoll).ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    /// What is ready now, as (id, events), without waiting; empty on the event loop's
+    /// epoll, whose events only the loop takes.
+    pub fn ready(&self) -> std::io::Result<Vec<(u32, EventSet)>> {
+        let mut events = [EpollEvent::default(); 32];
+        let mut out = Vec::new();
+        if !self.own {
+            return Ok(out);
+        }
+        loop {
+            let n = match self.epoll.wait(0, &mut events) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
+            for event in &events[..n] {
+                if let Source::Watched(_, id) = source(event.data()) {
+                    out.push((id, event.event_set()));
+                }
+            }
+            if n < events.len() {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -60,7 +125,7 @@ impl EventLoop {
         devices: Devices,
         on_start: impl FnOnce() + Send + 'static,
     ) -> Result<Self, VirtioError> {
-        let epoll = Epoll::new().map_err(VirtioError::EventLoop)?;
+        let epoll = Arc::new(Epoll::new().map_err(VirtioError::EventLoop)?);
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
         let add = |fd: RawFd, events: EventSet, source: Source| {
             let event = EpollEvent::new(events, token(source));
@@ -70,7 +135,13 @@ impl EventLoop {
         };
         add(stop.as_raw_fd(), EventSet::IN, Source::Stop)?;
         for (d, device) in devices.iter().enumerate() {
-            let device = device.lock().unwrap_or_else(|p| p.into_inner());
+            let mut device = device.lock().unwrap_or_else(|p| p.into_inner());
+            let (epoll, own) = (epoll.clone(), false);
+            device.attach(Watch {
+                epoll,
+                device: d,
+                own,
+            });
             for (i, evt) in device.queue_events().iter().enumerate() {
                 add(evt.as_raw_fd(), EventSet::IN, Source::Queue(d, i))?;
             }
@@ -94,6 +165,8 @@ impl EventLoop {
 
 fn serve(epoll: &Epoll, devices: &Devices) {
     let mut events = vec![EpollEvent::default(); 64];
+    // Devices whose watched descriptors this wake reported: each hears `events_done` once.
+    let mut watched = vec![false; devices.len()];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -119,6 +192,22 @@ fn serve(epoll: &Epoll, devices: &Devices) {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .process_fd(i),
+                Source::Watched(d, id) => {
+                    let Some(device) = devices.get(d) else {
+                        continue;
+                    };
+                    let mut device = device.lock().unwrap_or_else(|p| p.into_inner());
+                    device.process_event(id, event.event_set());
+                    watched[d] = true;
+                }
+            }
+        }
+        for (d, touched) in watched.iter_mut().enumerate() {
+            if std::mem::take(touched) {
+                devices[d]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .events_done();
             }
         }
     }
@@ -139,7 +228,13 @@ mod tests {
 
     #[test]
     fn tokens_name_their_source() {
-        for s in [Source::Stop, Source::Queue(3, 2), Source::Other(1, 17)] {
+        let watched = Source::Watched(5, u32::MAX);
+        for s in [
+            Source::Stop,
+            Source::Queue(3, 2),
+            Source::Other(1, 17),
+            watched,
+        ] {
             assert_eq!(source(token(s)), s);
         }
     }

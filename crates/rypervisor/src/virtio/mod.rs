@@ -30,10 +30,12 @@ pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use smallvec::SmallVec;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use event_loop::Watch;
 pub use mmio::MmioTransport;
 
 /// Interrupt status bit: a used ring was updated.
@@ -142,6 +144,17 @@ pub trait VirtioDevice: Send {
 
     /// The event loop saw `other_fds()[index]` become ready.
     fn process_fd(&mut self, _index: usize) {}
+
+    /// The event loop's [`Watch`], given once before it starts: a device whose descriptors
+    /// come and go registers them there itself.
+    fn attach(&mut self, _watch: Watch) {}
+
+    /// A descriptor registered under `id` through the [`Watch`] is ready with `events`.
+    fn process_event(&mut self, _id: u32, _events: vmm_sys_util::epoll::EventSet) {}
+
+    /// The event loop reported all of this wake's `process_event`s (so a device serves its
+    /// queue once after many sockets became ready).
+    fn events_done(&mut self) {}
 
     /// The VM is ending (called on the event loop's thread): close host resources.
     fn stop(&mut self) {}
@@ -255,6 +268,12 @@ pub fn serve_queue(
 /// A descriptor chain on guest memory.
 pub type Chain<'m> = virtio_queue::DescriptorChain<&'m GuestMemoryMmap>;
 
+/// Chains (and used lengths) a batch keeps on the stack; a bigger batch spills to the heap.
+const BATCH_INLINE: usize = 4;
+
+/// The used lengths of one batch of chains, in order.
+pub type UsedLens = SmallVec<[u32; BATCH_INLINE]>;
+
 /// [`serve_queue`], the chains handed over up to `batch` at a time (those available
 /// together), so a device can serve them in one go — vsock writes a connection's
 /// consecutive payloads with one `sendmsg`. `serve` pushes one used length per chain, in
@@ -266,11 +285,12 @@ pub fn serve_queue_batched(
     interrupt: &Interrupt,
     kick: &EventFd,
     batch: usize,
-    mut serve: impl FnMut(&[Chain<'_>], &mut Vec<u32>),
+    mut serve: impl FnMut(&[Chain<'_>], &mut UsedLens),
 ) -> Result<(), RingsBroken> {
     use virtio_queue::QueueT;
     let batch = batch.max(1);
-    let (mut chains, mut lens) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+    let mut chains: SmallVec<[Chain<'_>; BATCH_INLINE]> = SmallVec::new();
+    let mut lens = UsedLens::new();
     let some = |queue: &mut Queue, budget: &mut usize| {
         chains.clear();
         while chains.len() < batch.min(*budget) {

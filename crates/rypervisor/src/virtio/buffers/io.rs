@@ -46,17 +46,35 @@ pub fn readv_windows(
     windows: &[Window<'_, '_>],
     max: usize,
 ) -> std::io::Result<(usize, usize)> {
-    let mut guards: [Option<PtrGuardMut>; MAX_READ_SLICES] = std::array::from_fn(|_| None);
+    // A few slices (a packet or two, the common case) need smaller arrays to set up.
+    const FEW: usize = 8;
+    match windows
+        .iter()
+        .map(|w| w.buffers.slice_count())
+        .sum::<usize>()
+    {
+        0..=FEW => readv_windows_in::<FEW>(fd, windows, max),
+        _ => readv_windows_in::<MAX_READ_SLICES>(fd, windows, max),
+    }
+}
+
+/// [`readv_windows`] with room for `N` (at most [`MAX_READ_SLICES`]) iovecs.
+fn readv_windows_in<const N: usize>(
+    fd: RawFd,
+    windows: &[Window<'_, '_>],
+    max: usize,
+) -> std::io::Result<(usize, usize)> {
+    let mut guards: [Option<PtrGuardMut>; N] = std::array::from_fn(|_| None);
     let empty = libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     };
-    let mut iov = [empty; MAX_READ_SLICES];
+    let mut iov = [empty; N];
     let (mut count, mut offered) = (0, 0);
     'all: for w in windows {
         let (mut skip, mut len) = (w.skip, w.len.min(w.buffers.len().saturating_sub(w.skip)));
         for s in w.buffers.slices() {
-            if offered == max || count == MAX_READ_SLICES {
+            if offered == max || count == N {
                 break 'all;
             }
             if len == 0 {
@@ -91,7 +109,7 @@ impl Buffers<'_> {
     pub fn with_iovecs<T>(&self, f: impl FnOnce(&[libc::iovec]) -> T) -> T {
         const IOV_MAX: usize = 1024;
         // One slice (most packets, frames and requests): no allocation.
-        if let (1, Some(one)) = (self.slices.len(), self.slices.front()) {
+        if let [one] = &self.slices[..] {
             let guard = one.ptr_guard_mut();
             let iov = libc::iovec {
                 iov_base: guard.as_ptr().cast(),
@@ -139,18 +157,23 @@ impl Buffers<'_> {
         })
     }
 
-    /// One `sendmsg` of the buffers to the stream socket `fd`, without waiting and with
-    /// `MSG_NOSIGNAL`: a peer that has gone gives `EPIPE`, never a SIGPIPE to the VMM
-    /// (whatever the process's disposition of SIGPIPE).
+    /// One `sendmsg` of the buffers to the stream socket `fd` (one slice by `send`, which
+    /// copies in no iovec array), without waiting and with `MSG_NOSIGNAL`: a peer that has
+    /// gone gives `EPIPE`, never a SIGPIPE to the VMM (whatever the process's disposition
+    /// of SIGPIPE).
     pub fn send_to(&self, fd: RawFd) -> std::io::Result<usize> {
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
         self.with_iovecs(|iov| {
             // SAFETY: a zeroed msghdr is valid (no name, no control data); its iovecs
             // describe live guest memory (see `with_iovecs`) that the kernel only reads.
             syscall(|| unsafe {
+                if let [one] = iov {
+                    return libc::send(fd, one.iov_base, one.iov_len, flags);
+                }
                 let mut msg: libc::msghdr = std::mem::zeroed();
                 msg.msg_iov = iov.as_ptr().cast_mut();
                 msg.msg_iovlen = iov.len();
-                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                libc::sendmsg(fd, &msg, flags)
             })
         })
     }

@@ -219,9 +219,11 @@ impl Connection {
             match send_some(&self.stream, payload) {
                 Ok(n) => {
                     self.credit.forwarded(n as u32);
-                    let mut rest = payload.clone();
-                    rest.skip(n);
-                    rest.append_to(&mut self.pending);
+                    if n < payload.len() {
+                        let mut rest = payload.clone();
+                        rest.skip(n);
+                        rest.append_to(&mut self.pending);
+                    }
                 }
                 Err(_) => return self.reset(),
             }

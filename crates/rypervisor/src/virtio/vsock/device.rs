@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 
+use smallvec::SmallVec;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::conn::MAX_RX_BATCH;
 use super::credit::HOST_BUF_ALLOC;
 use super::muxer::Muxer;
 use super::packet::{check, Header, Refusal, HEADER_SIZE, MAX_PAYLOAD, OP_RW};
@@ -17,7 +18,7 @@ use super::{VsockError, VIRTIO_ID_VSOCK};
 use crate::virtio::buffers::{Buffers, Window};
 use crate::virtio::{
     notify_used, queue_eventfds, ring_broken, serve_queue_batched, stop_broken, Active, Complaints,
-    VirtioDevice,
+    VirtioDevice, Watch,
 };
 use vm_memory::ByteValued;
 
@@ -83,6 +84,12 @@ impl Vsock {
             reset_pending: false,
             stats: VsockStats::default(),
         })
+    }
+
+    /// Which host sockets are ready, as (id, events) for `process_event`, when no event
+    /// loop is attached (the model driver, tests): the events the loop would report.
+    pub fn host_ready(&self) -> Vec<(u32, EventSet)> {
+        self.muxer.host_ready()
     }
 
     /// Open connections.
@@ -163,8 +170,12 @@ impl Vsock {
         if !queue.ready() {
             return; // never set up by the driver: nothing to fill
         }
+        if !self.muxer.has_packets() {
+            return; // (most calls, after the guest's TX: nothing owed)
+        }
         let (mut used, mut broken) = (false, false);
-        let mut bufs: Vec<RxBuffer<'_>> = Vec::with_capacity(MAX_RX_BATCH);
+        // A read that fills more buffers than are kept inline spills them to the heap.
+        let mut bufs: SmallVec<[RxBuffer<'_>; RX_INLINE]> = SmallVec::new();
         while self.muxer.has_packets() {
             let _ = queue.disable_notification(mem);
             let wanted = self.muxer.buffers_wanted();
@@ -217,8 +228,11 @@ impl Vsock {
                     _ => break,
                 }
             }
-            let windows: Vec<Window<'_, '_>> = bufs.iter().map(RxBuffer::payload).collect();
-            let packet = self.muxer.next_packet(&windows);
+            let packet = {
+                let windows: SmallVec<[Window<'_, '_>; RX_INLINE]> =
+                    bufs.iter().map(RxBuffer::payload).collect();
+                self.muxer.next_packet(&windows)
+            };
             let filled = match packet {
                 None => 0,
                 Some((header, len)) => put_packets(&mut bufs, header, len),
@@ -243,6 +257,7 @@ impl Vsock {
                 break;
             }
         }
+        drop(bufs); // (its buffers borrow the guest memory `stop_broken` may drop)
         if used {
             notify_used(queue, mem, &active.interrupt);
         }
@@ -251,6 +266,10 @@ impl Vsock {
         }
     }
 }
+
+/// RX buffers (and their windows) one round keeps on the stack: a few packets' worth, since
+/// each round's array is set up afresh (up to [`MAX_RX_BATCH`](super::conn::MAX_RX_BATCH) go on the heap).
+const RX_INLINE: usize = 4;
 
 /// One RX buffer popped from the queue: its device-writable bytes, a header's room first.
 struct RxBuffer<'m> {
@@ -399,15 +418,20 @@ impl VirtioDevice for Vsock {
         }
     }
 
-    fn other_fds(&self) -> Vec<(std::os::fd::RawFd, vmm_sys_util::epoll::EventSet)> {
-        vec![(self.muxer.fd(), vmm_sys_util::epoll::EventSet::IN)]
+    fn attach(&mut self, watch: Watch) {
+        if let Err(e) = self.muxer.attach(watch) {
+            tracing::error!("vsock: cannot watch the host sockets in the event loop: {e}");
+        }
     }
 
-    fn process_fd(&mut self, _index: usize) {
+    fn process_event(&mut self, id: u32, events: EventSet) {
         if std::mem::take(&mut self.reset_pending) {
             self.muxer.reset();
         }
-        self.muxer.process_host();
+        self.muxer.ready(id, events);
+    }
+
+    fn events_done(&mut self) {
         self.process_rx();
     }
 

@@ -109,10 +109,16 @@ impl GuestDriver {
         self.device_time += start.elapsed();
     }
 
-    /// The device's event loop found its host sockets ready: it serves them.
+    /// What the device's event loop does when host sockets are ready: its wait names them
+    /// (not the device's work: the loop waits for every device, as the floor's reader
+    /// blocks), the device serves each, then its RX queue.
     fn sockets(&mut self) {
+        let ready = self.device.host_ready();
         let start = Instant::now();
-        self.device.process_fd(0);
+        for (id, events) in ready {
+            self.device.process_event(id, events);
+        }
+        self.device.events_done();
         self.device_time += start.elapsed();
     }
 

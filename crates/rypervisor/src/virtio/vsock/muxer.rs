@@ -1,9 +1,10 @@
 //! The host side of the device: the listener at `PATH`, host programs still writing their
 //! `CONNECT` line, the table of connections, and which of them owe the guest a packet.
 //!
-//! Every host descriptor is watched by one epoll of the muxer's own (the device hands the
-//! event loop that one descriptor), plus a timer for the deadlines: a CONNECT line must
-//! arrive within [`CONNECT_TIMEOUT`], and the guest must answer our REQUEST within it.
+//! Every host descriptor is watched through a [`Watch`]: the event loop's own epoll once the
+//! device is attached (one `epoll_wait` names the ready socket), an epoll of the muxer's own
+//! before (tests, benchmarks). A timer serves the deadlines: a CONNECT line must arrive
+//! within [`CONNECT_TIMEOUT`], and the guest must answer our REQUEST within it.
 //! Everything a host program or the guest can make us hold is bounded: at most
 //! [`MAX_CONNECTIONS`] connections and lines in progress, each holding at most the credit we
 //! advertised; RSTs for packets that match no connection are capped too (beyond, dropped:
@@ -15,7 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::conn::{Connection, State};
@@ -26,7 +27,7 @@ use super::packet::{
 };
 use super::{unix, VsockError, HOST_CID};
 use crate::virtio::buffers::{Buffers, Window};
-use crate::virtio::Complaints;
+use crate::virtio::{Complaints, Watch};
 
 /// Connections (and CONNECT lines being read) at most.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -38,8 +39,15 @@ const MAX_STRAY_RSTS: usize = 256;
 const FIRST_HOST_PORT: u32 = 1 << 30;
 const TICK: Duration = Duration::from_millis(250);
 
-const LISTENER: u64 = u64::MAX;
-const TIMER: u64 = u64::MAX - 1;
+const LISTENER: u32 = u32::MAX;
+const TIMER: u32 = u32::MAX - 1;
+
+/// A connection's host stream is watched for these, edge-triggered (read until WouldBlock,
+/// and left unread while the guest has no credit or buffers).
+const STREAM_EVENTS: EventSet = EventSet::IN
+    .union(EventSet::OUT)
+    .union(EventSet::READ_HANG_UP)
+    .union(EventSet::EDGE_TRIGGERED);
 
 /// A connection's key: (host port, guest port).
 type Key = (u32, u32);
@@ -55,15 +63,15 @@ pub struct Muxer {
     guest_cid: u64,
     path: PathBuf,
     listener: UnixListener,
-    epoll: Epoll,
+    watch: Watch,
     timer: TimerFd,
     ticking: bool,
     /// (Ordered maps: a few lookups of small keys per packet cost less than hashing them.)
     conns: BTreeMap<Key, Connection>,
-    lines: BTreeMap<u64, PendingLine>,
-    /// Epoll token → connection.
-    tokens: BTreeMap<u64, Key>,
-    next_token: u64,
+    lines: BTreeMap<u32, PendingLine>,
+    /// Watch id → connection.
+    tokens: BTreeMap<u32, Key>,
+    next_token: u32,
     next_host_port: u32,
     /// Connections that owe the guest a packet, in turn.
     owing: VecDeque<Key>,
@@ -87,7 +95,7 @@ impl Muxer {
     /// Listens on `path` (see [`unix::listen`]) for a guest with `guest_cid`.
     pub fn new(guest_cid: u64, path: PathBuf) -> Result<Self, VsockError> {
         let listener = unix::listen(&path)?;
-        let epoll = Epoll::new().map_err(VsockError::Epoll)?;
+        let watch = Watch::own().map_err(VsockError::Epoll)?;
         let timer = TimerFd::new()
             .map_err(|e| VsockError::Timer(std::io::Error::from_raw_os_error(e.errno())))?;
         // SAFETY: a plain fcntl on a descriptor we own: a read after a re-arm never waits.
@@ -96,7 +104,7 @@ impl Muxer {
             guest_cid,
             path,
             listener,
-            epoll,
+            watch,
             timer,
             ticking: false,
             conns: BTreeMap::new(),
@@ -114,9 +122,24 @@ impl Muxer {
         Ok(m)
     }
 
-    /// The descriptor the event loop waits on for all of the muxer's host descriptors.
-    pub fn fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+    /// Moves every host descriptor to `watch` (the event loop's), under the same ids.
+    pub fn attach(&mut self, watch: Watch) -> Result<(), VsockError> {
+        let old = std::mem::replace(&mut self.watch, watch);
+        let mut fds = vec![
+            (self.listener.as_raw_fd(), LISTENER, EventSet::IN),
+            (self.timer.as_raw_fd(), TIMER, EventSet::IN),
+        ];
+        fds.extend((self.lines.iter()).map(|(t, p)| (p.stream.as_raw_fd(), *t, EventSet::IN)));
+        for (token, key) in &self.tokens {
+            if let Some(conn) = self.conns.get(key) {
+                fds.push((conn.stream().as_raw_fd(), *token, STREAM_EVENTS));
+            }
+        }
+        for (fd, token, events) in fds {
+            old.delete(fd);
+            self.watch(fd, token, events)?;
+        }
+        Ok(())
     }
 
     /// How many connections are open.
@@ -124,40 +147,29 @@ impl Muxer {
         self.conns.len()
     }
 
-    fn watch(&self, fd: RawFd, token: u64, events: EventSet) -> Result<(), VsockError> {
-        let event = EpollEvent::new(events, token);
-        self.epoll
-            .ctl(ControlOperation::Add, fd, event)
-            .map_err(VsockError::Epoll)
+    fn watch(&self, fd: RawFd, token: u32, events: EventSet) -> Result<(), VsockError> {
+        self.watch.add(fd, events, token).map_err(VsockError::Epoll)
     }
 
     fn unwatch(&self, fd: RawFd) {
-        let _ = self
-            .epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        self.watch.delete(fd);
     }
 
-    /// Serves whatever the host side has ready (never waits).
-    pub fn process_host(&mut self) {
-        let mut events = [EpollEvent::default(); 32];
-        loop {
-            let n = match self.epoll.wait(0, &mut events) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return tracing::error!("vsock: epoll_wait failed: {e}"),
-            };
-            for event in &events[..n] {
-                let set = event.event_set();
-                match event.data() {
-                    LISTENER => self.accept(),
-                    TIMER => self.tick(),
-                    token => self.stream_ready(token, set),
-                }
-            }
-            if n < events.len() {
-                return;
-            }
+    /// What the host side has ready (never waits), when not attached to an event loop
+    /// (tests, benchmarks), for [`Self::ready`]; the loop reports those itself.
+    pub fn host_ready(&self) -> Vec<(u32, EventSet)> {
+        self.watch.ready().unwrap_or_else(|e| {
+            tracing::error!("vsock: epoll_wait failed: {e}");
+            Vec::new()
+        })
+    }
+
+    /// The host descriptor watched under `id` is ready with `set`.
+    pub fn ready(&mut self, id: u32, set: EventSet) {
+        match id {
+            LISTENER => self.accept(),
+            TIMER => self.tick(),
+            token => self.stream_ready(token, set),
         }
     }
 
@@ -199,12 +211,18 @@ impl Muxer {
         }
     }
 
-    fn token(&mut self) -> u64 {
-        self.next_token = (self.next_token + 1) % TIMER;
-        self.next_token
+    /// A watch id no line or connection holds.
+    fn token(&mut self) -> u32 {
+        loop {
+            self.next_token = (self.next_token + 1) % TIMER;
+            let t = self.next_token;
+            if !self.lines.contains_key(&t) && !self.tokens.contains_key(&t) {
+                return t;
+            }
+        }
     }
 
-    fn stream_ready(&mut self, token: u64, set: EventSet) {
+    fn stream_ready(&mut self, token: u32, set: EventSet) {
         if self.lines.contains_key(&token) {
             return self.read_line(token);
         }
@@ -220,7 +238,7 @@ impl Muxer {
     }
 
     /// Reads more of a CONNECT line; a whole one becomes a connection and a REQUEST.
-    fn read_line(&mut self, token: u64) {
+    fn read_line(&mut self, token: u32) {
         let Some(pending) = self.lines.get_mut(&token) else {
             return;
         };
@@ -242,7 +260,7 @@ impl Muxer {
         self.insert(token, (host_port, port), conn);
     }
 
-    fn drop_line(&mut self, token: u64) {
+    fn drop_line(&mut self, token: u32) {
         if let Some(p) = self.lines.remove(&token) {
             self.unwatch(p.stream.as_raw_fd());
         }
@@ -262,10 +280,8 @@ impl Muxer {
     }
 
     /// Adds a connection, watched edge-triggered, and queues what it owes the guest.
-    fn insert(&mut self, token: u64, key: Key, conn: Connection) {
-        let events =
-            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        if let Err(e) = self.watch(conn.stream().as_raw_fd(), token, events) {
+    fn insert(&mut self, token: u32, key: Key, conn: Connection) {
+        if let Err(e) = self.watch(conn.stream().as_raw_fd(), token, STREAM_EVENTS) {
             return tracing::warn!("vsock: cannot watch a host stream: {e}");
         }
         self.tokens.insert(token, key);
@@ -302,7 +318,7 @@ impl Muxer {
     fn tick(&mut self) {
         let _ = self.timer.wait();
         let now = Instant::now();
-        let late: Vec<u64> = (self.lines.iter())
+        let late: Vec<u32> = (self.lines.iter())
             .filter(|(_, p)| p.deadline <= now)
             .map(|(t, _)| *t)
             .collect();
@@ -487,7 +503,7 @@ impl Muxer {
     /// The VM ends: connections close and the socket file is removed.
     pub fn stop(&mut self) {
         self.reset();
-        let tokens: Vec<u64> = self.lines.keys().copied().collect();
+        let tokens: Vec<u32> = self.lines.keys().copied().collect();
         tokens.into_iter().for_each(|t| self.drop_line(t));
         if !self.removed {
             self.removed = true;

@@ -414,3 +414,29 @@ fn a_connections_payloads_in_one_kick_reach_its_stream_in_order_around_other_pac
         "two RESPONSEs, then every packet of the batch"
     );
 }
+
+/// Attached to a running event loop, the device's listener, CONNECT lines and timer are
+/// served from the loop's own epoll (no epoll of the muxer's own is left to wait on): a
+/// malformed line is closed at once, and a line for a guest that never answers is closed
+/// when its deadline passes.
+#[test]
+fn host_sockets_are_served_from_the_event_loops_epoll() {
+    use crate::virtio::event_loop::EventLoop;
+    use crate::virtio::VirtioDevice;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let device = super::Vsock::new(3, dir.path().join("v.sock")).unwrap();
+    let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(device));
+    let _event_loop = EventLoop::start(vec![device], || {}).unwrap();
+    let mut buf = [0u8; 16];
+    let mut bad = host_connect(&dir, b"CONNECT nope\n");
+    assert_eq!(bad.read(&mut buf).unwrap(), 0, "a malformed line is closed");
+    let started = std::time::Instant::now();
+    let mut unanswered = host_connect(&dir, b"CONNECT 5000\n");
+    assert_eq!(
+        unanswered.read(&mut buf).unwrap(),
+        0,
+        "closed at the deadline"
+    );
+    assert!(started.elapsed() >= super::muxer::CONNECT_TIMEOUT / 2);
+}
