@@ -1,8 +1,10 @@
 //! virtio-blk at device level, no guest: the model driver (`virtio::driver`) offers requests
 //! to the real device over a 64 MiB image in the page cache: 4 KiB random reads and writes at
 //! queue depth 1 and 32 (32 requests per kick), and sequential 1 MiB reads. The floor does
-//! the same I/O with `pread`/`pwrite` into a buffer of the same kind of memory. Floor and device alternate within each
-//! round (the order flips every round); medians of each and the ratio. The device's rate
+//! the same I/O with `pread`/`pwrite` into a buffer of the same kind of memory; a second
+//! floor adds one eventfd write per kick, the interrupt any device raises (its ratio says
+//! what the device costs beyond it). Floors and device alternate within each round (the
+//! order flips every round); medians of each and the ratios. The device's rate
 //! counts the time of its `process_queue` calls, which is what its event-loop thread spends
 //! (the floor's: the whole of its loop); the model driver's own work (headers, descriptors,
 //! taking used entries) would run on the guest's vCPU, and is shown apart, as the rate over
@@ -12,6 +14,7 @@
 
 #![allow(missing_docs)]
 
+use std::cell::Cell;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,9 +154,9 @@ fn main() {
     }
     let mut r = rig(&file);
     println!(
-        "| workload | pread/pwrite (floor) | virtio-blk device | ratio | device + model driver | ratio |"
+        "| workload | pread/pwrite (floor) | virtio-blk device | ratio | ratio to floor + interrupt | device + model driver | ratio |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let cases: [(&str, bool, usize, u32); 5] = [
         ("4 KiB random read, QD 1", false, 1, 4096),
         ("4 KiB random read, QD 32", false, 32, 4096),
@@ -174,6 +177,9 @@ fn main() {
         let buf = unsafe { std::slice::from_raw_parts_mut(host, len as usize * depth) };
         let (mut fo, mut d_off) = (Offsets(7), Offsets(7));
         let mut next_seq = 0u64;
+        // With `interrupt` set, the floor also writes an eventfd once per kick, as the device
+        // signals its irqfd: what any device pays beyond the I/O itself.
+        let (interrupt, irq) = (Cell::new(false), EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut floor = || {
             let start = Instant::now();
             for i in 0..depth {
@@ -190,30 +196,41 @@ fn main() {
                     file.read_exact_at(b, at).unwrap();
                 }
             }
+            if interrupt.get() {
+                irq.write(1).unwrap();
+            }
             start.elapsed()
         };
         let mut device = || r.batch(write, depth, len, &mut d_off);
-        let (mut f, mut d) = (Vec::new(), Vec::new());
+        let (mut f, mut fi, mut d) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
+            let mut floor_pair = |first: bool| {
+                interrupt.set(!first);
+                let v = if first { &mut f } else { &mut fi };
+                v.push(measure(depth, len as usize, &mut floor));
+            };
             if round % 2 == 0 {
-                f.push(measure(depth, len as usize, &mut floor));
+                floor_pair(true);
+                floor_pair(false);
                 d.push(measure(depth, len as usize, &mut device));
             } else {
                 d.push(measure(depth, len as usize, &mut device));
-                f.push(measure(depth, len as usize, &mut floor));
+                floor_pair(false);
+                floor_pair(true);
             }
         }
         let show = |iops: f64, mbs: f64| match sequential {
             true => format!("{mbs:.0} MB/s"),
             false => format!("{:.0}k IOPS", iops / 1000.0),
         };
-        let floor_iops = median(&f, |r| r.iops);
+        let (floor_iops, floor_irq) = (median(&f, |r| r.iops), median(&fi, |r| r.iops));
         let (iops, wall) = (median(&d, |r| r.iops), median(&d, |r| r.wall_iops));
         println!(
-            "| {name} | {} | {} | **{:.2}×** | {} | {:.2}× |",
+            "| {name} | {} | {} | **{:.2}×** | {:.2}× | {} | {:.2}× |",
             show(floor_iops, median(&f, |r| r.mbs)),
             show(iops, median(&d, |r| r.mbs)),
             iops / floor_iops,
+            iops / floor_irq,
             show(wall, median(&d, |r| r.wall_mbs)),
             wall / floor_iops
         );

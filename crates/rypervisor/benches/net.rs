@@ -4,14 +4,17 @@
 //! reads it into a guest buffer), next to raw `writev`/`read` on tap B in the same run.
 //! The device's rate counts the time in its handlers (`process_queue`, `process_fd`: its
 //! event-loop thread's share) and the host side's sends; the model driver's own ring work
-//! would run on the guest's vCPU and is shown apart, as the rate over wall time. Floor and
-//! device alternate within each round; medians and ratios.
+//! would run on the guest's vCPU and is shown apart, as the rate over wall time. A second
+//! floor adds one eventfd write per frame, the interrupt any device raises per used buffer
+//! here (its ratio says what the device costs beyond it). Floors and device alternate
+//! within each round; medians and ratios.
 //!
 //! Needs two taps and root (AF_PACKET): run `scripts/bench-net.sh`, which makes them in a
 //! network namespace of its own and sets `TAPS=tapA,tapB`.
 
 #![allow(missing_docs)]
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -165,9 +168,9 @@ fn main() {
     let bare = &f[VNET_HDR..]; // AF_PACKET sends the Ethernet frame alone
     let mut buf = vec![0u8; VNET_HDR + FRAME + 64];
     println!(
-        "| direction | raw tap (floor) | virtio-net device | ratio | device + model driver | ratio |"
+        "| direction | raw tap (floor) | virtio-net device | ratio | ratio to floor + interrupt | device + model driver | ratio |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     // `ONLY=TX` or `ONLY=RX` keeps one direction (for profiling).
     let only = std::env::var("ONLY").unwrap_or_default();
     for direction in ["guest → tap (TX)", "tap → guest (RX)"] {
@@ -175,6 +178,9 @@ fn main() {
             continue;
         }
         let tx = direction.contains("TX");
+        // With `interrupt` set, the floor also writes an eventfd per frame, as the device
+        // signals its irqfd.
+        let (interrupt, irq) = (Cell::new(false), EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut floor = || {
             let start = Instant::now();
             if tx {
@@ -184,6 +190,9 @@ fn main() {
                 use std::io::Read;
                 inject_b.send(bare);
                 while (&raw).read(&mut buf).is_err() {}
+            }
+            if interrupt.get() {
+                irq.write(1).unwrap();
             }
             start.elapsed()
         };
@@ -217,23 +226,31 @@ fn main() {
             }
             counted
         };
-        let (mut fl, mut dv) = (Vec::new(), Vec::new());
+        let (mut fl, mut fi, mut dv) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
+            let mut floor_pair = |plain: bool| {
+                interrupt.set(!plain);
+                let v = if plain { &mut fl } else { &mut fi };
+                v.push(rate(&mut floor));
+            };
             if round % 2 == 0 {
-                fl.push(rate(&mut floor));
+                floor_pair(true);
+                floor_pair(false);
                 dv.push(rate(&mut device));
             } else {
                 dv.push(rate(&mut device));
-                fl.push(rate(&mut floor));
+                floor_pair(false);
+                floor_pair(true);
             }
         }
-        let floor_rate = median(&fl, |r| r.0);
+        let (floor_rate, floor_irq) = (median(&fl, |r| r.0), median(&fi, |r| r.0));
         let (dev_rate, wall) = (median(&dv, |r| r.0), median(&dv, |r| r.1));
         println!(
-            "| {direction} | {:.0}k frames/s | {:.0}k frames/s | **{:.2}×** | {:.0}k frames/s | {:.2}× |",
+            "| {direction} | {:.0}k frames/s | {:.0}k frames/s | **{:.2}×** | {:.2}× | {:.0}k frames/s | {:.2}× |",
             floor_rate / 1e3,
             dev_rate / 1e3,
             dev_rate / floor_rate,
+            dev_rate / floor_irq,
             wall / 1e3,
             wall / floor_rate
         );

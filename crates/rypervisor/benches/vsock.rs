@@ -7,7 +7,8 @@
 //! time in its handlers (`GuestDriver::device_time`: its event-loop thread's share) plus the
 //! host program's socket calls; the model driver's own ring work (offering buffers, taking
 //! used ones) would run on the guest's vCPU and is shown apart, as the rate over wall time of
-//! all of it together. Floor and device alternate
+//! all of it together. A second floor adds one eventfd write per kick, the interrupt any
+//! device raises (its ratio says what the device costs beyond it). Floors and device alternate
 //! within each round (the order flips every round), so drift on a noisy host falls on both;
 //! the table gives the median throughput of each and the ratio. Run with
 //! `cargo bench -p rypervisor --bench vsock` (`ROUNDS=N` to change the default 7; `ONLY=text`
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use rypervisor::virtio::vsock::model::GuestDriver;
 use rypervisor::virtio::vsock::packet::{OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RW};
 use rypervisor::virtio::vsock::unix::port_path;
+use vmm_sys_util::eventfd::EventFd;
 
 const SPAN: Duration = Duration::from_millis(300);
 
@@ -63,11 +65,18 @@ const BATCH: usize = 8;
 /// A socket pair moving `batch` writes of `size` bytes per step, then reading them: the floor.
 /// Its reads are as the device's path reads: guest → host, the host program reads the batch
 /// at once; host → guest, the reading side takes one packet's `size` at a time (each guest
-/// RX buffer holds one packet).
-fn floor(size: usize, batch: usize, per_packet_reads: bool) -> impl FnMut() -> Duration {
+/// RX buffer holds one packet). With `interrupt`, it also writes an eventfd once per step,
+/// as the device signals its irqfd once per kick: what any device pays beyond the bytes.
+fn floor(
+    size: usize,
+    batch: usize,
+    per_packet_reads: bool,
+    interrupt: bool,
+) -> impl FnMut() -> Duration {
     let (mut a, mut b) = UnixStream::pair().unwrap();
     let data = vec![0x5au8; size];
     let mut buf = vec![0u8; size * batch];
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     move || {
         let start = Instant::now();
         for _ in 0..batch {
@@ -79,6 +88,9 @@ fn floor(size: usize, batch: usize, per_packet_reads: bool) -> impl FnMut() -> D
             }
         } else {
             b.read_exact(&mut buf).unwrap();
+        }
+        if interrupt {
+            irq.write(1).unwrap();
         }
         start.elapsed()
     }
@@ -158,9 +170,9 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
     println!(
-        "| direction | payload | packets per kick | socket pair (floor) | vsock device | ratio | device + model driver | ratio |"
+        "| direction | payload | packets per kick | socket pair (floor) | vsock device | ratio | ratio to floor + interrupt | device + model driver | ratio |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (size, batch) in [(4 << 10, 1), (4 << 10, BATCH), (64 << 10, 1), (64 << 10, 2)] {
         for direction in ["guest → host", "host → guest"] {
             // `ONLY=text` keeps the cases whose label ("host → guest 4K×1") contains it.
@@ -169,7 +181,9 @@ fn main() {
                 continue;
             }
             let bytes = size * batch;
-            let mut floor_step = floor(size, batch, direction == "host → guest");
+            let per_packet_reads = direction == "host → guest";
+            let mut floor_step = floor(size, batch, per_packet_reads, false);
+            let mut floor_irq = floor(size, batch, per_packet_reads, true);
             let (_dir, mut device_step): (_, Box<dyn FnMut() -> Duration>) = match direction {
                 "guest → host" => {
                     let (d, s) = guest_to_host(size, batch);
@@ -180,7 +194,7 @@ fn main() {
                     (d, Box::new(s))
                 }
             };
-            let (mut f, mut d) = (Vec::new(), Vec::new());
+            let (mut f, mut fi, mut d) = (Vec::new(), Vec::new(), Vec::new());
             if let Ok(side) = std::env::var("PROFILE") {
                 // One side alone, for a profiler: PROFILE=floor or PROFILE=device.
                 let step: &mut dyn FnMut() -> Duration = match side.as_str() {
@@ -197,18 +211,21 @@ fn main() {
             for round in 0..rounds {
                 if round % 2 == 0 {
                     f.push(throughput(bytes, &mut floor_step));
+                    fi.push(throughput(bytes, &mut floor_irq));
                     d.push(throughput(bytes, &mut device_step));
                 } else {
                     d.push(throughput(bytes, &mut device_step));
+                    fi.push(throughput(bytes, &mut floor_irq));
                     f.push(throughput(bytes, &mut floor_step));
                 }
             }
-            let floor_mbs = median(&f, |r| r.mbs);
+            let (floor_mbs, irq_mbs) = (median(&f, |r| r.mbs), median(&fi, |r| r.mbs));
             let (mbs, wall) = (median(&d, |r| r.mbs), median(&d, |r| r.wall_mbs));
             println!(
-                "| {direction} | {} KiB | {batch} | {floor_mbs:.0} MB/s | {mbs:.0} MB/s | **{:.2}×** | {wall:.0} MB/s | {:.2}× |",
+                "| {direction} | {} KiB | {batch} | {floor_mbs:.0} MB/s | {mbs:.0} MB/s | **{:.2}×** | {:.2}× | {wall:.0} MB/s | {:.2}× |",
                 size >> 10,
                 mbs / floor_mbs,
+                mbs / irq_mbs,
                 wall / floor_mbs
             );
         }
