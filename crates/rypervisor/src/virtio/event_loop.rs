@@ -78,29 +78,26 @@ impl Watch {
         let _ = (self.epoll).ctl(ControlOperation::Delete, fd, EpollEvent::default());
     }
 
-    /// What is ready now, as (id, events), without waiting; empty on the event loop's
-    /// epoll, whose events only the loop takes.
+    /// What is ready now, as (id, events), without waiting: one `epoll_wait` of up to 64, as
+    /// the loop's (more are reported by the next call; level-triggered descriptors are
+    /// reported again until served). Empty on the event loop's epoll, whose events only the
+    /// loop takes.
     pub fn ready(&self) -> std::io::Result<Vec<(u32, EventSet)>> {
-        let mut events = [EpollEvent::default(); 32];
-        let mut out = Vec::new();
+        let mut events = [EpollEvent::default(); 64];
         if !self.own {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        loop {
-            let n = match self.epoll.wait(0, &mut events) {
+        let n = loop {
+            match self.epoll.wait(0, &mut events) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => r?,
-            };
-            for event in &events[..n] {
-                if let Source::Watched(_, id) = source(event.data()) {
-                    out.push((id, event.event_set()));
-                }
+                r => break r?,
             }
-            if n < events.len() {
-                break;
-            }
-        }
-        Ok(out)
+        };
+        let ids = events[..n].iter().filter_map(|e| match source(e.data()) {
+            Source::Watched(_, id) => Some((id, e.event_set())),
+            _ => None,
+        });
+        Ok(ids.collect())
     }
 }
 
@@ -141,7 +138,7 @@ impl EventLoop {
                 epoll,
                 device: d,
                 own,
-            });
+            })?;
             for (i, evt) in device.queue_events().iter().enumerate() {
                 add(evt.as_raw_fd(), EventSet::IN, Source::Queue(d, i))?;
             }
@@ -225,6 +222,29 @@ impl Drop for EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many level-triggered descriptors ready at once: one call reports each once (it does
+    /// not wait again on what it has not served, which would report them forever).
+    #[test]
+    fn an_own_watch_reports_what_is_ready_in_one_wait() {
+        let watch = Watch::own().unwrap();
+        let fds: Vec<EventFd> = (0..40)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        for (id, fd) in fds.iter().enumerate() {
+            watch.add(fd.as_raw_fd(), EventSet::IN, id as u32).unwrap();
+            fd.write(1).unwrap();
+        }
+        let mut ids: Vec<u32> = watch.ready().unwrap().iter().map(|r| r.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..40).collect::<Vec<u32>>());
+        watch.delete(fds[0].as_raw_fd());
+        assert_eq!(
+            watch.ready().unwrap().len(),
+            39,
+            "level-triggered: again until read"
+        );
+    }
 
     #[test]
     fn tokens_name_their_source() {

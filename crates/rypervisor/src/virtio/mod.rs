@@ -55,6 +55,9 @@ pub enum VirtioError {
     /// The event loop could not start.
     #[error("cannot start the device event loop: {0}")]
     EventLoop(#[source] std::io::Error),
+    /// A device could not register its descriptors in the event loop's epoll.
+    #[error("virtio-{0}: cannot watch its descriptors in the device event loop: {1}")]
+    Watch(&'static str, #[source] std::io::Error),
 }
 
 /// A device's line to the guest: the interrupt status register and the irqfd that raises
@@ -146,8 +149,10 @@ pub trait VirtioDevice: Send {
     fn process_fd(&mut self, _index: usize) {}
 
     /// The event loop's [`Watch`], given once before it starts: a device whose descriptors
-    /// come and go registers them there itself.
-    fn attach(&mut self, _watch: Watch) {}
+    /// come and go registers them there itself (an error stops the VM from starting).
+    fn attach(&mut self, _watch: Watch) -> Result<(), VirtioError> {
+        Ok(())
+    }
 
     /// A descriptor registered under `id` through the [`Watch`] is ready with `events`.
     fn process_event(&mut self, _id: u32, _events: vmm_sys_util::epoll::EventSet) {}

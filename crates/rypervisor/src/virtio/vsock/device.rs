@@ -18,7 +18,7 @@ use super::{VsockError, VIRTIO_ID_VSOCK};
 use crate::virtio::buffers::{Buffers, Window};
 use crate::virtio::{
     notify_used, queue_eventfds, ring_broken, serve_queue_batched, stop_broken, Active, Complaints,
-    VirtioDevice, Watch,
+    VirtioDevice, VirtioError, Watch,
 };
 use vm_memory::ByteValued;
 
@@ -418,10 +418,10 @@ impl VirtioDevice for Vsock {
         }
     }
 
-    fn attach(&mut self, watch: Watch) {
-        if let Err(e) = self.muxer.attach(watch) {
-            tracing::error!("vsock: cannot watch the host sockets in the event loop: {e}");
-        }
+    fn attach(&mut self, watch: Watch) -> Result<(), VirtioError> {
+        self.muxer
+            .attach(watch)
+            .map_err(|e| VirtioError::Watch("vsock", e))
     }
 
     fn process_event(&mut self, id: u32, events: EventSet) {
@@ -432,6 +432,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn events_done(&mut self) {
+        // (A reset may have come between this wake's events and now: nothing owed from
+        // before it may reach the new driver's ring.)
+        if std::mem::take(&mut self.reset_pending) {
+            self.muxer.reset();
+        }
         self.process_rx();
     }
 

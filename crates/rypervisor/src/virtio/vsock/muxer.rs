@@ -122,8 +122,9 @@ impl Muxer {
         Ok(m)
     }
 
-    /// Moves every host descriptor to `watch` (the event loop's), under the same ids.
-    pub fn attach(&mut self, watch: Watch) -> Result<(), VsockError> {
+    /// Moves every host descriptor to `watch` (the event loop's), under the same ids; an
+    /// error leaves some unwatched (the VM does not start).
+    pub fn attach(&mut self, watch: Watch) -> std::io::Result<()> {
         let old = std::mem::replace(&mut self.watch, watch);
         let mut fds = vec![
             (self.listener.as_raw_fd(), LISTENER, EventSet::IN),
@@ -137,7 +138,7 @@ impl Muxer {
         }
         for (fd, token, events) in fds {
             old.delete(fd);
-            self.watch(fd, token, events)?;
+            self.watch.add(fd, events, token)?;
         }
         Ok(())
     }
