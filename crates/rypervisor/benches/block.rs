@@ -204,9 +204,9 @@ fn main() {
         let mut device = || r.batch(write, depth, len, &mut d_off);
         let (mut f, mut fi, mut d) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            let mut floor_pair = |first: bool| {
-                interrupt.set(!first);
-                let v = if first { &mut f } else { &mut fi };
+            let mut floor_pair = |plain: bool| {
+                interrupt.set(!plain);
+                let v = if plain { &mut f } else { &mut fi };
                 v.push(measure(depth, len as usize, &mut floor));
             };
             if round % 2 == 0 {

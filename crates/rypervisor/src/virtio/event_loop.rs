@@ -58,6 +58,15 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The event loop's `epoll`, for device `device`.
+    fn shared(epoll: Arc<Epoll>, device: usize) -> Self {
+        Self {
+            epoll,
+            device,
+            own: false,
+        }
+    }
+
     /// An epoll of its own, polled by [`Watch::ready`].
     pub fn own() -> std::io::Result<Self> {
         Ok(Self {
@@ -83,10 +92,10 @@ impl Watch {
     /// reported again until served). Empty on the event loop's epoll, whose events only the
     /// loop takes.
     pub fn ready(&self) -> std::io::Result<Vec<(u32, EventSet)>> {
-        let mut events = [EpollEvent::default(); 64];
         if !self.own {
             return Ok(Vec::new());
         }
+        let mut events = [EpollEvent::default(); 64];
         let n = loop {
             match self.epoll.wait(0, &mut events) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -133,12 +142,7 @@ impl EventLoop {
         add(stop.as_raw_fd(), EventSet::IN, Source::Stop)?;
         for (d, device) in devices.iter().enumerate() {
             let mut device = device.lock().unwrap_or_else(|p| p.into_inner());
-            let (epoll, own) = (epoll.clone(), false);
-            device.attach(Watch {
-                epoll,
-                device: d,
-                own,
-            })?;
+            device.attach(Watch::shared(epoll.clone(), d))?;
             for (i, evt) in device.queue_events().iter().enumerate() {
                 add(evt.as_raw_fd(), EventSet::IN, Source::Queue(d, i))?;
             }
@@ -235,7 +239,12 @@ mod tests {
             watch.add(fd.as_raw_fd(), EventSet::IN, id as u32).unwrap();
             fd.write(1).unwrap();
         }
-        let mut ids: Vec<u32> = watch.ready().unwrap().iter().map(|r| r.0).collect();
+        // (On a thread: a `ready` that kept waiting would never return, and fail here.)
+        let (done, got) = std::sync::mpsc::channel();
+        let polling = watch.clone();
+        std::thread::spawn(move || done.send(polling.ready().unwrap()));
+        let ready = got.recv_timeout(std::time::Duration::from_secs(5));
+        let mut ids: Vec<u32> = ready.expect("ready returns").iter().map(|r| r.0).collect();
         ids.sort_unstable();
         assert_eq!(ids, (0..40).collect::<Vec<u32>>());
         watch.delete(fds[0].as_raw_fd());

@@ -92,6 +92,15 @@ impl Vsock {
         self.muxer.host_ready()
     }
 
+    /// Ends the connections of before a driver reset (asked for on a vCPU thread, done
+    /// here on the event loop's) before anything else is served: nothing owed to the old
+    /// driver may reach the new one's rings.
+    fn finish_reset(&mut self) {
+        if std::mem::take(&mut self.reset_pending) {
+            self.muxer.reset();
+        }
+    }
+
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.muxer.connections()
@@ -408,9 +417,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn process_queue(&mut self, index: usize) {
-        if std::mem::take(&mut self.reset_pending) {
-            self.muxer.reset();
-        }
+        self.finish_reset();
         match index {
             RX => self.process_rx(),
             TX => self.process_tx(),
@@ -425,18 +432,13 @@ impl VirtioDevice for Vsock {
     }
 
     fn process_event(&mut self, id: u32, events: EventSet) {
-        if std::mem::take(&mut self.reset_pending) {
-            self.muxer.reset();
-        }
+        self.finish_reset();
         self.muxer.ready(id, events);
     }
 
     fn events_done(&mut self) {
-        // (A reset may have come between this wake's events and now: nothing owed from
-        // before it may reach the new driver's ring.)
-        if std::mem::take(&mut self.reset_pending) {
-            self.muxer.reset();
-        }
+        // (A reset may have come between this wake's events and now.)
+        self.finish_reset();
         self.process_rx();
     }
 

@@ -42,6 +42,9 @@ const TICK: Duration = Duration::from_millis(250);
 const LISTENER: u32 = u32::MAX;
 const TIMER: u32 = u32::MAX - 1;
 
+/// A host program's stream is watched for these while its CONNECT line is read.
+const LINE_EVENTS: EventSet = EventSet::IN;
+
 /// A connection's host stream is watched for these, edge-triggered (read until WouldBlock,
 /// and left unread while the guest has no credit or buffers).
 const STREAM_EVENTS: EventSet = EventSet::IN
@@ -117,8 +120,9 @@ impl Muxer {
             removed: false,
             complaints: Complaints::default(),
         };
-        m.watch(m.listener.as_raw_fd(), LISTENER, EventSet::IN)?;
-        m.watch(m.timer.as_raw_fd(), TIMER, EventSet::IN)?;
+        for (fd, id, events) in m.descriptors() {
+            m.watch(fd, id, events)?;
+        }
         Ok(m)
     }
 
@@ -126,21 +130,27 @@ impl Muxer {
     /// error leaves some unwatched (the VM does not start).
     pub fn attach(&mut self, watch: Watch) -> std::io::Result<()> {
         let old = std::mem::replace(&mut self.watch, watch);
+        for (fd, id, events) in self.descriptors() {
+            old.delete(fd);
+            self.watch.add(fd, events, id)?;
+        }
+        Ok(())
+    }
+
+    /// Every host descriptor watched, with its id and events: the listener, the timer,
+    /// CONNECT lines being read, connections' streams.
+    fn descriptors(&self) -> Vec<(RawFd, u32, EventSet)> {
         let mut fds = vec![
             (self.listener.as_raw_fd(), LISTENER, EventSet::IN),
             (self.timer.as_raw_fd(), TIMER, EventSet::IN),
         ];
-        fds.extend((self.lines.iter()).map(|(t, p)| (p.stream.as_raw_fd(), *t, EventSet::IN)));
+        fds.extend((self.lines.iter()).map(|(t, p)| (p.stream.as_raw_fd(), *t, LINE_EVENTS)));
         for (token, key) in &self.tokens {
             if let Some(conn) = self.conns.get(key) {
                 fds.push((conn.stream().as_raw_fd(), *token, STREAM_EVENTS));
             }
         }
-        for (fd, token, events) in fds {
-            old.delete(fd);
-            self.watch.add(fd, events, token)?;
-        }
-        Ok(())
+        fds
     }
 
     /// How many connections are open.
@@ -194,7 +204,7 @@ impl Muxer {
                 continue;
             }
             let token = self.token();
-            if self.watch(stream.as_raw_fd(), token, EventSet::IN).is_err() {
+            if self.watch(stream.as_raw_fd(), token, LINE_EVENTS).is_err() {
                 continue;
             }
             let deadline = Instant::now() + CONNECT_TIMEOUT;
