@@ -87,6 +87,17 @@ impl Watch {
         let _ = (self.epoll).ctl(ControlOperation::Delete, fd, EpollEvent::default());
     }
 
+    /// Makes every later [`Watch::add`] fail (`EINVAL`), as a full epoll would, for tests:
+    /// the epoll's descriptor number now names `/dev/null`.
+    #[cfg(test)]
+    pub(crate) fn break_for_test(&self) {
+        use std::os::fd::AsRawFd;
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup2 replaces the descriptor the Epoll owns by another open one; the Epoll
+        // still closes exactly one descriptor (that number) when dropped.
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), self.epoll.as_raw_fd()) } >= 0);
+    }
+
     /// What is ready now, as (id, events), without waiting: one `epoll_wait` of up to 64, as
     /// the loop's (more are reported by the next call; level-triggered descriptors are
     /// reported again until served). Empty on the event loop's epoll, whose events only the

@@ -268,7 +268,10 @@ impl Muxer {
         self.unwatch(pending.stream.as_raw_fd());
         let host_port = self.free_host_port(port);
         let conn = Connection::host_initiated(pending.stream, Instant::now() + CONNECT_TIMEOUT);
-        self.insert(token, (host_port, port), conn);
+        if let Err(e) = self.insert(token, (host_port, port), conn) {
+            // (The guest has not been asked yet: closing the host program's stream is all.)
+            tracing::warn!("vsock: host connection to port {port} closed: {e}");
+        }
     }
 
     fn drop_line(&mut self, token: u32) {
@@ -290,14 +293,15 @@ impl Muxer {
         }
     }
 
-    /// Adds a connection, watched edge-triggered, and queues what it owes the guest.
-    fn insert(&mut self, token: u32, key: Key, conn: Connection) {
-        if let Err(e) = self.watch(conn.stream().as_raw_fd(), token, STREAM_EVENTS) {
-            return tracing::warn!("vsock: cannot watch a host stream: {e}");
-        }
+    /// Adds a connection, watched edge-triggered, and queues what it owes the guest. A
+    /// stream the event loop cannot watch (`ENOMEM`, `max_user_watches`) is closed, and the
+    /// error returned: the caller tells the guest.
+    fn insert(&mut self, token: u32, key: Key, conn: Connection) -> Result<(), VsockError> {
+        self.watch(conn.stream().as_raw_fd(), token, STREAM_EVENTS)?;
         self.tokens.insert(token, key);
         self.conns.insert(key, conn);
         self.requeue(key);
+        Ok(())
     }
 
     fn remove(&mut self, key: Key) {
@@ -398,7 +402,12 @@ impl Muxer {
             Ok(stream) => {
                 let conn = Connection::guest_initiated(stream, header.buf_alloc, header.fwd_cnt);
                 let token = self.token();
-                self.insert(token, (header.dst_port, header.src_port), conn);
+                if let Err(e) = self.insert(token, (header.dst_port, header.src_port), conn) {
+                    // Refused, as if nothing listened: the guest's connect fails at once
+                    // instead of timing out.
+                    tracing::warn!("vsock: guest connect to {}: {e}", path.display());
+                    self.refuse(header);
+                }
             }
             Err(e) => {
                 tracing::info!("vsock: guest connect to {}: {e}", path.display());
@@ -560,5 +569,27 @@ mod tests {
         }
         assert_eq!(m.connections(), 0);
         assert!(m.owed_entries() <= 1, "{} entries", m.owed_entries());
+    }
+
+    #[test]
+    fn a_guest_connection_that_cannot_be_watched_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let mut m = Muxer::new(3, path.clone()).unwrap();
+        let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
+        m.watch.break_for_test();
+        let request = Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 7,
+            dst_port: 80,
+            kind: TYPE_STREAM,
+            op: OP_REQUEST,
+            ..Header::default()
+        };
+        m.from_guest(&request, &Buffers::default());
+        assert_eq!(m.connections(), 0);
+        let (rst, _) = m.next_packet(&[]).expect("an answer for the guest");
+        assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, 80, 7));
     }
 }
