@@ -370,7 +370,7 @@ mod tests {
         std::io::Write::write_all(&mut z, b"into the guest").unwrap();
         use std::os::fd::AsRawFd;
         assert_eq!(
-            readv_windows(a.as_raw_fd(), &[Window::whole(&w)], 16).unwrap(),
+            readv_windows(a.as_raw_fd(), &[Window::whole(&w)], 16, &mut []).unwrap(),
             (14, 16)
         );
         let mut back = [0u8; 14];

@@ -37,32 +37,33 @@ impl<'a, 'm> Window<'a, 'm> {
 pub const MAX_READ_SLICES: usize = 64;
 
 /// One `readv` from `fd` into `windows` in order, at most `max` bytes and
-/// [`MAX_READ_SLICES`] slices: a stream socket's bytes spread over several guest buffers in
-/// one call. Returns the bytes read and the bytes offered (a read shorter than offered says
-/// the socket is drained). `WouldBlock` is an error of that kind; `Ok((0, _))` is the end
-/// of the stream.
+/// [`MAX_READ_SLICES`] slices (one less with a `spill`), then into `spill` (host memory; may be empty): a stream
+/// socket's bytes spread over several guest buffers in one call. Returns the bytes read
+/// (beyond the bytes offered, they are in `spill`) and the bytes offered. A few bytes of
+/// `spill` tell in the same call whether the socket had more than the guest's buffers took
+/// (a read that exactly fills them cannot, and would cost one more read or one more buffer).
+/// `WouldBlock` is an error of that kind; `Ok((0, _))` is the end of the stream.
 pub fn readv_windows(
     fd: RawFd,
     windows: &[Window<'_, '_>],
     max: usize,
+    spill: &mut [u8],
 ) -> std::io::Result<(usize, usize)> {
     // A few slices (a packet or two, the common case) need smaller arrays to set up.
     const FEW: usize = 8;
-    match windows
-        .iter()
-        .map(|w| w.buffers.slice_count())
-        .sum::<usize>()
-    {
-        0..=FEW => readv_windows_in::<FEW>(fd, windows, max),
-        _ => readv_windows_in::<MAX_READ_SLICES>(fd, windows, max),
+    let slices: usize = windows.iter().map(|w| w.buffers.slice_count()).sum();
+    match slices + usize::from(!spill.is_empty()) {
+        0..=FEW => readv_windows_in::<FEW>(fd, windows, max, spill),
+        _ => readv_windows_in::<MAX_READ_SLICES>(fd, windows, max, spill),
     }
 }
 
-/// [`readv_windows`] with room for `N` (at most [`MAX_READ_SLICES`]) iovecs.
+/// [`readv_windows`] with room for `N` (at most [`MAX_READ_SLICES`]) guest iovecs.
 fn readv_windows_in<const N: usize>(
     fd: RawFd,
     windows: &[Window<'_, '_>],
     max: usize,
+    spill: &mut [u8],
 ) -> std::io::Result<(usize, usize)> {
     let mut guards: [Option<PtrGuardMut>; N] = std::array::from_fn(|_| None);
     let empty = libc::iovec {
@@ -70,11 +71,13 @@ fn readv_windows_in<const N: usize>(
         iov_len: 0,
     };
     let mut iov = [empty; N];
+    // (The last iovec is `spill`'s, if any.)
+    let guest_max = N - usize::from(!spill.is_empty());
     let (mut count, mut offered) = (0, 0);
     'all: for w in windows {
         let (mut skip, mut len) = (w.skip, w.len.min(w.buffers.len().saturating_sub(w.skip)));
         for s in w.buffers.slices() {
-            if offered == max || count == N {
+            if offered == max || count == guest_max {
                 break 'all;
             }
             if len == 0 {
@@ -97,9 +100,18 @@ fn readv_windows_in<const N: usize>(
             (skip, len, offered, count) = (0, len - n, offered + n, count + 1);
         }
     }
+    let mut total = count;
+    if !spill.is_empty() {
+        iov[count] = libc::iovec {
+            iov_base: spill.as_mut_ptr().cast(),
+            iov_len: spill.len(),
+        };
+        total += 1;
+    }
     // SAFETY: each of the first `count` iovecs describes a live guest-memory slice whose
-    // guard is held in `guards` for the call; the kernel writes at most their lengths.
-    let n = syscall(|| unsafe { libc::readv(fd, iov.as_ptr(), count as i32) })?;
+    // guard is held in `guards` for the call, and the one after (if any) `spill`, borrowed
+    // mutably for it; the kernel writes at most their lengths.
+    let n = syscall(|| unsafe { libc::readv(fd, iov.as_ptr(), total as i32) })?;
     Ok((n, offered))
 }
 

@@ -3,9 +3,11 @@
 //! bytes not yet taken by the host program.
 //!
 //! The host stream is non-blocking and watched edge-triggered: `readable` stays set until a
-//! read says `WouldBlock`, so no wakeup is lost while the guest has no credit or no buffers
-//! (the bytes then wait in the host socket, and the host writer blocks, as a slow reader
-//! should make it). The guest's bytes that the host socket does not take at once are kept,
+//! read finds the stream drained, so no wakeup is lost while the guest has no credit or no
+//! buffers (the bytes then wait in the host socket, and the host writer blocks, as a slow
+//! reader should make it). Each read asks for one byte more than the guest's buffers hold,
+//! so that it tells by itself whether the stream had more; that byte is carried to the next
+//! packet. The guest's bytes that the host socket does not take at once are kept,
 //! at most the [`HOST_BUF_ALLOC`] we advertised; a guest that sends more is reset.
 
 use std::collections::VecDeque;
@@ -21,6 +23,7 @@ use super::packet::{
     SHUTDOWN_SEND,
 };
 use crate::virtio::buffers::{readv_windows, Buffers, Window};
+use smallvec::SmallVec;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,10 +86,14 @@ pub struct Connection {
     pub deadline: Option<Instant>,
     /// In the device's list of connections that owe the guest something.
     pub queued: bool,
-    /// RX buffers the last read from the host stream filled: the next read is offered one
-    /// more, so that a read shorter than offered tells the stream is drained (a read that
-    /// exactly fills what it was offered cannot tell, and would cost one more read).
+    /// RX buffers the last read from the host stream filled: the next read is offered as
+    /// many, and one more if that read found more bytes than its buffers took.
     filled_last: usize,
+    /// A byte read ahead of the guest's buffers: each read asks for one byte more than they
+    /// hold, so that it tells by itself whether the stream is drained. It is the first byte
+    /// of the next payload (one per connection; the guest's credit is counted when it is
+    /// delivered).
+    carry: Option<u8>,
 }
 
 impl Connection {
@@ -123,6 +130,7 @@ impl Connection {
             deadline: None,
             queued: false,
             filled_last: 1,
+            carry: None,
         }
     }
 
@@ -155,19 +163,20 @@ impl Connection {
     }
 
     /// How many RX buffers its next packet would like: one for a control packet; for data,
-    /// one more than the last read filled (at most [`MAX_RX_BATCH`]).
+    /// as many as the last read filled, one more if the stream had more (at most
+    /// [`MAX_RX_BATCH`]).
     pub fn buffers_wanted(&self) -> usize {
         let control =
             self.state == State::Resetting || self.owed & (OWE_REQUEST | OWE_RESPONSE) != 0;
         if control || !self.can_send_data() {
             return 1;
         }
-        (self.filled_last + 1).min(MAX_RX_BATCH)
+        (self.filled_last + usize::from(self.carry.is_some())).min(MAX_RX_BATCH)
     }
 
     fn can_send_data(&self) -> bool {
         self.state == State::Established
-            && self.readable
+            && (self.readable || self.carry.is_some())
             && !self.host_eof
             && self.guest_shut & SHUTDOWN_RCV == 0
             && self.credit.peer_credit() > 0
@@ -319,27 +328,19 @@ impl Connection {
         let offered: usize = payload.iter().map(|w| w.len).sum();
         if self.can_send_data() && offered > 0 {
             let room = offered.min(self.credit.peer_credit() as usize);
-            match read_some(&self.stream, payload, room) {
-                Ok(Some((0, _))) => {
+            match self.read_payload(payload, room) {
+                Ok(None) => {}
+                Ok(Some(0)) => {
                     self.host_eof = true;
                     self.shutdown_flags |= SHUTDOWN_SEND;
                     self.owed |= OWE_SHUTDOWN;
                 }
-                Ok(Some((n, offered))) => {
-                    // A short read from a stream socket means it is drained for now (epoll(7)):
-                    // no need for a read that would only say WouldBlock — unless the host's
-                    // end closed, whose EOF still has to be read. (A Unix stream read also
-                    // stops short at passed descriptors or an out-of-band mark; such bytes
-                    // wait for the host program's next write.)
-                    if n < offered && !self.host_hung_up {
-                        self.readable = false;
-                    }
+                Ok(Some(n)) => {
                     self.filled_last = windows_filled(payload, n);
                     self.credit.sent(n as u32);
                     self.owed &= !OWE_CREDIT;
                     return Some(packet(OP_RW, 0, n, &mut self.credit));
                 }
-                Ok(None) => self.readable = false,
                 Err(_) => {
                     self.reset();
                     return Some(packet(OP_RST, 0, 0, &mut self.credit));
@@ -358,6 +359,57 @@ impl Connection {
             return Some(packet(OP_CREDIT_UPDATE, 0, 0, &mut self.credit));
         }
         None
+    }
+
+    /// Fills `payload` (at most `room` > 0 bytes) from the carried byte and one read of the
+    /// host stream, which also carries a byte past them if the stream has more: the bytes for
+    /// the guest (`Some(0)`: the stream ended, nothing carried; `None`: nothing now).
+    fn read_payload(
+        &mut self,
+        payload: &[Window<'_, '_>],
+        room: usize,
+    ) -> std::io::Result<Option<usize>> {
+        let mut first = 0;
+        let mut windows: SmallVec<[Window<'_, '_>; 4]> = payload.iter().copied().collect();
+        if let Some(byte) = self.carry {
+            let w = &mut windows[0];
+            if w.len == 0 || w.buffers.write_at(w.skip, &[byte]).is_err() {
+                return Err(ErrorKind::InvalidInput.into()); // (the device offers no such window)
+            }
+            (w.skip, w.len, first) = (w.skip + 1, w.len - 1, 1);
+            self.carry = None;
+        }
+        let some = |n| (n > 0).then_some(n);
+        if !self.readable {
+            return Ok(some(first)); // (the carried byte was all there was)
+        }
+        let mut spill = [0u8; 1];
+        let read = match read_some(&self.stream, &windows, room - first, &mut spill)? {
+            None => {
+                self.readable = false;
+                return Ok(some(first));
+            }
+            Some((0, _)) if first > 0 => {
+                self.host_hung_up = true; // (its EOF is read again next time)
+                return Ok(Some(first));
+            }
+            Some((0, _)) => return Ok(Some(0)),
+            Some((n, offered)) if n > offered => {
+                self.carry = Some(spill[0]);
+                offered
+            }
+            Some((n, _)) => {
+                // All there was: the stream is drained for now (edge-triggered epoll reports
+                // its next bytes), unless the host's end closed, whose EOF is still to read.
+                // (A Unix stream read also stops short at passed descriptors or an out-of-band
+                // mark; such bytes wait for the host program's next write.)
+                if !self.host_hung_up {
+                    self.readable = false;
+                }
+                n
+            }
+        };
+        Ok(Some(first + read))
     }
 }
 
@@ -382,14 +434,16 @@ fn send_some(stream: &UnixStream, payload: &Buffers<'_>) -> std::io::Result<usiz
     }
 }
 
-/// Reads what the socket has now, at most `max` bytes, in one `readv`: the bytes read and
-/// those offered (`None`: nothing yet; `Some((0, _))`: end of stream).
+/// Reads what the socket has now, at most `max` bytes into `into` and then into `spill`, in
+/// one `readv`: the bytes read and those offered (`None`: nothing yet; `Some((0, _))`: end of
+/// stream).
 fn read_some(
     stream: &UnixStream,
     into: &[Window<'_, '_>],
     max: usize,
+    spill: &mut [u8],
 ) -> std::io::Result<Option<(usize, usize)>> {
-    match readv_windows(stream.as_raw_fd(), into, max) {
+    match readv_windows(stream.as_raw_fd(), into, max, spill) {
         Ok(n) => Ok(Some(n)),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
@@ -479,6 +533,77 @@ mod tests {
         assert_eq!((p.op, p.len), (OP_RW, 4), "a short read...");
         let p = next(&mut c, &mut buf).unwrap();
         assert_eq!(p.op, OP_SHUTDOWN, "...and still the EOF behind it");
+    }
+
+    #[test]
+    fn reads_that_fill_the_buffer_exactly_carry_one_byte_and_lose_none() {
+        let (mut c, mut host) = pair();
+        let mut buf = [0u8; 4];
+        next(&mut c, &mut buf); // RESPONSE
+        host.write_all(b"abcd").unwrap();
+        c.host_ready(true, false, false);
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!((p.op, p.len, &buf), (OP_RW, 4, b"abcd"));
+        assert!(
+            !c.owes(),
+            "one read told the stream is drained: no second read, no buffer"
+        );
+        assert_eq!(c.buffers_wanted(), 1);
+        // More than the buffer: its first byte beyond is carried, the stream stays readable.
+        host.write_all(b"efghijklm").unwrap();
+        c.host_ready(true, false, false);
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!((p.len, &buf), (4, b"efgh"));
+        assert!(
+            c.owes() && c.buffers_wanted() == 2,
+            "it had more: one more buffer next"
+        );
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!((p.len, &buf), (4, b"ijkl"), "the carried byte comes first");
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!((p.len, &buf[..1]), (1, &b"m"[..]));
+        assert!(!c.owes());
+        // The credit counts what the guest got, carried bytes when they are delivered.
+        assert_eq!(next(&mut c, &mut buf), None);
+        host.write_all(b"n").unwrap();
+        c.host_ready(true, false, false);
+        let mut one = [0u8; 1];
+        let mut two = [0u8; 1];
+        let p = c.next_packet(&[
+            Window::whole(&Buffers::from_bytes(&mut one)),
+            Window::whole(&Buffers::from_bytes(&mut two)),
+        ]);
+        assert_eq!((p.unwrap().len, one), (1, *b"n"));
+    }
+
+    #[test]
+    fn a_carried_byte_reaches_the_guest_before_the_eof_behind_it() {
+        let (mut c, mut host) = pair();
+        let mut buf = [0u8; 2];
+        next(&mut c, &mut buf); // RESPONSE
+        host.write_all(b"xyz").unwrap();
+        drop(host);
+        c.host_ready(true, false, true);
+        assert_eq!(next(&mut c, &mut buf).unwrap().len, 2);
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!((p.op, p.len, buf[0]), (OP_RW, 1, b'z'));
+        assert_eq!(next(&mut c, &mut buf).unwrap().op, OP_SHUTDOWN);
+    }
+
+    #[test]
+    fn with_one_byte_of_credit_left_the_carried_byte_is_all_that_goes() {
+        let (ours, mut host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut c = Connection::guest_initiated(ours, 2, 0);
+        let mut buf = [0u8; 64];
+        next(&mut c, &mut buf); // RESPONSE
+        host.write_all(b"123").unwrap();
+        assert_eq!(next(&mut c, &mut buf).unwrap().len, 2, "at most the credit");
+        assert!(!c.owes(), "no credit: nothing, though a byte is carried");
+        c.peer_credit(3, 0);
+        let p = next(&mut c, &mut buf).unwrap();
+        assert_eq!((p.len, buf[0]), (1, b'3'));
+        assert_eq!(next(&mut c, &mut buf), None);
     }
 
     #[test]
