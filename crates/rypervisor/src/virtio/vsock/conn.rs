@@ -86,9 +86,12 @@ pub struct Connection {
     pub deadline: Option<Instant>,
     /// In the device's list of connections that owe the guest something.
     pub queued: bool,
-    /// RX buffers the last read from the host stream filled: the next read is offered as
-    /// many, and one more if that read found more bytes than its buffers took.
+    /// RX buffers the host stream's last burst filled (its reads from readable to drained):
+    /// the next read is offered as many, and one more while the stream has more. Within a
+    /// burst, the buffers it filled so far (so a long burst is read in 1, 2, 4, ... buffers).
     filled_last: usize,
+    /// RX buffers the reads of the current burst filled.
+    burst: usize,
     /// A byte read ahead of the guest's buffers: each read asks for one byte more than they
     /// hold, so that it tells by itself whether the stream is drained. It is the first byte
     /// of the next payload (one per connection; the guest's credit is counted when it is
@@ -130,6 +133,7 @@ impl Connection {
             deadline: None,
             queued: false,
             filled_last: 1,
+            burst: 0,
             carry: None,
         }
     }
@@ -163,7 +167,7 @@ impl Connection {
     }
 
     /// How many RX buffers its next packet would like: one for a control packet; for data,
-    /// as many as the last read filled, one more if the stream had more (at most
+    /// as many as the last burst filled, one more if the stream has more (at most
     /// [`MAX_RX_BATCH`]).
     pub fn buffers_wanted(&self) -> usize {
         let control =
@@ -329,14 +333,18 @@ impl Connection {
         if self.can_send_data() && offered > 0 {
             let room = offered.min(self.credit.peer_credit() as usize);
             match self.read_payload(payload, room) {
-                Ok(None) => {}
+                Ok(None) => self.burst = 0,
                 Ok(Some(0)) => {
                     self.host_eof = true;
                     self.shutdown_flags |= SHUTDOWN_SEND;
                     self.owed |= OWE_SHUTDOWN;
                 }
                 Ok(Some(n)) => {
-                    self.filled_last = windows_filled(payload, n);
+                    self.burst += windows_filled(payload, n);
+                    self.filled_last = self.burst.min(MAX_RX_BATCH);
+                    if self.carry.is_none() {
+                        self.burst = 0; // (drained: the next burst is offered as many)
+                    }
                     self.credit.sent(n as u32);
                     self.owed &= !OWE_CREDIT;
                     return Some(packet(OP_RW, 0, n, &mut self.credit));
@@ -563,10 +571,14 @@ mod tests {
         let p = next(&mut c, &mut buf).unwrap();
         assert_eq!((p.len, &buf[..1]), (1, &b"m"[..]));
         assert!(!c.owes());
-        // The credit counts what the guest got, carried bytes when they are delivered.
         assert_eq!(next(&mut c, &mut buf), None);
         host.write_all(b"n").unwrap();
         c.host_ready(true, false, false);
+        assert_eq!(
+            c.buffers_wanted(),
+            3,
+            "the whole burst's buffers are offered next time"
+        );
         let mut one = [0u8; 1];
         let mut two = [0u8; 1];
         let p = c.next_packet(&[
