@@ -70,11 +70,13 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
     ]);
     // vsock's host side: accept host programs on PATH, connect to PATH_<port> (Unix
     // sockets only), stream I/O (sendmsg: a connection's payloads in one call), half-closes,
-    // its deadline timer, removing PATH at the end.
+    // its deadline timer, removing PATH at the end (recvmsg: a host stream read into several
+    // RX buffers at once, its flags telling a read cut at passed descriptors).
     devices.allow(&[
         libc::SYS_accept4,
         libc::SYS_connect,
         libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
         libc::SYS_sendto,
         libc::SYS_sendmsg,
         libc::SYS_shutdown,
@@ -92,8 +94,7 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
         libc::SYS_fallocate,
     ]);
     devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::FIONBIO)?;
-    // virtio-net: frames in and out of the tap, and its offloads once the guest chose them;
-    // vsock: a host stream read into several RX buffers at once.
+    // virtio-net: frames in and out of the tap, and its offloads once the guest chose them.
     devices.allow(&[libc::SYS_readv]);
     devices.allow_when(libc::SYS_ioctl, 1, SeccompCmpOp::Eq, libc::TUNSETOFFLOAD)?;
     let console_input = base()?;

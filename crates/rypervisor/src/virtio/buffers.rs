@@ -11,7 +11,7 @@ use smallvec::{smallvec, SmallVec};
 
 mod io;
 pub(crate) use io::syscall;
-pub use io::{readv_windows, Window, MAX_READ_SLICES};
+pub use io::{recv_windows, StreamRead, Window, MAX_READ_SLICES};
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{
@@ -370,8 +370,12 @@ mod tests {
         std::io::Write::write_all(&mut z, b"into the guest").unwrap();
         use std::os::fd::AsRawFd;
         assert_eq!(
-            readv_windows(a.as_raw_fd(), &[Window::whole(&w)], 16, &mut []).unwrap(),
-            (14, 16)
+            recv_windows(a.as_raw_fd(), &[Window::whole(&w)], 16, &mut []).unwrap(),
+            StreamRead {
+                read: 14,
+                offered: 16,
+                cut_at_descriptors: false
+            }
         );
         let mut back = [0u8; 14];
         mem.read_slice(&mut back, GuestAddress(0xa000)).unwrap();

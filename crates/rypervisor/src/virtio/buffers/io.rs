@@ -1,6 +1,6 @@
 //! System calls straight between guest-memory buffers and host descriptors: `read`/`readv`,
 //! `write`/`writev` and `sendmsg` over a chain's slices as `iovec`s (vm-memory's volatile I/O
-//! has no vectored form), and one `readv` spread over several RX buffers' payload areas.
+//! has no vectored form), and one `recvmsg` spread over several RX buffers' payload areas.
 
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
@@ -32,39 +32,54 @@ impl<'a, 'm> Window<'a, 'm> {
     }
 }
 
-/// At most this many slices go into one [`readv_windows`] (16 RX buffers of up to 4 slices
+/// At most this many slices go into one [`recv_windows`] (16 RX buffers of up to 4 slices
 /// each), so its iovecs live on the stack.
 pub const MAX_READ_SLICES: usize = 64;
 
-/// One `readv` from `fd` into `windows` in order, at most `max` bytes and
-/// [`MAX_READ_SLICES`] slices (one less with a `spill`), then into `spill` (host memory; may be empty): a stream
-/// socket's bytes spread over several guest buffers in one call. Returns the bytes read
-/// (beyond the bytes offered, they are in `spill`) and the bytes offered. A few bytes of
+/// What one [`recv_windows`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamRead {
+    /// Bytes read (those beyond `offered` are in the spill); 0 is the end of the stream.
+    pub read: usize,
+    /// Bytes of guest buffers offered.
+    pub offered: usize,
+    /// The read stopped after a message that carried descriptors (SCM_RIGHTS), which the
+    /// kernel then closed: a short read that does not mean the stream is drained.
+    pub cut_at_descriptors: bool,
+}
+
+/// One `recvmsg` from the stream socket `fd` into `windows` in order, at most `max` bytes and
+/// [`MAX_READ_SLICES`] slices (one less with a `spill`), then into `spill` (host memory; may
+/// be empty): a stream's bytes spread over several guest buffers in one call. A few bytes of
 /// `spill` tell in the same call whether the socket had more than the guest's buffers took
 /// (a read that exactly fills them cannot, and would cost one more read or one more buffer).
-/// `WouldBlock` is an error of that kind; `Ok((0, _))` is the end of the stream.
-pub fn readv_windows(
+/// `WouldBlock` is an error of that kind.
+///
+/// `recvmsg` rather than `readv` for its flags: a Unix stream read stops right after a
+/// message that passed descriptors, and with no room for control data the kernel closes them
+/// (none is ever installed in the VMM) and says so with `MSG_CTRUNC`.
+pub fn recv_windows(
     fd: RawFd,
     windows: &[Window<'_, '_>],
     max: usize,
     spill: &mut [u8],
-) -> std::io::Result<(usize, usize)> {
+) -> std::io::Result<StreamRead> {
     // A few slices (a packet or two, the common case) need smaller arrays to set up.
     const FEW: usize = 8;
     let slices: usize = windows.iter().map(|w| w.buffers.slice_count()).sum();
     match slices + usize::from(!spill.is_empty()) {
-        0..=FEW => readv_windows_in::<FEW>(fd, windows, max, spill),
-        _ => readv_windows_in::<MAX_READ_SLICES>(fd, windows, max, spill),
+        0..=FEW => recv_windows_in::<FEW>(fd, windows, max, spill),
+        _ => recv_windows_in::<MAX_READ_SLICES>(fd, windows, max, spill),
     }
 }
 
-/// [`readv_windows`] with room for `N` (at most [`MAX_READ_SLICES`]) guest iovecs.
-fn readv_windows_in<const N: usize>(
+/// [`recv_windows`] with room for `N` (at most [`MAX_READ_SLICES`]) guest iovecs.
+fn recv_windows_in<const N: usize>(
     fd: RawFd,
     windows: &[Window<'_, '_>],
     max: usize,
     spill: &mut [u8],
-) -> std::io::Result<(usize, usize)> {
+) -> std::io::Result<StreamRead> {
     let mut guards: [Option<PtrGuardMut>; N] = std::array::from_fn(|_| None);
     let empty = libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -108,11 +123,20 @@ fn readv_windows_in<const N: usize>(
         };
         total += 1;
     }
+    // SAFETY: a zeroed msghdr is valid (no name, no control buffer); `msg` points at `iov`,
+    // which outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = total;
     // SAFETY: each of the first `count` iovecs describes a live guest-memory slice whose
     // guard is held in `guards` for the call, and the one after (if any) `spill`, borrowed
-    // mutably for it; the kernel writes at most their lengths.
-    let n = syscall(|| unsafe { libc::readv(fd, iov.as_ptr(), total as i32) })?;
-    Ok((n, offered))
+    // mutably for it; the kernel writes at most their lengths, and the flags into `msg`.
+    let read = syscall(|| unsafe { libc::recvmsg(fd, &mut msg, 0) })?;
+    Ok(StreamRead {
+        read,
+        offered,
+        cut_at_descriptors: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
 }
 
 impl Buffers<'_> {

@@ -22,7 +22,7 @@ use super::packet::{
     OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV,
     SHUTDOWN_SEND,
 };
-use crate::virtio::buffers::{readv_windows, Buffers, Window};
+use crate::virtio::buffers::{recv_windows, Buffers, StreamRead, Window};
 use smallvec::SmallVec;
 
 /// Where a connection is in its life.
@@ -392,29 +392,31 @@ impl Connection {
             return Ok(some(first)); // (the carried byte was all there was)
         }
         let mut spill = [0u8; 1];
-        let read = match read_some(&self.stream, &windows, room - first, &mut spill)? {
-            None => {
-                self.readable = false;
-                return Ok(some(first));
-            }
-            Some((0, _)) if first > 0 => {
+        let Some(r) = read_some(&self.stream, &windows, room - first, &mut spill)? else {
+            self.readable = false;
+            return Ok(some(first));
+        };
+        let read = match r {
+            StreamRead { read: 0, .. } if first > 0 => {
                 self.host_hung_up = true; // (its EOF is read again next time)
                 return Ok(Some(first));
             }
-            Some((0, _)) => return Ok(Some(0)),
-            Some((n, offered)) if n > offered => {
+            StreamRead { read: 0, .. } => return Ok(Some(0)),
+            StreamRead { read, offered, .. } if read > offered => {
                 self.carry = Some(spill[0]);
                 offered
             }
-            Some((n, _)) => {
+            StreamRead { read, .. } => {
                 // All there was: the stream is drained for now (edge-triggered epoll reports
-                // its next bytes), unless the host's end closed, whose EOF is still to read.
-                // (A Unix stream read also stops short at passed descriptors or an out-of-band
-                // mark; such bytes wait for the host program's next write.)
-                if !self.host_hung_up {
+                // its next bytes), unless the host's end closed, whose EOF is still to read,
+                // or the read stopped at passed descriptors (the kernel closed them; the
+                // bytes behind them are already there). (A read also stops short at an
+                // out-of-band mark, with no flag to tell; those bytes wait for the host
+                // program's next write.)
+                if !self.host_hung_up && !r.cut_at_descriptors {
                     self.readable = false;
                 }
-                n
+                read
             }
         };
         Ok(Some(first + read))
@@ -443,15 +445,14 @@ fn send_some(stream: &UnixStream, payload: &Buffers<'_>) -> std::io::Result<usiz
 }
 
 /// Reads what the socket has now, at most `max` bytes into `into` and then into `spill`, in
-/// one `readv`: the bytes read and those offered (`None`: nothing yet; `Some((0, _))`: end of
-/// stream).
+/// one `recvmsg` (`None`: nothing yet; a read of 0: end of stream).
 fn read_some(
     stream: &UnixStream,
     into: &[Window<'_, '_>],
     max: usize,
     spill: &mut [u8],
-) -> std::io::Result<Option<(usize, usize)>> {
-    match readv_windows(stream.as_raw_fd(), into, max, spill) {
+) -> std::io::Result<Option<StreamRead>> {
+    match recv_windows(stream.as_raw_fd(), into, max, spill) {
         Ok(n) => Ok(Some(n)),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),

@@ -221,3 +221,34 @@ fn a_host_connection_sends_a_request_and_ok_on_acceptance() {
     c.accepted(5); // a second RESPONSE: the guest is confused
     assert_eq!(c.state(), State::Resetting);
 }
+
+#[test]
+fn bytes_behind_passed_descriptors_follow_without_another_host_write() {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let (mut c, mut host) = pair();
+    let mut buf = [0u8; 64];
+    next(&mut c, &mut buf); // RESPONSE
+    let (pipe_r, pipe_w) = std::io::pipe().unwrap();
+    host.write_all(b"before").unwrap();
+    host.send_with_fd(&b"+fd"[..], pipe_w.as_raw_fd()).unwrap();
+    host.write_all(b"after").unwrap();
+    drop(pipe_w); // (the only copy left is the one in flight)
+    c.host_ready(true, false, false); // one edge for all three writes
+    let mut got = Vec::new();
+    while let Some(p) = next(&mut c, &mut buf) {
+        assert_eq!(p.op, OP_RW);
+        got.extend_from_slice(&buf[..p.len]);
+    }
+    assert_eq!(
+        got, b"before+fdafter",
+        "a read that stops at descriptors is not the stream drained"
+    );
+    assert!(!c.owes());
+    let mut rest = Vec::new();
+    let n = (&pipe_r).read_to_end(&mut rest).unwrap();
+    assert_eq!(
+        n, 0,
+        "the passed write end was closed, never kept by the VMM"
+    );
+}
