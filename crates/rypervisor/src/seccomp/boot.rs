@@ -84,6 +84,9 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
         libc::SYS_unlink,
     ]);
     devices.allow_when(libc::SYS_socket, 0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?;
+    // ... whose out-of-band bytes stay in the stream (SO_OOBINLINE, and no other option).
+    let oob_inline = [(1, libc::SOL_SOCKET as u64), (2, libc::SO_OOBINLINE as u64)];
+    devices.allow_when_all(libc::SYS_setsockopt, &oob_inline)?;
     // virtio-blk: positioned I/O on the images (opened before the filter), flushes, holes.
     devices.allow(&[
         libc::SYS_pread64,
@@ -228,6 +231,43 @@ mod tests {
         ] {
             // AF_INET: the devices role may make Unix sockets (vsock), no role anything else.
             crate::seccomp::tests::assert_role(role, filter, libc::AF_INET);
+        }
+    }
+
+    #[test]
+    fn the_device_filter_sets_one_socket_option_only() {
+        use std::os::fd::AsRawFd;
+        let f = boot_filters().unwrap();
+        for (option, allowed) in [(libc::SO_OOBINLINE, true), (libc::SO_RCVBUF, false)] {
+            let devices = f.devices.clone();
+            let status = crate::seccomp::tests::in_child(move || {
+                let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+                if confine_thread(&devices).is_err() {
+                    return 10;
+                }
+                let on: libc::c_int = 1;
+                // SAFETY: a plain system call with a live c_int and its size.
+                let r = unsafe {
+                    libc::setsockopt(
+                        a.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        option,
+                        (&on as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if r == 0 {
+                    0
+                } else {
+                    11
+                }
+            });
+            let ran = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            let killed = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS;
+            assert!(
+                if allowed { ran } else { killed },
+                "option {option}: status {status:#x}"
+            );
         }
     }
 }

@@ -55,6 +55,23 @@ impl Rules {
         Ok(())
     }
 
+    /// Allows `nr` when each argument `arg` (32-bit) equals its `value`.
+    pub(crate) fn allow_when_all(
+        &mut self,
+        nr: i64,
+        args: &[(u8, u64)],
+    ) -> Result<(), SeccompError> {
+        let conds = (args.iter())
+            .map(|&(arg, value)| {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SeccompError::Build)?;
+        let rule = SeccompRule::new(conds).map_err(SeccompError::Build)?;
+        self.0.entry(nr).or_default().push(rule);
+        Ok(())
+    }
+
     /// Kills the process on anything else.
     pub(crate) fn compile(self) -> Result<BpfProgram, SeccompError> {
         let filter = SeccompFilter::new(

@@ -78,6 +78,9 @@ pub struct Connection {
     host_eof: bool,
     /// epoll reported the host's end closed: its EOF waits behind any bytes still queued.
     host_hung_up: bool,
+    /// epoll reported an out-of-band mark (MSG_OOB) in the host stream: a read stops short
+    /// there without a flag to tell, so reads go on until one finds nothing.
+    host_urgent: bool,
     /// What the guest said it will no longer do (SHUTDOWN flags).
     guest_shut: u32,
     /// The host stream's write side was shut (after the guest's SHUTDOWN_SEND).
@@ -128,6 +131,7 @@ impl Connection {
             readable: true,
             host_eof: false,
             host_hung_up: false,
+            host_urgent: false,
             guest_shut: 0,
             host_write_shut: false,
             deadline: None,
@@ -195,6 +199,13 @@ impl Connection {
         if writable {
             self.flush();
         }
+    }
+
+    /// The host program sent out-of-band data (epoll's PRI): the stream is read inline
+    /// (SO_OOBINLINE, so the byte is kept), but a read stops short at the mark.
+    pub fn host_urgent(&mut self) {
+        self.host_urgent = true;
+        self.readable = true;
     }
 
     /// The guest's numbers, from any packet it sent.
@@ -393,7 +404,7 @@ impl Connection {
         }
         let mut spill = [0u8; 1];
         let Some(r) = read_some(&self.stream, &windows, room - first, &mut spill)? else {
-            self.readable = false;
+            (self.readable, self.host_urgent) = (false, false);
             return Ok(some(first));
         };
         let read = match r {
@@ -409,11 +420,10 @@ impl Connection {
             StreamRead { read, .. } => {
                 // All there was: the stream is drained for now (edge-triggered epoll reports
                 // its next bytes), unless the host's end closed, whose EOF is still to read,
-                // or the read stopped at passed descriptors (the kernel closed them; the
-                // bytes behind them are already there). (A read also stops short at an
-                // out-of-band mark, with no flag to tell; those bytes wait for the host
-                // program's next write.)
-                if !self.host_hung_up && !r.cut_at_descriptors {
+                // the read stopped at passed descriptors (the kernel closed them; the bytes
+                // behind them are already there), or at an out-of-band mark (no flag tells
+                // that: while one was reported, only a read that finds nothing says drained).
+                if !self.host_hung_up && !r.cut_at_descriptors && !self.host_urgent {
                     self.readable = false;
                 }
                 read

@@ -46,8 +46,9 @@ const TIMER: u32 = u32::MAX - 1;
 const LINE_EVENTS: EventSet = EventSet::IN;
 
 /// A connection's host stream is watched for these, edge-triggered (read until WouldBlock,
-/// and left unread while the guest has no credit or buffers).
+/// and left unread while the guest has no credit or buffers); PRI: out-of-band data.
 const STREAM_EVENTS: EventSet = EventSet::IN
+    .union(EventSet::PRIORITY)
     .union(EventSet::OUT)
     .union(EventSet::READ_HANG_UP)
     .union(EventSet::EDGE_TRIGGERED);
@@ -200,7 +201,7 @@ impl Muxer {
                 self.complaints.note("vsock", what);
                 continue;
             }
-            if stream.set_nonblocking(true).is_err() {
+            if stream.set_nonblocking(true).is_err() || unix::oob_inline(&stream).is_err() {
                 continue;
             }
             let token = self.token();
@@ -244,6 +245,9 @@ impl Muxer {
             let hup = EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR;
             let (readable, writable) = (set.contains(EventSet::IN), set.contains(EventSet::OUT));
             conn.host_ready(readable, writable, set.intersects(hup));
+            if set.contains(EventSet::PRIORITY) {
+                conn.host_urgent();
+            }
         }
         self.requeue(key);
     }

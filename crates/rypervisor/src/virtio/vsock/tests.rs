@@ -533,3 +533,46 @@ fn a_host_connection_flows_through_the_event_loop() {
     let (rw, payload) = next_rx();
     assert_eq!(({ rw.op }, &payload[..]), (OP_RW, &b"hello"[..]));
 }
+
+#[test]
+fn out_of_band_bytes_from_a_host_program_arrive_in_order_with_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    // Both kinds of host stream: one the device accepted, one it connected.
+    let (accepted, _) = established(&mut g, &dir, 1234);
+    let listener = UnixListener::bind(port_path(&dir.path().join("v.sock"), 5000)).unwrap();
+    g.send(g.header(OP_REQUEST, 7, 5000, 0), &[]);
+    assert_eq!({ g.collect()[0].0.op }, OP_RESPONSE);
+    let (connected, _) = listener.accept().unwrap();
+    for (stream, port) in [(&accepted, 1234), (&connected, 7)] {
+        use std::os::fd::AsRawFd;
+        for (bytes, flags) in [(&b"abc"[..], 0), (b"d", libc::MSG_OOB), (b"efg", 0)] {
+            // SAFETY: a plain system call on a live socket with a live buffer.
+            let n = unsafe {
+                libc::send(
+                    stream.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    flags,
+                )
+            };
+            assert_eq!(n, bytes.len() as isize);
+        }
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            for (h, data) in g.receive() {
+                if h.op == OP_RW && { h.dst_port } == port {
+                    got.extend(data);
+                }
+            }
+            if got.len() >= 7 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            got, b"abcdefg",
+            "port {port}: the urgent byte is kept, and nothing waits behind its mark"
+        );
+    }
+}

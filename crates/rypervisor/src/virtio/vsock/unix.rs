@@ -63,7 +63,8 @@ pub fn port_path(base: &Path, port: u32) -> PathBuf {
 
 /// Connects to `path` without ever waiting: a listener that is there and has room in its
 /// backlog gives a stream at once (Unix sockets connect synchronously); anything else —
-/// no such socket, nobody listening, a full backlog (`EAGAIN`) — is an error.
+/// no such socket, nobody listening, a full backlog (`EAGAIN`) — is an error. The stream
+/// keeps out-of-band bytes inline ([`oob_inline`]).
 pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
@@ -97,7 +98,31 @@ pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(UnixStream::from(fd))
+    let stream = UnixStream::from(fd);
+    oob_inline(&stream)?;
+    Ok(stream)
+}
+
+/// Keeps a host program's out-of-band bytes (`send(..., MSG_OOB)`) in the stream, in order
+/// (SO_OOBINLINE): vsock has no urgent data, and without it the kernel leaves them out of
+/// every ordinary read. (std and vmm-sys-util have no call for this socket option.)
+pub fn oob_inline(stream: &UnixStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a c_int that outlives the call, and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_OOBINLINE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
