@@ -6,8 +6,10 @@
 //!
 //! I/O is synchronous, on the device event loop: on a file in the host's page cache a read
 //! is a memory copy, and the benchmark (benches/block.rs) measured the device at 0.7–0.95×
-//! the `pread`/`pwrite` floor at queue depth 1 and 32; a worker thread or io_uring would
-//! add a hand-off per request for a win only on cold, slow storage.
+//! the `pread`/`pwrite` floor at queue depth 1 and 32. A worker thread would add a hand-off
+//! per request. io_uring would save no system call at queue depth 1: the interrupt may only
+//! follow the used entry, which follows the read's completion, so a request would still cost
+//! one call for the read and one eventfd write. Either would win only on cold, slow storage.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
