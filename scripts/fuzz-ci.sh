@@ -8,7 +8,8 @@
 # kernel's bzImage and vmlinux heads when guest/build-kernel.sh has cached them (kernel),
 # tiny flat and ELF guests (image), sizes (size), random registers (syscall, and syscall_fs
 # for the file-system calls under a policy with a root and a secret beside it), a driver's
-# set-up (virtio_mmio), a vsock session (vsock_tx), two block requests (block_request) and
+# set-up (virtio_mmio), a vsock session with out-of-band bytes and a passed descriptor
+# (vsock_tx), two block requests (block_request) and
 # a few frames (net_frames).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,7 @@ def hdr(op, sport, dport, length=0, flags=0):
     return struct.pack("<QQIIIHHIII", 3, 2, sport, dport, length, 1, op, flags, 65536, 0)
 recs = [(0x80, hdr(1, 7, 80)), (0xc0, hdr(5, 7, 80, 5) + b"hello"), (4, b""),
         (2, b"CONNECT 1234\n"), (4, b""), (0x80, hdr(2, 1234, 1 << 30)), (3, b"data"), (4, b""),
+        (5, b"!"), (6, b"fd"), (3, b"more"), (0x45, b"?"), (0x46, b"fd"), (4, b""),
         (0x80, hdr(4, 7, 80, 0, 3)), (4, b"")]
 open(sys.argv[1], "wb").write(b"".join(bytes([k, len(b)]) + b for k, b in recs))
 PY

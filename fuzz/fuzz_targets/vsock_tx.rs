@@ -1,17 +1,20 @@
 //! Fuzzes the vsock device from both sides: the guest's TX packets (any header — with the
 //! CIDs made right half the time, so they reach the connection logic — any payload, any
 //! descriptor chain, into or outside guest memory, either direction) and host programs
-//! (connecting to the socket and writing anything: CONNECT lines, junk, half lines). The
-//! device must never panic, and what it holds stays bounded.
+//! (connecting to the socket and writing anything: CONNECT lines, junk, half lines, bytes
+//! out of band or with passed descriptors). The device must never panic, and what it holds
+//! stays bounded.
 #![no_main]
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use libfuzzer_sys::fuzz_target;
 use rypervisor::virtio::driver::Buffer;
 use rypervisor::virtio::vsock::model::GuestDriver;
 use rypervisor::virtio::vsock::unix::port_path;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();
@@ -26,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
     let mut accepted: Vec<UnixStream> = Vec::new();
     // Records: [kind, length, bytes...]; kind & 7 picks the action (0 a TX packet, with bit 7
     // set: right CIDs and type, bit 6: the true length; 1 a raw chain; 2 a host connect; 3 host
-    // bytes; else the device serves), bits 3-5 which host stream.
+    // bytes; 5 host bytes out of band, 6 with a passed descriptor, from a host program that
+    // connected (bit 6 clear) or one the guest reached (set); else the device serves), bits
+    // 3-5 which host stream.
     let mut rest = data;
     while rest.len() >= 2 {
         let (kind, len) = (rest[0], usize::from(rest[1]));
@@ -79,6 +84,21 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok((s, _)) = listener.accept() {
                     let _ = s.set_nonblocking(true);
                     accepted.push(s);
+                }
+            }
+            5 | 6 => {
+                let streams = if kind & 0x40 == 0 { &hosts } else { &accepted };
+                let which = usize::from(kind >> 3 & 7) % streams.len().max(1);
+                if let Some(s) = streams.get(which) {
+                    if kind & 7 == 5 {
+                        let flags = libc::MSG_OOB | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+                        // SAFETY: a plain system call on a live socket with a live buffer.
+                        unsafe {
+                            libc::send(s.as_raw_fd(), body.as_ptr().cast(), body.len(), flags)
+                        };
+                    } else {
+                        let _ = s.send_with_fd(body, listener.as_raw_fd());
+                    }
                 }
             }
             _ => {
