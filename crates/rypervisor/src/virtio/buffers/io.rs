@@ -43,8 +43,8 @@ pub struct StreamRead {
     pub read: usize,
     /// Bytes of guest buffers offered.
     pub offered: usize,
-    /// The read stopped after a message that carried descriptors (SCM_RIGHTS), which the
-    /// kernel then closed: a short read that does not mean the stream is drained.
+    /// The read consumed a message that carried descriptors (SCM_RIGHTS), which the kernel
+    /// then closed; a Unix stream read stops there, so a short read does not mean drained.
     pub cut_at_descriptors: bool,
 }
 

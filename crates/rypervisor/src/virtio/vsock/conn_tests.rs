@@ -245,10 +245,18 @@ fn bytes_behind_passed_descriptors_follow_without_another_host_write() {
         "a read that stops at descriptors is not the stream drained"
     );
     assert!(!c.owes());
+    // EOF (POLLHUP) once no write end is left. (Waited for, not read non-blocking: a test
+    // forking in parallel may hold a copy of the write end for a moment.)
+    let mut poll = libc::pollfd {
+        fd: pipe_r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    let ready = unsafe { libc::poll(&mut poll, 1, 5000) };
     let mut rest = Vec::new();
-    let n = (&pipe_r).read_to_end(&mut rest).unwrap();
-    assert_eq!(
-        n, 0,
+    assert!(
+        ready == 1 && (&pipe_r).read_to_end(&mut rest).unwrap() == 0,
         "the passed write end was closed, never kept by the VMM"
     );
 }

@@ -201,7 +201,9 @@ impl Muxer {
                 self.complaints.note("vsock", what);
                 continue;
             }
-            if stream.set_nonblocking(true).is_err() || unix::oob_inline(&stream).is_err() {
+            if let Err(e) = stream.set_nonblocking(true).and(unix::oob_inline(&stream)) {
+                self.complaints
+                    .note("vsock", format_args!("host connection set-up: {e}"));
                 continue;
             }
             let token = self.token();
