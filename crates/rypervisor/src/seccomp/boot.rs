@@ -87,7 +87,10 @@ pub fn boot_filters() -> Result<BootFilters, SeccompError> {
     ]);
     devices.allow_when(libc::SYS_socket, 0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?;
     // ... whose out-of-band bytes stay in the stream (SO_OOBINLINE, and no other option).
-    let oob_inline = [(1, libc::SOL_SOCKET as u64), (2, libc::SO_OOBINLINE as u64)];
+    let oob_inline = [
+        (1, SeccompCmpOp::Eq, libc::SOL_SOCKET as u64),
+        (2, SeccompCmpOp::Eq, libc::SO_OOBINLINE as u64),
+    ];
     devices.allow_when_all(libc::SYS_setsockopt, &oob_inline)?;
     // virtio-blk: positioned I/O on the images (opened before the filter), flushes, holes.
     devices.allow(&[
@@ -238,7 +241,6 @@ mod tests {
 
     #[test]
     fn the_device_filter_sets_one_socket_option_only() {
-        use std::os::fd::AsRawFd;
         let f = boot_filters().unwrap();
         for (level, option, allowed) in [
             (libc::SOL_SOCKET, libc::SO_OOBINLINE, true),
@@ -251,21 +253,9 @@ mod tests {
                 if confine_thread(&devices).is_err() {
                     return 10;
                 }
-                let on: libc::c_int = 1;
-                // SAFETY: a plain system call with a live c_int and its size.
-                let r = unsafe {
-                    libc::setsockopt(
-                        a.as_raw_fd(),
-                        level,
-                        option,
-                        (&on as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-                if r == 0 {
-                    0
-                } else {
-                    11
+                match crate::virtio::vsock::unix::switch_on(&a, level, option) {
+                    Ok(()) => 0,
+                    Err(_) => 11,
                 }
             });
             let ran = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;

@@ -48,23 +48,17 @@ impl Rules {
         op: SeccompCmpOp,
         value: u64,
     ) -> Result<(), SeccompError> {
-        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
-            .map_err(SeccompError::Build)?;
-        let rule = SeccompRule::new(vec![cond]).map_err(SeccompError::Build)?;
-        self.0.entry(nr).or_default().push(rule);
-        Ok(())
+        self.allow_when_all(nr, &[(arg, op, value)])
     }
 
-    /// Allows `nr` when each argument `arg` (32-bit) equals its `value`.
+    /// Allows `nr` when every argument `arg` (32-bit) compares to its `value` by its `op`.
     pub(crate) fn allow_when_all(
         &mut self,
         nr: i64,
-        args: &[(u8, u64)],
+        args: &[(u8, SeccompCmpOp, u64)],
     ) -> Result<(), SeccompError> {
-        let conds = (args.iter())
-            .map(|&(arg, value)| {
-                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-            })
+        let conds = (args.iter().cloned())
+            .map(|(arg, op, value)| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value))
             .collect::<Result<Vec<_>, _>>()
             .map_err(SeccompError::Build)?;
         let rule = SeccompRule::new(conds).map_err(SeccompError::Build)?;

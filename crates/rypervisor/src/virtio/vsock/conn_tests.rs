@@ -20,9 +20,14 @@ fn next(c: &mut Connection, buf: &mut [u8]) -> Option<Outgoing> {
 }
 
 fn pair() -> (Connection, UnixStream) {
+    pair_with_credit(64 << 10)
+}
+
+/// A guest connection whose guest has `buf_alloc` bytes of buffer space.
+fn pair_with_credit(buf_alloc: u32) -> (Connection, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
-    (Connection::guest_initiated(ours, 64 << 10, 0), theirs)
+    (Connection::guest_initiated(ours, buf_alloc, 0), theirs)
 }
 
 #[test]
@@ -131,9 +136,7 @@ fn a_carried_byte_reaches_the_guest_before_the_eof_behind_it() {
 
 #[test]
 fn with_one_byte_of_credit_left_the_carried_byte_is_all_that_goes() {
-    let (ours, mut host) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    let mut c = Connection::guest_initiated(ours, 2, 0);
+    let (mut c, mut host) = pair_with_credit(2);
     let mut buf = [0u8; 64];
     next(&mut c, &mut buf); // RESPONSE
     host.write_all(b"123").unwrap();
@@ -158,9 +161,7 @@ fn a_guest_half_close_is_an_eof_for_the_host_program() {
 
 #[test]
 fn no_credit_no_data_and_a_credit_update_when_the_guest_is_nearly_out() {
-    let (ours, mut host) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    let mut c = Connection::guest_initiated(ours, 0, 0);
+    let (mut c, mut host) = pair_with_credit(0);
     let mut buf = [0u8; 64];
     next(&mut c, &mut buf); // RESPONSE
     host.write_all(b"waiting").unwrap();

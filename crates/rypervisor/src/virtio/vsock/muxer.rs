@@ -202,8 +202,8 @@ impl Muxer {
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true).and(unix::oob_inline(&stream)) {
-                self.complaints
-                    .note("vsock", format_args!("host connection set-up: {e}"));
+                let what = format_args!("setting up a host connection: {e}");
+                self.complaints.note("vsock", what);
                 continue;
             }
             let token = self.token();
@@ -409,8 +409,7 @@ impl Muxer {
                 let conn = Connection::guest_initiated(stream, header.buf_alloc, header.fwd_cnt);
                 let token = self.token();
                 if let Err(e) = self.insert(token, (header.dst_port, header.src_port), conn) {
-                    // Refused, as if nothing listened: the guest's connect fails at once
-                    // instead of timing out.
+                    // Refused as if nothing listened: the guest's connect fails, not times out.
                     tracing::warn!("vsock: guest connect to {}: {e}", path.display());
                     self.refuse(header);
                 }

@@ -107,14 +107,19 @@ pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
 /// (SO_OOBINLINE): vsock has no urgent data, and without it the kernel leaves them out of
 /// every ordinary read. (std and vmm-sys-util have no call for this socket option.)
 pub fn oob_inline(stream: &UnixStream) -> std::io::Result<()> {
+    switch_on(stream, libc::SOL_SOCKET, libc::SO_OOBINLINE)
+}
+
+/// Sets the int socket option `name` at `level` to 1.
+pub(crate) fn switch_on(stream: &UnixStream, level: i32, name: i32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     // SAFETY: `on` is a c_int that outlives the call, and its size is passed with it.
     let r = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_OOBINLINE,
+            level,
+            name,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
