@@ -9,6 +9,9 @@
 //! [`MAX_CONNECTIONS`] connections and lines in progress, each holding at most the credit we
 //! advertised; RSTs for packets that match no connection are capped too (beyond, dropped:
 //! the guest gave a packet no connection to answer it on, and it will time out).
+//!
+//! Accepting host programs, their CONNECT lines and the deadline timer are in `host.rs`; this
+//! file keeps the table, the guest's packets and what the guest is owed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,7 +23,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::conn::{Connection, State};
-use super::connect::{ConnectLine, Step};
+use super::connect::ConnectLine;
 use super::packet::{
     Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
     OP_SHUTDOWN, TYPE_STREAM,
@@ -28,6 +31,8 @@ use super::packet::{
 use super::{unix, VsockError, HOST_CID};
 use crate::virtio::buffers::{Buffers, Window};
 use crate::virtio::{Complaints, Watch};
+
+mod host;
 
 /// Connections (and CONNECT lines being read) at most.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -185,57 +190,6 @@ impl Muxer {
         }
     }
 
-    fn accept(&mut self) {
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let what = format_args!("accept on {}: {e}", self.path.display());
-                    return self.complaints.note("vsock", what);
-                }
-            };
-            if self.conns.len() + self.lines.len() >= MAX_CONNECTIONS {
-                let what = format_args!("{MAX_CONNECTIONS} connections open: a new one is closed");
-                self.complaints.note("vsock", what);
-                continue;
-            }
-            if let Err(e) = stream.set_nonblocking(true).and(unix::oob_inline(&stream)) {
-                let what = format_args!("setting up a host connection: {e}");
-                self.complaints.note("vsock", what);
-                continue;
-            }
-            let token = self.token();
-            if self.watch(stream.as_raw_fd(), token, LINE_EVENTS).is_err() {
-                continue;
-            }
-            let deadline = Instant::now() + CONNECT_TIMEOUT;
-            let line = ConnectLine::default();
-            self.lines.insert(
-                token,
-                PendingLine {
-                    stream,
-                    line,
-                    deadline,
-                },
-            );
-            self.start_ticking();
-            self.read_line(token);
-        }
-    }
-
-    /// A watch id no line or connection holds.
-    fn token(&mut self) -> u32 {
-        loop {
-            self.next_token = (self.next_token + 1) % TIMER;
-            let t = self.next_token;
-            if !self.lines.contains_key(&t) && !self.tokens.contains_key(&t) {
-                return t;
-            }
-        }
-    }
-
     fn stream_ready(&mut self, token: u32, set: EventSet) {
         if self.lines.contains_key(&token) {
             return self.read_line(token);
@@ -252,51 +206,6 @@ impl Muxer {
             }
         }
         self.requeue(key);
-    }
-
-    /// Reads more of a CONNECT line; a whole one becomes a connection and a REQUEST.
-    fn read_line(&mut self, token: u32) {
-        let Some(pending) = self.lines.get_mut(&token) else {
-            return;
-        };
-        let step = pending.line.read_from(&mut pending.stream);
-        let port = match step {
-            Step::More => return,
-            Step::Refused(why) => {
-                tracing::info!("vsock: host connection closed: {why}");
-                return self.drop_line(token);
-            }
-            Step::Port(port) => port,
-        };
-        let Some(pending) = self.lines.remove(&token) else {
-            return;
-        };
-        self.unwatch(pending.stream.as_raw_fd());
-        let host_port = self.free_host_port(port);
-        let conn = Connection::host_initiated(pending.stream, Instant::now() + CONNECT_TIMEOUT);
-        if let Err(e) = self.insert(token, (host_port, port), conn) {
-            // (The guest has not been asked yet: closing the host program's stream is all.)
-            tracing::warn!("vsock: host connection to port {port} closed: {e}");
-        }
-    }
-
-    fn drop_line(&mut self, token: u32) {
-        if let Some(p) = self.lines.remove(&token) {
-            self.unwatch(p.stream.as_raw_fd());
-        }
-    }
-
-    fn free_host_port(&mut self, guest_port: u32) -> u32 {
-        loop {
-            let port = self.next_host_port;
-            self.next_host_port = self
-                .next_host_port
-                .checked_add(1)
-                .unwrap_or(FIRST_HOST_PORT);
-            if !self.conns.contains_key(&(port, guest_port)) {
-                return port;
-            }
-        }
     }
 
     /// Adds a connection, watched edge-triggered, and queues what it owes the guest. A
@@ -326,42 +235,6 @@ impl Muxer {
                 conn.queued = true;
                 self.owing.push_back(key);
             }
-        }
-    }
-
-    fn start_ticking(&mut self) {
-        if !self.ticking && self.timer.reset(TICK, Some(TICK)).is_ok() {
-            self.ticking = true;
-        }
-    }
-
-    /// The timer: CONNECT lines and REQUESTs past their deadline end.
-    fn tick(&mut self) {
-        let _ = self.timer.wait();
-        let now = Instant::now();
-        let late: Vec<u32> = (self.lines.iter())
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in late {
-            tracing::info!("vsock: host connection closed: no CONNECT line in time");
-            self.drop_line(token);
-        }
-        let expired: Vec<Key> = (self.conns.iter())
-            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in expired {
-            // The host program's stream closes now and the slot is free; the guest gets an
-            // RST for the REQUEST it never answered.
-            tracing::info!("vsock: guest port {} did not answer in time", key.1);
-            self.remove(key);
-            let request = self.packet_header(key, OP_REQUEST);
-            self.refuse(&request);
-        }
-        let waiting = !self.lines.is_empty() || self.conns.values().any(|c| c.deadline.is_some());
-        if !waiting && self.timer.clear().is_ok() {
-            self.ticking = false;
         }
     }
 
@@ -549,52 +422,4 @@ impl Drop for Muxer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_that_come_and_go_leave_nothing_queued_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v.sock");
-        let mut m = Muxer::new(3, path.clone()).unwrap();
-        let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
-        let header = |op| Header {
-            src_cid: 3,
-            dst_cid: HOST_CID,
-            src_port: 7,
-            dst_port: 80,
-            kind: TYPE_STREAM,
-            op,
-            ..Header::default()
-        };
-        // The guest never gives RX buffers; it connects and resets, again and again.
-        for _ in 0..2000 {
-            m.from_guest(&header(OP_REQUEST), &Buffers::default());
-            m.from_guest(&header(OP_RST), &Buffers::default());
-        }
-        assert_eq!(m.connections(), 0);
-        assert!(m.owed_entries() <= 1, "{} entries", m.owed_entries());
-    }
-
-    #[test]
-    fn a_guest_connection_that_cannot_be_watched_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v.sock");
-        let mut m = Muxer::new(3, path.clone()).unwrap();
-        let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
-        m.watch.break_for_test();
-        let request = Header {
-            src_cid: 3,
-            dst_cid: HOST_CID,
-            src_port: 7,
-            dst_port: 80,
-            kind: TYPE_STREAM,
-            op: OP_REQUEST,
-            ..Header::default()
-        };
-        m.from_guest(&request, &Buffers::default());
-        assert_eq!(m.connections(), 0);
-        let (rst, _) = m.next_packet(&[]).expect("an answer for the guest");
-        assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, 80, 7));
-    }
-}
+mod tests;

@@ -1,0 +1,51 @@
+//! The muxer's own tests (no guest, no KVM): what connections leave behind when they come
+//! and go, and a connection the event loop cannot watch. Device-level tests are in
+//! `vsock/tests.rs`.
+
+use super::*;
+
+#[test]
+fn connections_that_come_and_go_leave_nothing_queued_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock");
+    let mut m = Muxer::new(3, path.clone()).unwrap();
+    let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
+    let header = |op| Header {
+        src_cid: 3,
+        dst_cid: HOST_CID,
+        src_port: 7,
+        dst_port: 80,
+        kind: TYPE_STREAM,
+        op,
+        ..Header::default()
+    };
+    // The guest never gives RX buffers; it connects and resets, again and again.
+    for _ in 0..2000 {
+        m.from_guest(&header(OP_REQUEST), &Buffers::default());
+        m.from_guest(&header(OP_RST), &Buffers::default());
+    }
+    assert_eq!(m.connections(), 0);
+    assert!(m.owed_entries() <= 1, "{} entries", m.owed_entries());
+}
+
+#[test]
+fn a_guest_connection_that_cannot_be_watched_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock");
+    let mut m = Muxer::new(3, path.clone()).unwrap();
+    let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
+    m.watch.break_for_test();
+    let request = Header {
+        src_cid: 3,
+        dst_cid: HOST_CID,
+        src_port: 7,
+        dst_port: 80,
+        kind: TYPE_STREAM,
+        op: OP_REQUEST,
+        ..Header::default()
+    };
+    m.from_guest(&request, &Buffers::default());
+    assert_eq!(m.connections(), 0);
+    let (rst, _) = m.next_packet(&[]).expect("an answer for the guest");
+    assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, 80, 7));
+}
