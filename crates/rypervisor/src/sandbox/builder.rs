@@ -33,7 +33,7 @@ pub struct SandboxBuilder {
 }
 
 impl SandboxBuilder {
-    /// A sandbox for the program in `bytes`, called `name` in messages and argv[0].
+    /// A sandbox for the program in `bytes`, called `name` in messages and `argv[0]`.
     pub fn new(name: &str, bytes: Vec<u8>) -> Self {
         Self::with_source(name, Source::Bytes(bytes))
     }
@@ -63,7 +63,7 @@ impl SandboxBuilder {
         ))
     }
 
-    /// The whole argv, argv[0] included.
+    /// The whole argv, `argv[0]` included.
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.args = args.into_iter().map(Into::into).collect();
         self

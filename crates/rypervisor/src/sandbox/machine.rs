@@ -139,7 +139,7 @@ pub struct Start<'a> {
     pub args: &'a [Vec<u8>],
     /// envp.
     pub env: &'a [Vec<u8>],
-    /// `AT_EXECFN` (argv[0] if `None`).
+    /// `AT_EXECFN` (`argv[0]` if `None`).
     pub execfn: Option<&'a [u8]>,
     /// Whether the vDSO may read the TSC.
     pub tsc_clock: bool,

@@ -1,6 +1,6 @@
 //! Processes at the VM level: a `fork` child as a micro-VM of its own on a VMM thread of its
-//! own ([`Sandbox::spawn`]), `execve` as a new micro-VM in the process's place
-//! ([`Sandbox::exec`]), and the life of a child's thread ([`Sandbox::run_child`]). The
+//! own (`Sandbox::spawn`), `execve` as a new micro-VM in the process's place
+//! (`Sandbox::exec`), and the life of a child's thread (`Sandbox::run_child`). The
 //! kernel side of both (the child's pid, descriptors and signals; the checked new program)
 //! was done by the [`linux`](super::linux) layer, which asked for this with a
 //! [`VmRequest`].

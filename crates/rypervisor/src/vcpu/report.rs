@@ -135,7 +135,7 @@ pub fn register_dump(r: &kvm_regs, s: &kvm_sregs) -> String {
     out
 }
 
-/// "at rip X (B-bit, cpl N)" and, when `code` holds the bytes there, ": insn [bytes]".
+/// "at rip X (B-bit, cpl N)" and, when `code` holds the bytes there, ": insn \[bytes\]".
 pub fn place(regs: &kvm_regs, sregs: &kvm_sregs, code: Option<&[u8]>) -> String {
     let bits = arch::code_bitness(sregs);
     let mut text = format!(

@@ -198,7 +198,7 @@ impl FdTable {
     }
 
     /// Installs an open file holding a host object (a file, directory or pipe end) at the
-    /// lowest free descriptor, within [`MAX_HOST_FILES`].
+    /// lowest free descriptor, within `MAX_HOST_FILES`.
     pub fn install_open(&mut self, file: OpenFile, cloexec: bool) -> Result<i32, Errno> {
         if self.host_files() >= MAX_HOST_FILES {
             return Err(Errno::EMFILE);

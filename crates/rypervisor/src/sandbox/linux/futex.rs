@@ -1,7 +1,7 @@
 //! `futex`: wait queues keyed by address, shared by the threads of one process (each thread a
 //! vCPU of the same VM, on its own VMM thread). `FUTEX_WAIT` compares the word and queues the
 //! caller under one lock, `FUTEX_WAKE` marks waiters woken under the same lock, so no wake-up
-//! falls between a check and a wait; the waiting itself is [`Process::block`] on the tree's
+//! falls between a check and a wait; the waiting itself is `Process::block` on the tree's
 //! event count, so a signal, the time limit or the process's end ends it too.
 //!
 //! Served: `WAIT`, `WAKE`, `WAIT_BITSET`, `WAKE_BITSET`, `REQUEUE`, `CMP_REQUEUE`, with

@@ -51,11 +51,11 @@ pub mod at {
 /// What the process start needs besides the program.
 #[derive(Clone, Debug)]
 pub struct StartInfo<'a> {
-    /// argv (argv[0] first).
+    /// argv (`argv[0]` first).
     pub args: &'a [Vec<u8>],
     /// envp entries (`NAME=value`).
     pub env: &'a [Vec<u8>],
-    /// AT_EXECFN's string: the path `execve` was given (`None`: argv[0]).
+    /// AT_EXECFN's string: the path `execve` was given (`None`: `argv[0]`).
     pub execfn: Option<&'a [u8]>,
     /// AT_HWCAP.
     pub hwcap: u64,

@@ -8,7 +8,7 @@
 //! reader should make it). Each read asks for one byte more than the guest's buffers hold,
 //! so that it tells by itself whether the stream had more; that byte is carried to the next
 //! packet. The guest's bytes that the host socket does not take at once are kept,
-//! at most the [`HOST_BUF_ALLOC`] we advertised; a guest that sends more is reset.
+//! at most the `HOST_BUF_ALLOC` we advertised; a guest that sends more is reset.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
