@@ -1,13 +1,15 @@
 //! virtio-net at device level, no guest, on real taps: frames per second through the device
-//! to the tap (TX: the model driver offers a 1514-byte frame, the device writes it to tap A)
-//! and from it (RX: an AF_PACKET socket sends a frame out of tap A's interface, the device
-//! reads it into a guest buffer), next to raw `writev`/`read` on tap B in the same run.
-//! The device's rate counts the time in its handlers (`process_queue`, `process_fd`: its
-//! event-loop thread's share) and the host side's sends; the model driver's own ring work
-//! would run on the guest's vCPU and is shown apart, as the rate over wall time. A second
-//! floor adds one eventfd write per frame, the interrupt any device raises per used buffer
-//! here (its ratio says what the device costs beyond it). Floors and device alternate
-//! within each round; medians and ratios.
+//! to the tap (TX: the model driver offers 1514-byte frames, the device writes them to tap A)
+//! and from it (RX: an AF_PACKET socket sends frames out of tap A's interface, the device
+//! reads them into guest buffers), next to raw `write`/`read` on tap B in the same run; one
+//! frame per kick (ping-pong: every frame pays a kick and an interrupt) or a batch, as
+//! Linux's driver queues several frames per kick under load (`xmit_more` on TX; RX buffers
+//! posted ahead). The device's rate counts the time in its handlers (`process_queue`,
+//! `process_fd`: its event-loop thread's share) and the host side's sends; the model
+//! driver's own ring work would run on the guest's vCPU and is shown apart, as the rate over
+//! wall time. A second floor adds one eventfd write per kick, the interrupt any device
+//! raises per batch of used buffers here (its ratio says what the device costs beyond it).
+//! Floors and device alternate within each round; medians and ratios.
 //!
 //! Needs two taps and root (AF_PACKET): run `scripts/bench-net.sh`, which makes them in a
 //! network namespace of its own and sets `TAPS=tapA,tapB`.
@@ -28,15 +30,20 @@ use vmm_sys_util::eventfd::EventFd;
 
 const SPAN: Duration = Duration::from_millis(300);
 const FRAME: usize = 1514;
+/// An RX buffer: the vnet header, a frame and some slack.
+const RX_BUF: usize = VNET_HDR + FRAME + 64;
+/// Frames per kick in the batched cases, as `benches/vsock.rs` batches packets.
+const BATCH: usize = 8;
 
-/// Frames/s over the time `step` counted (the floor: all of it; the device: its handlers and
-/// the host side's sends), and over wall time (with the model driver's own ring work).
-fn rate(mut step: impl FnMut() -> Duration) -> (f64, f64) {
+/// Frames/s over the time `step` (which moves `frames` frames) counted (the floor: all of
+/// it; the device: its handlers and the host side's sends), and over wall time (with the
+/// model driver's own ring work).
+fn rate(frames: usize, mut step: impl FnMut() -> Duration) -> (f64, f64) {
     let start = Instant::now();
     let (mut n, mut counted) = (0u64, Duration::ZERO);
     while counted < SPAN {
         counted += step();
-        n += 1;
+        n += frames as u64;
     }
     let n = n as f64;
     (n / counted.as_secs_f64(), n / start.elapsed().as_secs_f64())
@@ -166,30 +173,35 @@ fn main() {
     let (inject_a, inject_b) = (Injector::new(a), Injector::new(b));
     let f = frame();
     let bare = &f[VNET_HDR..]; // AF_PACKET sends the Ethernet frame alone
-    let mut buf = vec![0u8; VNET_HDR + FRAME + 64];
+    let mut buf = vec![0u8; RX_BUF];
     println!(
-        "| direction | raw tap (floor) | virtio-net device | ratio | ratio to floor + interrupt | device + model driver | ratio |"
+        "| direction | frames per kick | raw tap (floor) | virtio-net device | ratio | ratio to floor + interrupt | device + model driver | ratio |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     // `ONLY=TX` or `ONLY=RX` keeps one direction (for profiling).
     let only = std::env::var("ONLY").unwrap_or_default();
-    for direction in ["guest → tap (TX)", "tap → guest (RX)"] {
-        if !direction.contains(&only) {
-            continue;
-        }
+    let cases = [
+        ("guest → tap (TX)", 1),
+        ("guest → tap (TX)", BATCH),
+        ("tap → guest (RX)", 1),
+        ("tap → guest (RX)", BATCH),
+    ];
+    for (direction, batch) in cases.into_iter().filter(|c| c.0.contains(&only)) {
         let tx = direction.contains("TX");
-        // With `interrupt` set, the floor also writes an eventfd per frame, as the device
-        // signals its irqfd.
+        // With `interrupt` set, the floor also writes an eventfd per kick, as the device
+        // signals its irqfd once per batch.
         let (interrupt, irq) = (Cell::new(false), EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut floor = || {
             let start = Instant::now();
-            if tx {
-                use std::io::Write;
-                (&raw).write_all(&f).unwrap();
-            } else {
-                use std::io::Read;
-                inject_b.send(bare);
-                while (&raw).read(&mut buf).is_err() {}
+            for _ in 0..batch {
+                if tx {
+                    use std::io::Write;
+                    (&raw).write_all(&f).unwrap();
+                } else {
+                    use std::io::Read;
+                    inject_b.send(bare);
+                    while (&raw).read(&mut buf).is_err() {}
+                }
             }
             if interrupt.get() {
                 irq.write(1).unwrap();
@@ -198,32 +210,42 @@ fn main() {
         };
         let mut device = || {
             let mut counted = Duration::ZERO;
+            let mut used = 0;
             if tx {
                 let chain = [Buffer {
                     addr: 0x10_0000,
                     len: f.len() as u32,
                     writable: false,
                 }];
-                r.tx.offer(&chain).unwrap();
+                for _ in 0..batch {
+                    r.tx.offer(&chain).unwrap();
+                }
                 timed(&mut counted, || r.dev.process_queue(1));
                 r.acknowledge();
-                while r.tx.take_used().is_some() {}
+                while r.tx.take_used().is_some() {
+                    used += 1;
+                }
             } else {
-                let rx_buf = [Buffer {
-                    addr: 0x20_0000,
-                    len: (VNET_HDR + FRAME + 64) as u32,
-                    writable: true,
-                }];
-                r.rx.offer(&rx_buf).unwrap();
-                timed(&mut counted, || inject_a.send(bare));
-                loop {
+                for i in 0..batch {
+                    let rx_buf = [Buffer {
+                        addr: 0x20_0000 + (i * RX_BUF) as u64,
+                        len: RX_BUF as u32,
+                        writable: true,
+                    }];
+                    r.rx.offer(&rx_buf).unwrap();
+                }
+                timed(&mut counted, || {
+                    (0..batch).for_each(|_| inject_a.send(bare))
+                });
+                while used < batch {
                     timed(&mut counted, || r.dev.process_fd(0));
                     r.acknowledge();
-                    if r.rx.take_used().is_some() {
-                        break;
+                    while r.rx.take_used().is_some() {
+                        used += 1;
                     }
                 }
             }
+            assert_eq!(used, batch, "{direction}: every frame comes back used");
             counted
         };
         let (mut fl, mut fi, mut dv) = (Vec::new(), Vec::new(), Vec::new());
@@ -231,14 +253,14 @@ fn main() {
             let mut floor_pair = |plain: bool| {
                 interrupt.set(!plain);
                 let v = if plain { &mut fl } else { &mut fi };
-                v.push(rate(&mut floor));
+                v.push(rate(batch, &mut floor));
             };
             if round % 2 == 0 {
                 floor_pair(true);
                 floor_pair(false);
-                dv.push(rate(&mut device));
+                dv.push(rate(batch, &mut device));
             } else {
-                dv.push(rate(&mut device));
+                dv.push(rate(batch, &mut device));
                 floor_pair(false);
                 floor_pair(true);
             }
@@ -246,7 +268,7 @@ fn main() {
         let (floor_rate, floor_irq) = (median(&fl, |r| r.0), median(&fi, |r| r.0));
         let (dev_rate, wall) = (median(&dv, |r| r.0), median(&dv, |r| r.1));
         println!(
-            "| {direction} | {:.0}k frames/s | {:.0}k frames/s | **{:.2}×** | {:.2}× | {:.0}k frames/s | {:.2}× |",
+            "| {direction} | {batch} | {:.0}k frames/s | {:.0}k frames/s | **{:.2}×** | {:.2}× | {:.0}k frames/s | {:.2}× |",
             floor_rate / 1e3,
             dev_rate / 1e3,
             dev_rate / floor_rate,
