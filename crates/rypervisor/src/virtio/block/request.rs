@@ -1,8 +1,9 @@
 //! One virtio-blk request (virtio 1.2, 5.2.6): a 16-byte header the driver wrote (type,
 //! reserved, sector), the data buffers, and a one-byte status the device writes last. Parsed
 //! from a chain, checked against the disk, and executed. Whatever the guest puts in a chain,
-//! the outcome is a status (OK, IOERR, UNSUPP), or — when there is no writable byte to put a
-//! status in — the request is dropped with a log line.
+//! the outcome is a status (OK, IOERR, UNSUPP) — a chain with a buffer outside guest memory
+//! gets IOERR in its last byte if that byte is the guest's and writable — or, when there is
+//! no writable byte to put a status in, the request is dropped with a log line.
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -10,7 +11,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::disk::{Direction, Disk, SECTOR};
 use crate::virtio::buffers::{BufferError, Buffers};
@@ -50,7 +51,10 @@ pub fn execute(
     disk: &Disk,
     serial: &[u8],
 ) -> Result<Done, Unanswerable> {
-    let (mut readable, mut data_out) = Buffers::split(chain, mem)?;
+    let (mut readable, mut data_out) = match Buffers::split(chain.clone(), mem) {
+        Ok(buffers) => buffers,
+        Err(e) => return status_only(chain, mem).ok_or(e.into()),
+    };
     let status_at = data_out.pop_last_byte().ok_or(Unanswerable::NoStatus)?;
     let (status, written) = match readable.read_obj::<[u8; 16]>() {
         Err(_) => (VIRTIO_BLK_S_IOERR, 0),
@@ -64,6 +68,23 @@ pub fn execute(
     Ok(Done {
         status: status as u8,
         written: written + 1,
+    })
+}
+
+/// IOERR for a chain whose buffers cannot all be used (one lies outside guest memory, or
+/// their lengths overflow), written where the status belongs — the last byte of its last
+/// descriptor — if that descriptor is device-writable and in guest memory; `None` if not.
+fn status_only(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> Option<Done> {
+    let last = chain.filter(|d| d.len() > 0).last()?;
+    let at = last.addr().0.checked_add(u64::from(last.len()) - 1)?;
+    if !last.is_write_only() {
+        return None;
+    }
+    mem.write_obj(VIRTIO_BLK_S_IOERR as u8, GuestAddress(at))
+        .ok()?;
+    Some(Done {
+        status: VIRTIO_BLK_S_IOERR as u8,
+        written: 1,
     })
 }
 

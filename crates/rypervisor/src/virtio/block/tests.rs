@@ -263,23 +263,41 @@ fn malformed_chains_never_panic() {
     r.dev.process_queue(0);
     assert_eq!(r.q.take_used().map(|u| u.1), Some(0));
     assert_eq!(r.dev.stats.dropped, 1);
-    // A header outside guest memory: dropped too.
-    r.q.offer(&[readable(0xdead_0000, 16), writable(STATUS, 1)])
-        .unwrap();
-    r.dev.process_queue(0);
-    assert!(r.q.take_used().is_some());
-    assert_eq!(r.dev.stats.dropped, 2);
+    // A header outside guest memory: IOERR in the status byte (which is in memory).
+    r.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    let outside = r.raw(&[readable(0xdead_0000, 16), writable(STATUS, 1)]);
+    assert_eq!(outside, (IOERR, 1));
     // A header too short: IOERR.
     assert_eq!(r.raw(&[readable(HEADER, 8), writable(STATUS, 1)]).0, IOERR);
-    // A huge data length that is not in memory: dropped, nothing read.
-    r.q.offer(&[
+    // A data length past the end of guest memory: IOERR, nothing read.
+    r.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    let huge = [
+        readable(HEADER, 16),
+        writable(DATA, 1 << 30),
+        writable(STATUS, 1),
+    ];
+    assert_eq!(r.raw(&huge), (IOERR, 1));
+    // A chain of more than 4 GiB in all (which virtio forbids): virtio-queue ends it where
+    // the sum overflows, so no status byte is found and it is dropped.
+    let before = r.dev.stats.dropped;
+    let overflowing = [
         readable(HEADER, 16),
         writable(DATA, u32::MAX),
         writable(STATUS, 1),
-    ])
-    .unwrap();
+    ];
+    assert_eq!(r.raw(&overflowing).1, 0);
+    assert_eq!(r.dev.stats.dropped, before + 1);
+    // The status byte itself outside memory, or not writable: nowhere to answer, dropped.
+    let before = r.dev.stats.dropped;
+    r.q.offer(&[readable(0xdead_0000, 16), writable(0xdead_1000, 1)])
+        .unwrap();
     r.dev.process_queue(0);
-    assert!(r.q.take_used().is_some());
+    assert_eq!(r.q.take_used().map(|u| u.1), Some(0));
+    r.q.offer(&[readable(0xdead_0000, 16), readable(STATUS, 1)])
+        .unwrap();
+    r.dev.process_queue(0);
+    assert_eq!(r.q.take_used().map(|u| u.1), Some(0));
+    assert_eq!(r.dev.stats.dropped, before + 2);
 }
 
 #[test]
