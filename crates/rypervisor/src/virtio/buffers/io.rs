@@ -180,6 +180,33 @@ impl Buffers<'_> {
         })
     }
 
+    /// One `readv` of a frame from `fd` (a tap) into the buffers, with one byte of the
+    /// VMM's behind them: a tap cuts a frame to the room it is given and returns only what
+    /// it copied, so a frame that reaches that byte did not fit. The bytes the buffers got,
+    /// and whether the frame was longer.
+    pub fn read_frame_from(&self, fd: RawFd) -> std::io::Result<(usize, bool)> {
+        let mut spill = 0u8;
+        let spill_iov = libc::iovec {
+            iov_base: (&mut spill as *mut u8).cast(),
+            iov_len: 1,
+        };
+        let n = self.with_iovecs(|guest| {
+            // SAFETY: the guest iovecs describe live guest memory (see `with_iovecs`), the
+            // last one `spill`, which outlives the call; the kernel writes at most their
+            // lengths.
+            syscall(|| unsafe {
+                match guest {
+                    [one] => libc::readv(fd, [*one, spill_iov].as_ptr(), 2),
+                    _ => {
+                        let iov: Vec<_> = guest.iter().copied().chain([spill_iov]).collect();
+                        libc::readv(fd, iov.as_ptr(), iov.len() as i32)
+                    }
+                }
+            })
+        })?;
+        Ok((n.min(self.len()), n > self.len()))
+    }
+
     /// One `writev` of the buffers to `fd` (a whole frame in one call; one slice by `write`).
     pub fn writev_to(&self, fd: RawFd) -> std::io::Result<usize> {
         self.with_iovecs(|iov| {

@@ -39,7 +39,7 @@ pub struct NetStats {
     pub tx: u64,
     /// Guest frames dropped (the tap full, malformed chains).
     pub tx_dropped: u64,
-    /// Tap frames dropped (shorter than a header, unusable buffers).
+    /// Tap frames dropped (shorter than a header, longer than the buffer, unusable buffers).
     pub rx_dropped: u64,
 }
 
@@ -124,8 +124,16 @@ impl Net {
             };
             let head = chain.head_index();
             let written = match Buffers::of(chain, mem, true) {
-                Ok(b) if b.len() > VNET_HDR => match b.readv_from(self.tap.as_raw_fd()) {
-                    Ok(n) if n >= VNET_HDR => {
+                Ok(b) if b.len() > VNET_HDR => match b.read_frame_from(self.tap.as_raw_fd()) {
+                    // A frame longer than the buffer (a host MTU above what the guest's
+                    // buffers hold), which the tap cut short: not handed over as whole.
+                    Ok((_, true)) => {
+                        self.stats.rx_dropped += 1;
+                        let what = format_args!("a frame longer than its {}-byte buffer", b.len());
+                        self.complaints.note("net", what);
+                        0
+                    }
+                    Ok((n, false)) if n >= VNET_HDR => {
                         // One buffer per frame: num_buffers is 1. Without GUEST_CSUM the
                         // header's flags must be 0 (whatever the tap set, e.g. from before
                         // a reset).
@@ -210,10 +218,18 @@ impl Net {
     }
 }
 
-/// Whether a guest frame may go to the tap: in one `writev` (at most IOV_MAX slices), no
-/// segmentation offload (none is offered), and a partial checksum only if CSUM was
-/// acknowledged.
+/// The largest frame a guest may send, its vnet header included: what a tap takes (an IP
+/// datagram's 64 KiB; no segmentation offload is offered, so nothing larger is meant). A
+/// longer chain is dropped before the tap sees it.
+pub const MAX_TX_FRAME: usize = VNET_HDR + 65_535;
+
+/// Whether a guest frame may go to the tap: at most [`MAX_TX_FRAME`] bytes in one `writev`
+/// (at most IOV_MAX slices), no segmentation offload (none is offered), and a partial
+/// checksum only if CSUM was acknowledged.
 fn tx_allowed(frame: &Buffers<'_>, csum: bool) -> bool {
+    if frame.len() > MAX_TX_FRAME {
+        return false;
+    }
     let mut head = [0u8; 2];
     if frame.peek(&mut head) < head.len() {
         return false;

@@ -178,4 +178,6 @@ pub fn set_offload(tap: &File, flags: libc::c_uint) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+mod tap_tests;
+#[cfg(test)]
 mod tests;
