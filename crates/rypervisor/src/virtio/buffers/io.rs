@@ -165,21 +165,6 @@ impl Buffers<'_> {
         f(&iov)
     }
 
-    /// One `readv` from `fd` into the buffers (a whole datagram or frame lands in one call;
-    /// one slice goes by `read`, which skips the kernel's copy-in of the iovec array).
-    pub fn readv_from(&self, fd: RawFd) -> std::io::Result<usize> {
-        self.with_iovecs(|iov| {
-            // SAFETY: the iovecs describe live guest memory (see `with_iovecs`); the kernel
-            // writes at most their lengths.
-            syscall(|| unsafe {
-                match iov {
-                    [one] => libc::read(fd, one.iov_base, one.iov_len),
-                    _ => libc::readv(fd, iov.as_ptr(), iov.len() as i32),
-                }
-            })
-        })
-    }
-
     /// One `readv` of a frame from `fd` (a tap) into the buffers, with one byte of the
     /// VMM's behind them: a tap cuts a frame to the room it is given and returns only what
     /// it copied, so a frame that reaches that byte did not fit. The bytes the buffers got,
@@ -210,7 +195,8 @@ impl Buffers<'_> {
     /// One `writev` of the buffers to `fd` (a whole frame in one call; one slice by `write`).
     pub fn writev_to(&self, fd: RawFd) -> std::io::Result<usize> {
         self.with_iovecs(|iov| {
-            // SAFETY: as in `readv_from`; the kernel only reads the memory.
+            // SAFETY: the iovecs describe live guest memory (see `with_iovecs`); the kernel
+            // only reads it.
             syscall(|| unsafe {
                 match iov {
                     [one] => libc::write(fd, one.iov_base, one.iov_len),
