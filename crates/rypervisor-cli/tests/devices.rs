@@ -411,16 +411,29 @@ fn vsock_drive_and_net_mistakes_are_one_clear_line_and_status_1() {
         assert!(r.stderr.contains(message), "{args:?}: {}", r.stderr);
         assert_eq!(r.stderr.trim().lines().count(), 1, "{args:?}: {}", r.stderr);
     }
-    for (spec, message) in [
-        ("tap=rvnope0", "ip tuntap add rvnope0 mode tap"),
-        ("tap=t,mac=zz", "six hex pairs"),
-        ("dev=t", "unknown key"),
+    for (specs, message) in [
+        (&["tap=rvnope0"][..], "ip tuntap add rvnope0 mode tap"),
+        (&["tap=t,mac=zz"], "six hex pairs"),
+        (&["dev=t"], "unknown key"),
+        (
+            &["tap=rvnope0", "tap=rvnope0"],
+            "the same tap is given twice",
+        ),
     ] {
-        let args = ["boot", "--kernel", kernel.to_str().unwrap(), "--net", spec];
-        let r = rypervisor(&[&args[..], &["--cpu-template", "host"]].concat(), b"");
-        assert_eq!(r.status, 1, "{spec}: {}", r.stderr);
-        assert!(r.stderr.contains(message), "{spec}: {}", r.stderr);
-        assert_eq!(r.stderr.trim().lines().count(), 1, "{spec}: {}", r.stderr);
+        let mut all = vec!["boot", "--kernel", kernel.to_str().unwrap()];
+        for spec in specs {
+            all.extend(["--net", spec]);
+        }
+        all.extend(["--cpu-template", "host"]);
+        let r = rypervisor(&all, b"");
+        assert_eq!(r.status, 1, "{specs:?}: {}", r.stderr);
+        assert!(r.stderr.contains(message), "{specs:?}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.trim().lines().count(),
+            1,
+            "{specs:?}: {}",
+            r.stderr
+        );
     }
     let cases = [
         ("cid=2,uds=v.sock".to_string(), "guest CID 2 is not allowed"),

@@ -176,6 +176,7 @@ fn virtio_devices(config: &BootConfig) -> Result<Vec<SharedVirtio>, BootError> {
             drive.serial.as_deref(),
         )?)));
     }
+    net::check_all(&config.nets)?;
     for n in &config.nets {
         let tap = net::open_tap(&n.tap)?;
         devices.push(Arc::new(Mutex::new(Net::new(tap, n.mac)?)));

@@ -53,9 +53,16 @@ impl std::str::FromStr for DriveConfig {
             root: false,
             writeback: false,
         };
+        let mut seen: Vec<&str> = Vec::new();
         for part in spec.split(',') {
+            let key = part.split_once('=').map_or(part, |(k, _)| k);
+            if seen.contains(&key) {
+                return Err(bad("a key is given twice"));
+            }
+            seen.push(key);
             match part.split_once('=') {
-                Some(("path", p)) if !p.is_empty() => d.path = PathBuf::from(p),
+                Some(("path", "")) => return Err(bad("path=FILE: the file name is empty")),
+                Some(("path", p)) => d.path = PathBuf::from(p),
                 Some(("serial", s)) => {
                     let printable = s.bytes().all(|b| b.is_ascii_graphic());
                     if s.len() > MAX_SERIAL || !printable {

@@ -313,6 +313,10 @@ fn drive_specs_parse_or_say_what_is_wrong() {
         ("path=a,cache=none", "cache is writeback or unsafe"),
         ("path=a,serial=123456789012345678901", "at most 20"),
         ("path=a,serial=a b", "printable"),
+        ("path=,ro", "file name is empty"),
+        ("path=a,path=b", "given twice"),
+        ("path=a,ro,ro", "given twice"),
+        ("path=a,serial=X,serial=Y", "given twice"),
     ] {
         let e = spec.parse::<DriveConfig>().unwrap_err().to_string();
         assert!(e.contains(want), "{spec}: {e}");

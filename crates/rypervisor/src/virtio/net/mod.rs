@@ -41,7 +41,8 @@ pub fn default_mac(tap: &str) -> [u8; 6] {
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let parts: Vec<u8> = (text.split(':'))
         .map(|p| {
-            (p.len() == 2)
+            // (from_str_radix alone would take "+1".)
+            (p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
                 .then(|| u8::from_str_radix(p, 16).ok())
                 .flatten()
         })
@@ -62,6 +63,14 @@ impl std::str::FromStr for NetConfig {
         };
         let (mut tap, mut mac) = (None, None);
         for part in spec.split(',') {
+            let twice = match part.split_once('=') {
+                Some(("tap", _)) => tap.is_some(),
+                Some(("mac", _)) => mac.is_some(),
+                _ => false,
+            };
+            if twice {
+                return Err(bad("a key is given twice"));
+            }
             match part.split_once('=') {
                 Some(("tap", n)) if !n.is_empty() && n.len() < libc::IFNAMSIZ => {
                     tap = Some(n.to_string())
@@ -79,6 +88,23 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// Refuses two `--net`s on one tap (a tap serves one reader) or with one MAC (the guest's
+/// interfaces would clash), before any tap is opened.
+pub fn check_all(nets: &[NetConfig]) -> Result<(), NetError> {
+    for (i, n) in nets.iter().enumerate() {
+        for m in &nets[..i] {
+            if m.tap == n.tap {
+                return Err(NetError::TapTwice(n.tap.clone()));
+            }
+            if m.mac == n.mac {
+                let mac = n.mac.map(|b| format!("{b:02x}")).join(":");
+                return Err(NetError::MacTwice(mac));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Errors attaching a tap.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -90,6 +116,12 @@ pub enum NetError {
         /// What is wrong.
         why: &'static str,
     },
+    /// One tap given twice.
+    #[error("--net tap={0}: the same tap is given twice (each --net needs a tap of its own)")]
+    TapTwice(String),
+    /// One MAC given twice.
+    #[error("--net: two interfaces with the MAC {0} (give each its own mac=)")]
+    MacTwice(String),
     /// No network device of that name.
     #[error(
         "--net tap={0}: no such network device (create it first: ip tuntap add {0} mode tap user $USER; ip link set {0} up)"

@@ -196,10 +196,27 @@ fn net_specs_parse_and_a_missing_tap_says_how_to_make_one() {
         ("tap=t,mac=02:00:00", "six hex pairs"),
         ("tap=waytoolongname16", "1 to 15"),
         ("tap=t,queues=2", "unknown key"),
+        ("tap=t,mac=+2:00:00:00:00:01", "six hex pairs"),
+        ("tap=t,tap=u", "given twice"),
+        (
+            "tap=t,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02",
+            "given twice",
+        ),
     ] {
         let e = spec.parse::<NetConfig>().unwrap_err().to_string();
         assert!(e.contains(want), "{spec}: {e}");
     }
+    let nets =
+        |specs: &[&str]| -> Vec<NetConfig> { specs.iter().map(|s| s.parse().unwrap()).collect() };
+    assert!(check_all(&nets(&["tap=a", "tap=b"])).is_ok());
+    let e = check_all(&nets(&["tap=a", "tap=b", "tap=a"])).unwrap_err();
+    assert!(
+        e.to_string().contains("tap=a: the same tap is given twice"),
+        "{e}"
+    );
+    let same_mac = ["tap=a,mac=02:00:00:00:00:01", "tap=b,mac=02:00:00:00:00:01"];
+    let e = check_all(&nets(&same_mac)).unwrap_err();
+    assert!(e.to_string().contains("MAC 02:00:00:00:00:01"), "{e}");
     let e = open_tap("rvnope0").unwrap_err().to_string();
     assert!(e.contains("ip tuntap add rvnope0 mode tap"), "{e}");
 }
