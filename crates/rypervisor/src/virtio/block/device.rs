@@ -23,7 +23,7 @@ const QUEUE_SIZE: u16 = 256;
 pub struct BlockStats {
     /// Requests completed (any status).
     pub requests: u64,
-    /// Requests dropped: no status byte, or buffers outside guest memory.
+    /// Requests dropped: no status byte the device can write.
     pub dropped: u64,
 }
 

@@ -9,13 +9,14 @@ use virtio_bindings::virtio_blk::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::request::{MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS};
 use super::*;
 use crate::virtio::driver::{Buffer, DriverQueue};
 use crate::virtio::{Active, Interrupt, VirtioDevice};
 
 const HEADER: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
-const STATUS: u64 = 0x30_0000;
+const STATUS: u64 = 0x34_0000;
 
 struct Rig {
     mem: GuestMemoryMmap,
@@ -166,6 +167,15 @@ fn a_read_only_drive_refuses_every_write() {
         r.request(VIRTIO_BLK_T_DISCARD, 0, &[readable(DATA, 16)]).0,
         IOERR
     );
+    r.mem
+        .write_slice(&segment(1, 1, 0), GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &[readable(DATA, 16)])
+            .0,
+        IOERR
+    );
+    assert_eq!(r.file(512, 512), vec![1; 512], "unchanged");
     assert_eq!(r.file(0, 512), vec![0; 512], "unchanged");
     assert_eq!(r.request(VIRTIO_BLK_T_IN, 1, &[writable(DATA, 512)]).0, OK);
 }
@@ -209,12 +219,19 @@ fn segment(sector: u64, sectors: u32, flags: u32) -> [u8; 16] {
 #[test]
 fn discard_and_write_zeroes_change_the_file() {
     let mut r = rig(256 << 10, "");
+    let blocks = |r: &Rig| {
+        use std::os::unix::fs::MetadataExt;
+        r.image.as_file().metadata().unwrap().blocks()
+    };
+    let before = blocks(&r);
     let segs = [segment(8, 16, 0), segment(100, 8, 0)].concat();
     r.mem.write_slice(&segs, GuestAddress(DATA)).unwrap();
     assert_eq!(
         r.request(VIRTIO_BLK_T_DISCARD, 0, &[readable(DATA, 32)]).0,
         OK
     );
+    // Sectors 8..24 cover two whole 4 KiB pages: they are given back, not just zeroed.
+    assert!(blocks(&r) < before, "a hole: {} → {}", before, blocks(&r));
     assert_eq!(
         r.file(8 * 512, 16 * 512),
         vec![0; 16 * 512],
@@ -227,6 +244,10 @@ fn discard_and_write_zeroes_change_the_file() {
         "size kept"
     );
     for flags in [0, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP] {
+        r.image
+            .as_file()
+            .write_all_at(&[0xee; 4 * 512], 200 * 512)
+            .unwrap();
         let seg = segment(200, 4, flags);
         r.mem.write_slice(&seg, GuestAddress(DATA)).unwrap();
         assert_eq!(
@@ -253,6 +274,108 @@ fn discard_and_write_zeroes_change_the_file() {
         r.request(VIRTIO_BLK_T_DISCARD, 0, &[readable(DATA, 10)]).0,
         IOERR
     );
+}
+
+#[test]
+fn discard_and_write_zeroes_keep_to_their_limits_and_check_every_segment_first() {
+    let mut r = rig(17 << 20, "");
+    let request = |r: &mut Rig, kind, segs: &[[u8; 16]]| {
+        let bytes = segs.concat();
+        r.mem.write_slice(&bytes, GuestAddress(DATA)).unwrap();
+        r.request(kind, 0, &[readable(DATA, bytes.len() as u32)]).0
+    };
+    let max = MAX_WRITE_ZEROES_SECTORS;
+    let zeroes = VIRTIO_BLK_T_WRITE_ZEROES;
+    assert_eq!(request(&mut r, zeroes, &[segment(0, max + 1, 0)]), IOERR);
+    let split = [segment(0, max / 2, 0), segment(max as u64, max / 2 + 1, 0)];
+    assert_eq!(
+        request(&mut r, zeroes, &split),
+        IOERR,
+        "the limit is on the sum"
+    );
+    assert_eq!(
+        r.file(0, 1),
+        vec![0],
+        "sector 0 untouched (its bytes are 0)"
+    );
+    assert_eq!(r.file(512, 1), vec![1], "nothing zeroed");
+    assert_eq!(request(&mut r, zeroes, &[segment(0, max, 0)]), OK);
+    assert_eq!(r.file(512, 1), vec![0]);
+    let many = vec![segment(34_000, 1, 0); MAX_SEGMENTS as usize + 1];
+    assert_eq!(request(&mut r, VIRTIO_BLK_T_DISCARD, &many), UNSUPP);
+    assert_eq!(request(&mut r, zeroes, &many), UNSUPP);
+    assert_eq!(r.file(34_000 * 512, 1), vec![34_000u32 as u8], "untouched");
+    // A good segment before a bad one: neither is executed.
+    let last = (17 << 20) / 512 - 1;
+    let mixed = [segment(34_000, 1, 0), segment(last, 2, 0)];
+    assert_eq!(request(&mut r, zeroes, &mixed), IOERR);
+    assert_eq!(r.file(34_000 * 512, 1), vec![34_000u32 as u8], "untouched");
+}
+
+#[test]
+fn requests_in_flight_together_each_get_their_own_status() {
+    let mut r = rig(64 << 10, "");
+    // Five requests (the queue's 16 descriptors hold five chains of three) offered before
+    // one kick: reads, a write, one outside the disk, one of an unknown type; each with its
+    // header, data and status apart.
+    let kinds: [(u32, u64, u8); 5] = [
+        (VIRTIO_BLK_T_IN, 1, OK),
+        (VIRTIO_BLK_T_OUT, 2, OK),
+        (VIRTIO_BLK_T_IN, 1000, IOERR),
+        (77, 0, UNSUPP),
+        (VIRTIO_BLK_T_IN, 5, OK),
+    ];
+    let mut heads = Vec::new();
+    for (i, &(kind, sector, _)) in kinds.iter().enumerate() {
+        let i = i as u64;
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        r.mem
+            .write_slice(&header, GuestAddress(HEADER + 16 * i))
+            .unwrap();
+        r.mem.write_obj(0xffu8, GuestAddress(STATUS + i)).unwrap();
+        let data = DATA + 512 * i;
+        r.mem
+            .write_slice(&[0xc0 | i as u8; 512], GuestAddress(data))
+            .unwrap();
+        let chain = [
+            readable(HEADER + 16 * i, 16),
+            Buffer {
+                addr: data,
+                len: 512,
+                writable: kind != VIRTIO_BLK_T_OUT,
+            },
+            writable(STATUS + i, 1),
+        ];
+        heads.push(r.q.offer(&chain).unwrap());
+    }
+    r.dev.process_queue(0);
+    let mut used = std::collections::HashMap::new();
+    while let Some((head, len)) = r.q.take_used() {
+        used.insert(head, len);
+    }
+    assert_eq!(used.len(), kinds.len(), "all used after one kick");
+    for (i, &(kind, sector, want)) in kinds.iter().enumerate() {
+        let status: u8 = r.mem.read_obj(GuestAddress(STATUS + i as u64)).unwrap();
+        assert_eq!(status, want, "request {i}");
+        let len = match (kind, want) {
+            (VIRTIO_BLK_T_IN, OK) => 513,
+            _ => 1,
+        };
+        assert_eq!(used[&heads[i]], len, "request {i}");
+        let mut got = [0u8; 512];
+        r.mem
+            .read_slice(&mut got, GuestAddress(DATA + 512 * i as u64))
+            .unwrap();
+        match (kind, want) {
+            (VIRTIO_BLK_T_IN, OK) => assert_eq!(got, [sector as u8; 512], "request {i}"),
+            (VIRTIO_BLK_T_OUT, _) => {
+                assert_eq!(r.file(sector * 512, 512), vec![0xc0 | i as u8; 512])
+            }
+            _ => {}
+        }
+    }
 }
 
 #[test]
