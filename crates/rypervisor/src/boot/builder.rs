@@ -404,3 +404,38 @@ fn create_devices(
         virtio,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(drives: &[&str], cmdline: Option<&str>) -> BootConfig {
+        let mut c = BootConfig::new(Path::new("/nonexistent"));
+        c.drives = drives.iter().map(|d| d.parse().unwrap()).collect();
+        c.cmdline = cmdline.map(str::to_string);
+        c
+    }
+
+    #[test]
+    fn the_root_drive_is_named_by_its_place_and_mounted_as_it_is_attached() {
+        let root = |drives: &[&str], cmdline| root_option(&config(drives, cmdline));
+        assert_eq!(root(&["path=a"], None), None, "no drive marked root");
+        let rw = Some(("/dev/vda".to_string(), "rw"));
+        assert_eq!(root(&["path=a,root"], None), rw);
+        let second = root(&["path=a", "path=b,root,ro"], None);
+        assert_eq!(second, Some(("/dev/vdb".to_string(), "ro")));
+        let own = Some("console=ttyS0 root=/dev/vdb");
+        assert_eq!(root(&["path=a,root"], own), None, "the user's root= wins");
+        // On the command line: root= and the mode once, before the devices' options.
+        let line = command_line(&config(&["path=a", "path=b,root,ro"], None), 2).unwrap();
+        assert_eq!(line.matches("root=/dev/vdb").count(), 1, "{line}");
+        assert!(line.split_whitespace().any(|w| w == "ro"), "{line}");
+        assert!(!line.split_whitespace().any(|w| w == "rw"), "{line}");
+        assert!(
+            line.contains("virtio_mmio.device=4K@0xd0001000:6"),
+            "{line}"
+        );
+        let line = command_line(&config(&["path=a,root"], own), 1).unwrap();
+        assert_eq!(line.matches("root=").count(), 1, "{line}");
+    }
+}
