@@ -304,11 +304,13 @@ fn one_boot_from_an_ext4_root_disk_with_a_read_only_second_drive() {
     let root = dir.path().join("root.ext4");
     script("build-rootfs.sh", &[root.to_str().unwrap()]);
     let data = dir.path().join("data.img");
-    std::fs::write(
-        &data,
-        (0..1u32 << 20).map(|i| (i * 7) as u8).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7) as u8).collect();
+    std::fs::write(&data, &bytes).unwrap();
+    // FNV-1a, as guest/init.c sums what it read of vdb.
+    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let all_of_vdb = format!("rypervisor-init: vdb read 1048576 bytes fnv1a={fnv:016x}");
     let _one = one_at_a_time();
     let root_drive = format!("path={},root,cache=writeback", root.display());
     let data_drive = format!("path={},ro,serial=DATA123", data.display());
@@ -341,14 +343,13 @@ fn one_boot_from_an_ext4_root_disk_with_a_read_only_second_drive() {
         "rypervisor-init: vdb ro=1 size=1048576 head=00070e151c232a31",
         "rypervisor-init: vdb serial=DATA123",
         "rypervisor-init: / remounted read-only: yes",
+        &all_of_vdb,
     ] {
         assert!(r.stdout.contains(want), "no {want:?} in\n{}", r.stdout);
     }
-    let write = r
-        .stdout
-        .lines()
+    let write = (r.stdout.lines())
         .find(|l| l.contains("vdb write:"))
-        .unwrap_or("");
+        .expect("init reports its write to vdb");
     assert!(
         !write.ends_with("written"),
         "a write to the read-only drive: {write}"
