@@ -77,14 +77,19 @@ discard += struct.pack("<IIQ", 11, 0, 0) + struct.pack("<QII", 4, 8, 0)
 open(sys.argv[1], "wb").write(bytes([2]) + read + discard)
 PY
 
-# virtio-net: an RX buffer, a frame from the tap, a TX chain (header + frame).
+# virtio-net, both checksum offloads acknowledged (the first byte): an RX buffer, a frame from
+# the tap, a TX chain (header + frame), then a 64-byte RX buffer and a 200-byte frame too long
+# for it.
 python3 - "$seeds/net_frames/session" <<'PY'
 import struct, sys
 def desc(addr, length, writable):
     return struct.pack("<I", addr)[:3] + struct.pack("<H", length) + bytes([1 if writable else 0])
-recs = bytes([1, 0]) + desc(0x8000, 1526, 1)
-recs += bytes([2, 3]) + bytes(12) + b"frame-bytes!"
+def frame(b):
+    return bytes([2, 0]) + struct.pack("<H", len(b)) + b
+recs = bytes([3]) + bytes([1, 0]) + desc(0x8000, 1526, 1)
+recs += frame(bytes(12) + b"frame-bytes!")
 recs += bytes([0, 1]) + desc(0x9000, 12, 0) + desc(0x9100, 60, 0) + bytes([3, 0])
+recs += bytes([1, 0]) + desc(0xa000, 64, 1) + frame(bytes(200)) + bytes([3, 0])
 open(sys.argv[1], "wb").write(recs)
 PY
 

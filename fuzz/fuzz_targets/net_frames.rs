@@ -1,7 +1,9 @@
 //! Fuzzes virtio-net's RX and TX paths: the guest's TX chains of any shape (into or outside
 //! guest memory, either direction, any lengths) and RX buffers of any shape, against frames
-//! of any size from the "tap" (a SOCK_SEQPACKET socket pair standing in for one: a datagram
-//! per frame). The device must never panic and never write past the buffers it was given.
+//! of any size up to 4 KiB from the "tap" (a SOCK_SEQPACKET socket pair standing in for one:
+//! a datagram per frame), with the checksum offloads acknowledged or not (the input's first
+//! byte). The device must never panic, and never report more bytes used than an RX chain's
+//! writable buffers hold.
 #![no_main]
 
 use std::fs::File;
@@ -30,6 +32,12 @@ fn pair() -> (File, UnixDatagram) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM};
+    let Some((&first, data)) = data.split_first() else {
+        return;
+    };
+    let features = (u64::from(first & 1) << VIRTIO_NET_F_CSUM)
+        | (u64::from(first >> 1 & 1) << VIRTIO_NET_F_GUEST_CSUM);
     let (tap, peer) = pair();
     let mut dev = Net::new(tap, [0x52, 0x54, 0, 0, 0, 1]).unwrap();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
@@ -38,13 +46,25 @@ fuzz_target!(|data: &[u8]| {
     dev.activate(Active {
         mem: mem.clone(),
         queues: vec![rx.device_queue(false), tx.device_queue(false)],
-        features: 0,
+        features,
         interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
     });
-    // Records: [kind, n], then n descriptors of 6 bytes (kind 0: TX chain, 1: RX chain) or
-    // a frame of n * 8 bytes from the tap (kind 2); anything else lets the device serve.
+    // Records: [kind, n], then n descriptors of 6 bytes (kind 0: TX chain, 1: RX chain) or,
+    // kind 2, a frame from the tap of the length the next two bytes give (up to 4 KiB, as
+    // far as the input goes); anything else lets the device serve.
     let mut rest = data;
-    let mut sink = [0u8; 2048];
+    let mut sink = vec![0u8; 70 << 10];
+    // What each RX chain offered can hold (its writable bytes), by head.
+    let mut room = std::collections::HashMap::new();
+    let take_rx = |rx: &mut DriverQueue, room: &mut std::collections::HashMap<u16, u64>| {
+        while let Some((head, len)) = rx.take_used() {
+            let holds = room.remove(&head).unwrap_or(0);
+            assert!(
+                u64::from(len) <= holds,
+                "used {len} of a chain holding {holds}"
+            );
+        }
+    };
     while rest.len() >= 2 {
         let (kind, n) = (rest[0] % 4, usize::from(rest[1] % 5) + 1);
         rest = &rest[2..];
@@ -59,21 +79,34 @@ fuzz_target!(|data: &[u8]| {
                     })
                     .collect();
                 rest = &rest[6 * n..];
-                let q = if kind == 0 { &mut tx } else { &mut rx };
-                if q.offer(&chain).is_some() {
-                    dev.process_queue(usize::from(kind == 0));
+                let holds: u64 = (chain.iter().filter(|b| b.writable))
+                    .map(|b| u64::from(b.len))
+                    .sum();
+                if kind == 0 {
+                    if tx.offer(&chain).is_some() {
+                        dev.process_queue(1);
+                    }
+                    while tx.take_used().is_some() {}
+                } else {
+                    if let Some(head) = rx.offer(&chain) {
+                        room.insert(head, holds);
+                        dev.process_queue(0);
+                    }
+                    take_rx(&mut rx, &mut room);
                 }
-                while q.take_used().is_some() {}
             }
-            2 => {
-                let len = (n * 8).min(rest.len());
+            2 if rest.len() >= 2 => {
+                let want = usize::from(u16::from_le_bytes([rest[0], rest[1]])) % 4097;
+                rest = &rest[2..];
+                let len = want.min(rest.len());
                 let _ = peer.send(&rest[..len]);
                 rest = &rest[len..];
                 dev.process_fd(0);
-                while rx.take_used().is_some() {}
+                take_rx(&mut rx, &mut room);
             }
             _ => {
                 dev.process_fd(0);
+                take_rx(&mut rx, &mut room);
                 while peer.recv(&mut sink).is_ok() {}
             }
         }

@@ -74,7 +74,14 @@ fuzz_target!(|data: &[u8]| {
             Next::End(exit) => {
                 let pid = process.pid();
                 procs.remove(who);
-                tree.exit(pid, if exit.status() < 128 { exit.status() << 8 } else { 9 });
+                tree.exit(
+                    pid,
+                    if exit.status() < 128 {
+                        exit.status() << 8
+                    } else {
+                        9
+                    },
+                );
                 continue;
             }
             Next::Vm(VmRequest::Fork(spawn)) => {
