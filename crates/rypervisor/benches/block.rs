@@ -66,15 +66,34 @@ fn median(v: &[Rate], key: impl Fn(&Rate) -> f64) -> f64 {
     v[v.len() / 2]
 }
 
-/// Random sector-aligned offsets for `len`-byte I/O (xorshift).
-struct Offsets(u64);
+/// Offsets for `len`-byte I/O, the same series for floor and device: random and aligned
+/// (xorshift, seed 7) or, for the sequential workload, one after another, wrapping at the
+/// image's end.
+struct Offsets {
+    x: u64,
+    sequential: bool,
+    at: u64,
+}
 
 impl Offsets {
+    fn new(sequential: bool) -> Self {
+        Self {
+            x: 7,
+            sequential,
+            at: 0,
+        }
+    }
+
     fn next(&mut self, len: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % (IMAGE / len)) * len
+        if self.sequential {
+            let at = self.at;
+            self.at = (self.at + len) % IMAGE;
+            return at;
+        }
+        self.x ^= self.x << 13;
+        self.x ^= self.x >> 7;
+        self.x ^= self.x << 17;
+        (self.x % (IMAGE / len)) * len
     }
 }
 
@@ -175,20 +194,14 @@ fn main() {
         // SAFETY: the mapping is 8 MiB, DATA + 32 × 4 KiB or 1 MiB lies inside it, and it
         // outlives `buf` (both live until the end of this iteration); nothing else uses it.
         let buf = unsafe { std::slice::from_raw_parts_mut(host, len as usize * depth) };
-        let (mut fo, mut d_off) = (Offsets(7), Offsets(7));
-        let mut next_seq = 0u64;
+        let (mut fo, mut d_off) = (Offsets::new(sequential), Offsets::new(sequential));
         // With `interrupt` set, the floor also writes an eventfd once per kick, as the device
         // signals its irqfd: what any device pays beyond the I/O itself.
         let (interrupt, irq) = (Cell::new(false), EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut floor = || {
             let start = Instant::now();
             for i in 0..depth {
-                let at = if sequential {
-                    next_seq = (next_seq + u64::from(len)) % IMAGE;
-                    next_seq
-                } else {
-                    fo.next(u64::from(len))
-                };
+                let at = fo.next(u64::from(len));
                 let b = &mut buf[i * len as usize..(i + 1) * len as usize];
                 if write {
                     file.write_all_at(b, at).unwrap();
