@@ -11,7 +11,7 @@ use virtio_bindings::virtio_ring::{
     VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 /// One buffer of a chain: guest address, length, whether the device writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,10 +24,11 @@ pub struct Buffer {
     pub writable: bool,
 }
 
-/// The driver's side of a queue.
+/// The driver's side of a queue, on guest memory of any kind (`M`: ours by default; a peer
+/// benchmark drives another VMM's device on its own memory type).
 #[derive(Debug)]
-pub struct DriverQueue {
-    mem: GuestMemoryMmap,
+pub struct DriverQueue<M: GuestMemory + Clone = GuestMemoryMmap> {
+    mem: M,
     size: u16,
     desc: u64,
     avail: u64,
@@ -37,10 +38,10 @@ pub struct DriverQueue {
     free: Vec<u16>,
 }
 
-impl DriverQueue {
+impl<M: GuestMemory + Clone> DriverQueue<M> {
     /// A queue of `size` (a power of two) entries whose rings start at `base` (which must be
     /// 16-byte aligned and leave `Self::footprint(size)` bytes of guest memory).
-    pub fn new(mem: &GuestMemoryMmap, size: u16, base: u64) -> Self {
+    pub fn new(mem: &M, size: u16, base: u64) -> Self {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
@@ -60,6 +61,20 @@ impl DriverQueue {
     pub fn footprint(size: u16) -> u64 {
         let s = u64::from(size);
         ((16 * s + 6 + 2 * s + 3) & !3) + 6 + 8 * s
+    }
+
+    /// The guest addresses of the descriptor table, the avail ring and the used ring (what a
+    /// driver writes to the transport's queue registers).
+    pub fn rings(&self) -> (u64, u64, u64) {
+        (self.desc, self.avail, self.used)
+    }
+
+    /// With EVENT_IDX: asks for an interrupt once the device has used everything taken so
+    /// far and one more (`used_event`, after the avail ring), as Linux's `virtqueue_enable_cb`
+    /// does once it has drained the used ring.
+    pub fn want_next_used(&mut self) {
+        let at = GuestAddress(self.avail + 4 + 2 * u64::from(self.size));
+        let _ = self.mem.write_obj(self.used_seen, at);
     }
 
     /// The device's view of the queue, set up and ready (as after the driver's QUEUE_READY).
@@ -156,7 +171,7 @@ mod tests {
     fn chains_go_out_and_come_back_with_their_descriptors() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut d = DriverQueue::new(&mem, 8, 0x1000);
-        assert!(DriverQueue::footprint(8) < 0x1000);
+        assert!(DriverQueue::<GuestMemoryMmap>::footprint(8) < 0x1000);
         let mut q = d.device_queue(false);
         let b = |addr, writable| Buffer {
             addr,

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Firecracker's virtio-blk device next to rypervisor's, at device level, alternating runs of
+# benches/block.rs and this harness (each prints its ratios to a pread/pwrite floor measured
+# in the same run). Fetches Firecracker and micro-http at pinned revisions into vendor/ on
+# first use (git and network to GitHub), or takes them from FIRECRACKER_SRC and MICRO_HTTP_SRC.
+#
+# Usage: peers/firecracker-blk/run.sh [PAIRS]   Env: ROUNDS (default 7), PAIRS (default 3)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/../.."
+fc_rev=81b38b9dad6056d7a48073e95ac5a9aed51cb2ab
+http_rev=7975fe0e59000e8c41cb1d58fbd39ffa102e5b27
+fetch() { # NAME REPO REV SRC
+  local dir="$here/vendor/$1"
+  [ -e "$dir" ] && return
+  mkdir -p "$here/vendor"
+  if [ -n "${4:-}" ]; then
+    ln -s "$4" "$dir"
+  else
+    git init -q "$dir" && git -C "$dir" fetch -q --depth 1 "$2" "$3" && git -C "$dir" checkout -q FETCH_HEAD
+  fi
+}
+fetch firecracker https://github.com/firecracker-microvm/firecracker "$fc_rev" "${FIRECRACKER_SRC:-}"
+fetch micro-http https://github.com/firecracker-microvm/micro-http "$http_rev" "${MICRO_HTTP_SRC:-}"
+# (Firecracker's crates warn about their own docs on every build: the log is shown on failure.)
+log="$here/target/build.log"
+mkdir -p "$here/target"
+(cd "$here" && cargo build --release >"$log" 2>&1) || { cat "$log" >&2; exit 1; }
+(cd "$root" && cargo bench -p rypervisor --bench block --no-run >"$log" 2>&1) || { cat "$log" >&2; exit 1; }
+ours="$(ls -t "$root"/target/release/deps/block-* | grep -v '\.d$' | head -1)"
+peer="$here/target/release/fc-blk-harness"
+for i in $(seq "${1:-${PAIRS:-3}}"); do
+  echo "rypervisor, run $i:"; ROUNDS="${ROUNDS:-7}" "$ours" | grep '^|'
+  echo "Firecracker, run $i:"; ROUNDS="${ROUNDS:-7}" "$peer" | grep '^|'
+done
