@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 
 use rypervisor::virtio::driver::{Buffer, DriverQueue};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm::devices::virtio::block::virtio::device::{FileEngineType, VirtioBlock, VirtioBlockConfig};
 use vmm::devices::virtio::block::CacheType;
-use vmm::devices::virtio::block::virtio::device::{
-    FileEngineType, VirtioBlock, VirtioBlockConfig,
-};
 use vmm::devices::virtio::device::VirtioDevice;
 use vmm::devices::virtio::transport::mmio::IrqTrigger;
 use vmm::devices::virtio::transport::{VirtioInterrupt, VirtioInterruptType};
@@ -210,7 +208,9 @@ impl Rig {
             for _ in 0..3 {
                 // Poison status and data.
                 for i in 0..depth as u64 {
-                    self.mem.write_obj(0xffu8, GuestAddress(STATUS + i)).unwrap();
+                    self.mem
+                        .write_obj(0xffu8, GuestAddress(STATUS + i))
+                        .unwrap();
                     let fill = if write { 0xa5u8 } else { 0x00 };
                     self.mem
                         .write_slice(
@@ -234,7 +234,10 @@ impl Rig {
                     assert_eq!(*l, if write { 1 } else { len + 1 }, "used len");
                 }
                 let irqs = self.irq_evt().read().unwrap_or(0);
-                assert_eq!(irqs, 1, "interrupts per batch (write={write} depth={depth})");
+                assert_eq!(
+                    irqs, 1,
+                    "interrupts per batch (write={write} depth={depth})"
+                );
                 for i in 0..depth as u64 {
                     let st: u8 = self.mem.read_obj(GuestAddress(STATUS + i)).unwrap();
                     assert_eq!(st, 0, "status");
@@ -282,7 +285,10 @@ fn main() {
     }
     // `BATCHES=N` (with ONLY=case): just N device batches of the first matching case, no
     // floors, no table: for counting the device's syscalls (strace -c) per request.
-    if let Some(n) = std::env::var("BATCHES").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(n) = std::env::var("BATCHES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let only = std::env::var("ONLY").unwrap_or_default();
         let (name, write, depth, len) = [
             ("4 KiB random read, QD 1", false, 1usize, 4096u32),
