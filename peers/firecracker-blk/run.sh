@@ -26,8 +26,14 @@ fetch micro-http https://github.com/firecracker-microvm/micro-http "$http_rev" "
 log="$here/target/build.log"
 mkdir -p "$here/target"
 (cd "$here" && cargo build --release >"$log" 2>&1) || { cat "$log" >&2; exit 1; }
-(cd "$root" && cargo bench -p rypervisor --bench block --no-run >"$log" 2>&1) || { cat "$log" >&2; exit 1; }
-ours="$(ls -t "$root"/target/release/deps/block-* | grep -v '\.d$' | head -1)"
+# Our benchmark's binary, as cargo names it (whatever CARGO_TARGET_DIR says).
+ours="$(cd "$root" && cargo bench -p rypervisor --bench block --no-run --message-format=json 2>"$log" \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "block" and m.get("executable"):
+        print(m["executable"])')" || { cat "$log" >&2; exit 1; }
+[ -x "$ours" ] || { cat "$log" >&2; echo "benches/block.rs did not build" >&2; exit 1; }
 peer="$here/target/release/fc-blk-harness"
 for i in $(seq "${1:-${PAIRS:-3}}"); do
   echo "rypervisor, run $i:"; ROUNDS="${ROUNDS:-7}" "$ours" | grep '^|'

@@ -193,13 +193,14 @@ fn main() {
         let (interrupt, irq) = (Cell::new(false), EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut floor = || {
             let start = Instant::now();
-            for _ in 0..batch {
-                if tx {
-                    use std::io::Write;
-                    (&raw).write_all(&f).unwrap();
-                } else {
-                    use std::io::Read;
-                    inject_b.send(bare);
+            // As the device's side: a batch is sent, then read (RX).
+            if tx {
+                use std::io::Write;
+                (0..batch).for_each(|_| (&raw).write_all(&f).unwrap());
+            } else {
+                use std::io::Read;
+                (0..batch).for_each(|_| inject_b.send(bare));
+                for _ in 0..batch {
                     while (&raw).read(&mut buf).is_err() {}
                 }
             }
@@ -220,11 +221,14 @@ fn main() {
                 for _ in 0..batch {
                     r.tx.offer(&chain).unwrap();
                 }
+                let sent = r.dev.stats.tx;
                 timed(&mut counted, || r.dev.process_queue(1));
                 r.acknowledge();
                 while r.tx.take_used().is_some() {
                     used += 1;
                 }
+                let reached = (r.dev.stats.tx - sent) as usize;
+                assert_eq!(reached, batch, "every frame reached the tap (none dropped)");
             } else {
                 for i in 0..batch {
                     let rx_buf = [Buffer {

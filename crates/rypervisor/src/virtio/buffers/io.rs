@@ -170,6 +170,12 @@ impl Buffers<'_> {
     /// it copied, so a frame that reaches that byte did not fit. The bytes the buffers got,
     /// and whether the frame was longer.
     pub fn read_frame_from(&self, fd: RawFd) -> std::io::Result<(usize, bool)> {
+        // The guest's slices and the spill byte in one call (`IOV_MAX` iovecs at most); the
+        // tap is not read at all for a buffer in more slices.
+        if self.slice_count() >= 1024 {
+            let why = "an RX buffer in over 1023 slices";
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+        }
         let mut spill = 0u8;
         let spill_iov = libc::iovec {
             iov_base: (&mut spill as *mut u8).cast(),

@@ -129,7 +129,8 @@ impl Net {
                     // buffers hold), which the tap cut short: not handed over as whole.
                     Ok((_, true)) => {
                         self.stats.rx_dropped += 1;
-                        let what = format_args!("a frame longer than its {}-byte buffer", b.len());
+                        let len = b.len();
+                        let what = format_args!("a frame longer than its {len}-byte buffer");
                         self.complaints.note("net", what);
                         0
                     }
@@ -153,9 +154,14 @@ impl Net {
                         queue.go_to_previous_position();
                         break;
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        // A buffer no frame can be read into (over IOV_MAX slices): it goes
+                        // back empty and the frame stays in the tap for the next one.
+                        self.complaints
+                            .note("net", format_args!("RX buffer {head}: {e}"));
+                        0
+                    }
                     Err(e) => {
-                        // (A buffer the frame cannot be read into, say over IOV_MAX slices:
-                        // the buffer goes back empty, the frame is lost, RX goes on.)
                         self.complaints.note("net", format_args!("tap read: {e}"));
                         self.stats.rx_dropped += 1;
                         0
@@ -218,10 +224,11 @@ impl Net {
     }
 }
 
-/// The largest frame a guest may send, its vnet header included: what a tap takes (an IP
-/// datagram's 64 KiB; no segmentation offload is offered, so nothing larger is meant). A
-/// longer chain is dropped before the tap sees it.
-pub const MAX_TX_FRAME: usize = VNET_HDR + 65_535;
+/// The largest frame a guest may send, its vnet header included: a 65535-byte MTU (Linux's
+/// ceiling for a virtio-net device that announces none) with an Ethernet header and a VLAN
+/// tag; no segmentation offload is offered, so nothing larger is meant. A longer chain is
+/// dropped before the tap sees it.
+pub const MAX_TX_FRAME: usize = VNET_HDR + 14 + 4 + 65_535;
 
 /// Whether a guest frame may go to the tap: at most [`MAX_TX_FRAME`] bytes in one `writev`
 /// (at most IOV_MAX slices), no segmentation offload (none is offered), and a partial
