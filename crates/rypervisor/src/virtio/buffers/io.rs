@@ -167,8 +167,9 @@ impl Buffers<'_> {
 
     /// One `readv` of a frame from `fd` (a tap) into the buffers, with one byte of the
     /// VMM's behind them: a tap cuts a frame to the room it is given and returns only what
-    /// it copied, so a frame that reaches that byte did not fit. The bytes the buffers got,
-    /// and whether the frame was longer.
+    /// it copied (Linux's `tun_chr_read_iter` clamps the frame's length to the iovecs'), so
+    /// a frame that reaches that byte did not fit. The bytes the buffers got, and whether
+    /// the frame was longer (`tap_tests.rs` shows both on a real tap).
     pub fn read_frame_from(&self, fd: RawFd) -> std::io::Result<(usize, bool)> {
         // The guest's slices and the spill byte in one call (`IOV_MAX` iovecs at most); the
         // tap is not read at all for a buffer in more slices.
