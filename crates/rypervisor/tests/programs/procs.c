@@ -168,6 +168,7 @@ static int exec_mode(void) {
 static volatile int got_usr1, got_chld;
 static void on_usr1(int s) { got_usr1 = s; }
 static void on_chld(int s) { got_chld++; (void)s; }
+static void on_alarm(int s) { (void)s; }
 
 static int signals_mode(void) {
     int st;
@@ -185,15 +186,23 @@ static int signals_mode(void) {
     pipe(fds);
     pid = fork();
     if (pid == 0) {
+        /* SIGUSR1 held until the handler is in place and the wait has begun (sigsuspend
+           lets it in atomically), and the parent told: no signal is lost however the two
+           are scheduled. */
+        sigset_t usr1, old;
+        sigemptyset(&usr1);
+        sigaddset(&usr1, SIGUSR1);
+        sigprocmask(SIG_BLOCK, &usr1, &old);
         signal(SIGUSR1, on_usr1);
+        write(fds[1], "r", 1);
         while (!got_usr1)
-            pause();
+            sigsuspend(&old);
         write(fds[1], "u", 1);
         _exit(0);
     }
-    nap(50);
-    kill(pid, SIGUSR1);
     char c = 0;
+    read(fds[0], &c, 1); /* the child is ready */
+    kill(pid, SIGUSR1);
     read(fds[0], &c, 1);
     printf("child handled SIGUSR1: %c\n", c);
     waitpid(pid, &st, 0);
@@ -230,8 +239,16 @@ static int signals_mode(void) {
         nap(50);
         _exit(0);
     }
+    /* (Should the child end before the read begins, an alarm interrupts the read instead
+       of leaving it blocked for ever: the same EINTR.) */
+    struct sigaction al;
+    memset(&al, 0, sizeof al);
+    al.sa_handler = on_alarm;
+    sigaction(SIGALRM, &al, 0);
+    alarm(5);
     errno = 0;
     n = read(p2[0], buf, 4);
+    alarm(0);
     printf("read across SIGCHLD (no SA_RESTART): %zd %s\n", n, strerror(errno));
     waitpid(pid, &st, 0);
     /* kill of a process group. */
@@ -241,6 +258,8 @@ static int signals_mode(void) {
         pause();
         _exit(0);
     }
+    /* As a shell does: the parent too, so the group exists however late the child runs. */
+    setpgid(pid, pid);
     nap(50);
     printf("kill(-group): %d\n", kill(-pid, SIGHUP));
     waitpid(pid, &st, 0);
