@@ -28,16 +28,36 @@ const SYSTEM: [&str; 8] = [
 ];
 
 fn native(prog: &str, args: &[&str], dir: &Path) -> (String, i32) {
-    let out = Command::new(prog)
+    // Output to a file, not a pipe, and a deadline: a native run that hangs (its children
+    // holding a pipe open) fails the test instead of stalling the suite.
+    let out = tempfile::tempfile().unwrap();
+    let mut child = Command::new(prog)
         .args(args)
         .current_dir(dir)
         .env_clear()
-        .output()
+        .stdout(out.try_clone().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the native run of {prog} {args:?} did not end in 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut text = String::new();
+    use std::io::{Read, Seek};
+    let mut out = out;
+    out.rewind().unwrap();
+    out.read_to_string(&mut text).unwrap();
     // Killed by a signal: the status a shell shows (and rypervisor exits with).
     use std::os::unix::process::ExitStatusExt;
-    let status = (out.status.code()).unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+    let status = (status.code()).unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     (text, status)
 }
 
