@@ -172,6 +172,10 @@ static void on_alarm(int s) { (void)s; }
 
 static int signals_mode(void) {
     int st;
+    /* Default actions, whatever was inherited (under nohup SIGHUP comes in ignored, and the
+       group member below would never end). */
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
     pid_t pid = fork();
     if (pid == 0) {
         for (volatile unsigned long i = 0;; i++) /* never a system call */
