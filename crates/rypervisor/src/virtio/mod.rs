@@ -387,6 +387,23 @@ fn serve_chains(
     }
 }
 
+/// The parts of a device option (`--drive path=FILE,ro`, `--net tap=NAME`): each key with its
+/// value (`None` for a bare flag), in order; `Err` with the reason when a key is given twice.
+pub fn option_parts(spec: &str) -> Result<Vec<(&str, Option<&str>)>, &'static str> {
+    let mut parts: Vec<(&str, Option<&str>)> = Vec::new();
+    for part in spec.split(',') {
+        let (key, value) = match part.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (part, None),
+        };
+        if parts.iter().any(|&(k, _)| k == key) {
+            return Err("a key is given twice");
+        }
+        parts.push((key, value));
+    }
+    Ok(parts)
+}
+
 /// Whether the driver's avail index is further ahead than the queue holds (or unreadable):
 /// virtio-queue then hands out nothing while it keeps saying buffers are there, and a
 /// device that believed it would spin.

@@ -53,28 +53,22 @@ impl std::str::FromStr for DriveConfig {
             root: false,
             writeback: false,
         };
-        let mut seen: Vec<&str> = Vec::new();
-        for part in spec.split(',') {
-            let key = part.split_once('=').map_or(part, |(k, _)| k);
-            if seen.contains(&key) {
-                return Err(bad("a key is given twice"));
-            }
-            seen.push(key);
-            match part.split_once('=') {
-                Some(("path", "")) => return Err(bad("path=FILE: the file name is empty")),
-                Some(("path", p)) => d.path = PathBuf::from(p),
-                Some(("serial", s)) => {
+        for part in super::option_parts(spec).map_err(bad)? {
+            match part {
+                ("path", Some("")) => return Err(bad("path=FILE: the file name is empty")),
+                ("path", Some(p)) => d.path = PathBuf::from(p),
+                ("serial", Some(s)) => {
                     let printable = s.bytes().all(|b| b.is_ascii_graphic());
                     if s.len() > MAX_SERIAL || !printable {
                         return Err(bad("serial: at most 20 printable ASCII characters"));
                     }
                     d.serial = Some(s.to_string());
                 }
-                Some(("cache", "writeback")) => d.writeback = true,
-                Some(("cache", "unsafe")) => d.writeback = false,
-                Some(("cache", _)) => return Err(bad("cache is writeback or unsafe")),
-                None if part == "ro" => d.read_only = true,
-                None if part == "root" => d.root = true,
+                ("cache", Some("writeback")) => d.writeback = true,
+                ("cache", Some("unsafe")) => d.writeback = false,
+                ("cache", Some(_)) => return Err(bad("cache is writeback or unsafe")),
+                ("ro", None) => d.read_only = true,
+                ("root", None) => d.root = true,
                 _ => return Err(bad("unknown key (path=, ro, serial=, root, cache=)")),
             }
         }

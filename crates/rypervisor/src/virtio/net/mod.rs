@@ -62,21 +62,13 @@ impl std::str::FromStr for NetConfig {
             why,
         };
         let (mut tap, mut mac) = (None, None);
-        for part in spec.split(',') {
-            let twice = match part.split_once('=') {
-                Some(("tap", _)) => tap.is_some(),
-                Some(("mac", _)) => mac.is_some(),
-                _ => false,
-            };
-            if twice {
-                return Err(bad("a key is given twice"));
-            }
-            match part.split_once('=') {
-                Some(("tap", n)) if !n.is_empty() && n.len() < libc::IFNAMSIZ => {
+        for part in super::option_parts(spec).map_err(bad)? {
+            match part {
+                ("tap", Some(n)) if !n.is_empty() && n.len() < libc::IFNAMSIZ => {
                     tap = Some(n.to_string())
                 }
-                Some(("tap", _)) => return Err(bad("tap=NAME: 1 to 15 characters")),
-                Some(("mac", m)) => {
+                ("tap", Some(_)) => return Err(bad("tap=NAME: 1 to 15 characters")),
+                ("mac", Some(m)) => {
                     mac = Some(parse_mac(m).ok_or(bad("mac: six hex pairs, unicast"))?)
                 }
                 _ => return Err(bad("unknown key (tap=, mac=)")),
