@@ -3,7 +3,7 @@
 //! `crates/rypervisor/benches/block.rs`, which it mirrors (the same image in the page cache,
 //! memory layout, queue size, offsets, workloads, floors interleaved, and only the device's
 //! queue processing timed), driven by the same model driver (rypervisor's `DriverQueue`, on
-//! Firecracker's guest-memory type). Run both with `peers/firecracker-blk/run.sh`.
+//! Firecracker's guest-memory type). Run both with `peers/run.sh blk`.
 //!
 //! Env: `ROUNDS=N` (default 7), `ONLY=text` (keep workloads whose name contains it),
 //! `EVENT_IDX=1` (negotiate VIRTIO_RING_F_EVENT_IDX; the model driver then asks for the next

@@ -5,7 +5,7 @@
 //! queue size, 64 RX buffers, TX chains of header + payload descriptors, CREDIT_UPDATE every
 //! 128 KiB, floors interleaved, same table). The model guest driver (`guest.rs`) is
 //! rypervisor's `virtio::vsock::model::GuestDriver` re-written over `DriverQueue<FcMem>` for
-//! Firecracker's device. Run both with `peers/firecracker-vsock/run.sh`.
+//! Firecracker's device. Run both with `peers/run.sh vsock`.
 //!
 //! The device is driven as Firecracker's event loop drives it: a guest kick is its queue
 //! eventfd being signalled (KVM's ioeventfd: written here, untimed) and the event manager then

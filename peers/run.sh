@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Firecracker's virtio-vsock device (hybrid vsock) next to rypervisor's, at device level,
-# alternating runs of benches/vsock.rs and this harness (each prints its ratios to a Unix
-# socket-pair floor measured in the same run). Fetches Firecracker and micro-http at pinned revisions into vendor/ on
+# A Firecracker device next to rypervisor's, at device level: alternating runs of our
+# benchmark (benches/block.rs or benches/vsock.rs) and the peer harness in
+# peers/firecracker-NAME/, each printing its ratios to a floor measured in the same run.
+# Fetches Firecracker and micro-http at pinned revisions into that directory's vendor/ on
 # first use (git and network to GitHub), or takes them from FIRECRACKER_SRC and MICRO_HTTP_SRC.
 #
-# Usage: peers/firecracker-vsock/run.sh [PAIRS]   Env: ROUNDS (default 7), PAIRS (default 2)
+# Usage: peers/run.sh blk|vsock [PAIRS]   Env: ROUNDS (default 7), PAIRS (default 3)
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+case "${1:-}" in
+  blk) bench=block ;;
+  vsock) bench=vsock ;;
+  *) echo "usage: peers/run.sh blk|vsock [PAIRS]" >&2; exit 2 ;;
+esac
+here="$(cd "$(dirname "$0")" && pwd)/firecracker-$1"
 root="$here/../.."
 fc_rev=81b38b9dad6056d7a48073e95ac5a9aed51cb2ab
 http_rev=7975fe0e59000e8c41cb1d58fbd39ffa102e5b27
@@ -27,15 +33,15 @@ log="$here/target/build.log"
 mkdir -p "$here/target"
 (cd "$here" && cargo build --release >"$log" 2>&1) || { cat "$log" >&2; exit 1; }
 # Our benchmark's binary, as cargo names it (whatever CARGO_TARGET_DIR says).
-ours="$(cd "$root" && cargo bench -p rypervisor --bench vsock --no-run --message-format=json 2>"$log" \
+ours="$(cd "$root" && cargo bench -p rypervisor --bench "$bench" --no-run --message-format=json 2>"$log" \
   | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "vsock" and m.get("executable"):
-        print(m["executable"])')" || { cat "$log" >&2; exit 1; }
-[ -x "$ours" ] || { cat "$log" >&2; echo "benches/vsock.rs did not build" >&2; exit 1; }
-peer="$here/target/release/fc-vsock-harness"
-for i in $(seq "${1:-${PAIRS:-2}}"); do
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$bench")" || { cat "$log" >&2; exit 1; }
+[ -x "$ours" ] || { cat "$log" >&2; echo "benches/$bench.rs did not build" >&2; exit 1; }
+peer="$here/target/release/fc-$1-harness"
+for i in $(seq "${2:-${PAIRS:-3}}"); do
   echo "rypervisor, run $i:"; ROUNDS="${ROUNDS:-7}" "$ours" | grep '^|'
   echo "Firecracker, run $i:"; ROUNDS="${ROUNDS:-7}" "$peer" | grep '^|'
 done
