@@ -274,6 +274,23 @@ fn verify() {
     println!("verify: ok");
 }
 
+/// One step of a case: it moves the case's bytes and returns the time to count.
+type Step = Box<dyn FnMut() -> Duration>;
+
+/// The device's step for one case, with the directory holding its sockets.
+fn device_step(direction: &str, size: usize, batch: usize) -> (tempfile::TempDir, Step) {
+    match direction {
+        "guest → host" => {
+            let (d, s) = guest_to_host(size, batch);
+            (d, Box::new(s))
+        }
+        _ => {
+            let (d, s) = host_to_guest(size, batch);
+            (d, Box::new(s))
+        }
+    }
+}
+
 fn main() {
     let rounds: usize = std::env::var("ROUNDS")
         .ok()
@@ -291,16 +308,7 @@ fn main() {
                 if !label.contains(&only) {
                     continue;
                 }
-                let (_dir, mut step): (_, Box<dyn FnMut() -> Duration>) = match direction {
-                    "guest → host" => {
-                        let (d, s) = guest_to_host(size, batch);
-                        (d, Box::new(s))
-                    }
-                    _ => {
-                        let (d, s) = host_to_guest(size, batch);
-                        (d, Box::new(s))
-                    }
-                };
+                let (_dir, mut step) = device_step(direction, size, batch);
                 eprintln!("STEPS-START");
                 let mut t = Duration::ZERO;
                 for _ in 0..n {
@@ -330,16 +338,7 @@ fn main() {
             let per_packet_reads = direction == "host → guest";
             let mut floor_step = floor(size, batch, per_packet_reads, false);
             let mut floor_irq = floor(size, batch, per_packet_reads, true);
-            let (_dir, mut device_step): (_, Box<dyn FnMut() -> Duration>) = match direction {
-                "guest → host" => {
-                    let (d, s) = guest_to_host(size, batch);
-                    (d, Box::new(s))
-                }
-                _ => {
-                    let (d, s) = host_to_guest(size, batch);
-                    (d, Box::new(s))
-                }
-            };
+            let (_dir, mut device_step) = device_step(direction, size, batch);
             if let Ok(side) = std::env::var("PROFILE") {
                 let step: &mut dyn FnMut() -> Duration = match side.as_str() {
                     "floor" => &mut floor_step,
