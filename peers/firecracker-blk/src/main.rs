@@ -1,9 +1,10 @@
 //! Firecracker's own virtio-blk device (`vmm::devices::virtio::block::virtio::VirtioBlock`,
 //! its Sync file engine) at device level, no guest, no KVM: the peer of
-//! `crates/rypervisor/benches/block.rs`, which it mirrors (the same image in the page cache,
-//! memory layout, queue size, offsets, workloads, floors interleaved, and only the device's
-//! queue processing timed), driven by the same model driver (rypervisor's `DriverQueue`, on
-//! Firecracker's guest-memory type). Run both with `peers/run.sh blk`.
+//! `crates/rypervisor/benches/block.rs`, run in the same harness (its
+//! `benches/block_harness/mod.rs`: the image in the page cache, memory layout, offsets,
+//! workloads, floors and interleaved rounds) with the same queue size, only the device's
+//! queue processing timed, and driven by the same model driver (rypervisor's `DriverQueue`,
+//! on Firecracker's guest-memory type). Run both with `peers/run.sh blk`.
 //!
 //! Env: `ROUNDS=N` (default 7), `ONLY=text` (keep workloads whose name contains it),
 //! `EVENT_IDX=1` (negotiate VIRTIO_RING_F_EVENT_IDX; the model driver then asks for the next
@@ -11,14 +12,16 @@
 //! `VERIFY_ONLY=1` (run the correctness checks and exit), `BATCHES=N` (with `ONLY`: N device
 //! batches alone, for `strace -c`).
 
-use std::cell::Cell;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../../../crates/rypervisor/benches/block_harness/mod.rs"]
+mod block_harness;
+
+use block_harness::{image, rounds, run, Offsets, CASES, DATA, HEADERS, STATUS};
 use rypervisor::virtio::driver::{Buffer, DriverQueue};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 use vmm::devices::virtio::block::virtio::device::{FileEngineType, VirtioBlock, VirtioBlockConfig};
 use vmm::devices::virtio::block::CacheType;
 use vmm::devices::virtio::device::VirtioDevice;
@@ -27,62 +30,11 @@ use vmm::devices::virtio::transport::{VirtioInterrupt, VirtioInterruptType};
 use vmm::vstate::memory::GuestMemoryMmap as FcMem;
 use vmm_sys_util::eventfd::EventFd;
 
-const IMAGE: u64 = 64 << 20;
-const SPAN: Duration = Duration::from_millis(300);
-const HEADERS: u64 = 0x10_0000;
-const STATUS: u64 = 0x18_0000;
-const DATA: u64 = 0x20_0000;
 const RINGS: u64 = 0x1000;
 const QSIZE: u16 = 128;
 
 const VIRTIO_F_VERSION_1: u64 = 32;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 29;
-
-#[derive(Clone, Copy)]
-struct Rate {
-    iops: f64,
-    mbs: f64,
-    wall_iops: f64,
-    wall_mbs: f64,
-}
-
-fn measure(ops: usize, bytes: usize, mut step: impl FnMut() -> Duration) -> Rate {
-    let start = Instant::now();
-    let (mut n, mut counted) = (0u64, Duration::ZERO);
-    while counted < SPAN {
-        counted += step();
-        n += ops as u64;
-    }
-    let (c, wall) = (counted.as_secs_f64(), start.elapsed().as_secs_f64());
-    Rate {
-        iops: n as f64 / c,
-        mbs: n as f64 * bytes as f64 / c / 1e6,
-        wall_iops: n as f64 / wall,
-        wall_mbs: n as f64 * bytes as f64 / wall / 1e6,
-    }
-}
-
-fn median(v: &[Rate], key: impl Fn(&Rate) -> f64) -> f64 {
-    let mut v: Vec<f64> = v.iter().map(key).collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Random (xorshift) or, with a position, sequential offsets (as benches/block.rs).
-struct Offsets(u64, Option<u64>);
-
-impl Offsets {
-    fn next(&mut self, len: u64) -> u64 {
-        if let Some(at) = self.1 {
-            self.1 = Some((at + len) % IMAGE);
-            return at;
-        }
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % (IMAGE / len)) * len
-    }
-}
 
 struct Rig {
     mem: FcMem,
@@ -197,7 +149,7 @@ impl Rig {
     /// reaches the file, and one interrupt is raised per processed batch.
     fn verify(&mut self, file: &std::fs::File) {
         let _ = self.irq_evt().read(); // drain
-        let mut offs = Offsets(12345, None);
+        let mut offs = Offsets::new(false);
         for &(write, depth, len) in &[
             (false, 1usize, 4096u32),
             (false, 32, 4096),
@@ -219,7 +171,7 @@ impl Rig {
                         )
                         .unwrap();
                 }
-                let mut o2 = Offsets(offs.0, None);
+                let mut o2 = offs.clone();
                 self.offer_batch(write, depth, len, &mut offs);
                 self.dev.process_queue(0).unwrap();
                 let mut used = Vec::new();
@@ -264,20 +216,10 @@ impl Rig {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(7);
     let event_idx = std::env::var("EVENT_IDX").is_ok_and(|v| v == "1");
-    // Firecracker's device opens its image by path: a named temp file in the same temp dir as
-    // ours (tempfile::tempfile()), written fully (in the page cache, no holes).
-    let named = tempfile::NamedTempFile::new().unwrap();
+    // Firecracker's device opens its image by path.
+    let named = image();
     let file = named.as_file().try_clone().unwrap();
-    file.set_len(IMAGE).unwrap();
-    let chunk = vec![0x5au8; 1 << 20];
-    for at in (0..IMAGE).step_by(chunk.len()) {
-        file.write_all_at(&chunk, at).unwrap();
-    }
     let mut r = rig(named.path().to_str().unwrap(), event_idx);
     r.verify(&file);
     if std::env::var("VERIFY_ONLY").is_ok_and(|v| v == "1") {
@@ -290,97 +232,20 @@ fn main() {
         .and_then(|v| v.parse::<usize>().ok())
     {
         let only = std::env::var("ONLY").unwrap_or_default();
-        let (name, write, depth, len) = [
-            ("4 KiB random read, QD 1", false, 1usize, 4096u32),
-            ("4 KiB random read, QD 32", false, 32, 4096),
-            ("4 KiB random write, QD 1", true, 1, 4096),
-            ("4 KiB random write, QD 32", true, 32, 4096),
-            ("1 MiB sequential read", false, 1, 1 << 20),
-        ]
-        .into_iter()
-        .find(|c| c.0.contains(&only))
-        .unwrap();
-        let mut o = Offsets(7, None);
+        let (name, write, depth, len) = (CASES.into_iter())
+            .find(|c| c.0.contains(&only))
+            .expect("ONLY names a workload");
+        let mut o = Offsets::new(false);
         for _ in 0..n {
             r.batch(write, depth, len, &mut o);
         }
         println!("{name}: {n} batches, {} requests", n * depth);
         return;
     }
-    println!("EVENT_IDX: {event_idx}, rounds: {rounds}");
-    println!(
-        "| workload | pread/pwrite (floor) | Firecracker virtio-blk device | ratio | ratio to floor + interrupt | device + model driver | ratio |"
+    println!("EVENT_IDX: {event_idx}, rounds: {}", rounds());
+    run(
+        "Firecracker virtio-blk device",
+        &file,
+        |write, depth, len, offsets| r.batch(write, depth, len, offsets),
     );
-    println!("|---|---|---|---|---|---|---|");
-    let _ = std::io::stdout().flush();
-    let cases: [(&str, bool, usize, u32); 5] = [
-        ("4 KiB random read, QD 1", false, 1, 4096),
-        ("4 KiB random read, QD 32", false, 32, 4096),
-        ("4 KiB random write, QD 1", true, 1, 4096),
-        ("4 KiB random write, QD 32", true, 32, 4096),
-        ("1 MiB sequential read", false, 1, 1 << 20),
-    ];
-    let only = std::env::var("ONLY").unwrap_or_default();
-    for (name, write, depth, len) in cases.into_iter().filter(|c| c.0.contains(&only)) {
-        let sequential = len == 1 << 20;
-        let floor_mem =
-            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
-        let host = GuestMemoryBackend::get_host_address(&floor_mem, GuestAddress(DATA)).unwrap();
-        // SAFETY: the mapping is 8 MiB, DATA + 32 × 4 KiB or 1 MiB lies inside it, and it
-        // outlives `buf`; nothing else uses it.
-        let buf = unsafe { std::slice::from_raw_parts_mut(host, len as usize * depth) };
-        let start = sequential.then_some(0);
-        let (mut fo, mut d_off) = (Offsets(7, start), Offsets(7, start));
-        let (interrupt, irq) = (Cell::new(false), EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let mut floor = || {
-            let start = Instant::now();
-            for i in 0..depth {
-                let at = fo.next(u64::from(len));
-                let b = &mut buf[i * len as usize..(i + 1) * len as usize];
-                if write {
-                    file.write_all_at(b, at).unwrap();
-                } else {
-                    file.read_exact_at(b, at).unwrap();
-                }
-            }
-            if interrupt.get() {
-                irq.write(1).unwrap();
-            }
-            start.elapsed()
-        };
-        let mut device = || r.batch(write, depth, len, &mut d_off);
-        let (mut f, mut fi, mut d) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let mut floor_pair = |plain: bool| {
-                interrupt.set(!plain);
-                let v = if plain { &mut f } else { &mut fi };
-                v.push(measure(depth, len as usize, &mut floor));
-            };
-            if round % 2 == 0 {
-                floor_pair(true);
-                floor_pair(false);
-                d.push(measure(depth, len as usize, &mut device));
-            } else {
-                d.push(measure(depth, len as usize, &mut device));
-                floor_pair(false);
-                floor_pair(true);
-            }
-        }
-        let show = |iops: f64, mbs: f64| match sequential {
-            true => format!("{mbs:.0} MB/s"),
-            false => format!("{:.0}k IOPS", iops / 1000.0),
-        };
-        let (floor_iops, floor_irq) = (median(&f, |r| r.iops), median(&fi, |r| r.iops));
-        let (iops, wall) = (median(&d, |r| r.iops), median(&d, |r| r.wall_iops));
-        println!(
-            "| {name} | {} | {} | **{:.2}×** | {:.2}× | {} | {:.2}× |",
-            show(floor_iops, median(&f, |r| r.mbs)),
-            show(iops, median(&d, |r| r.mbs)),
-            iops / floor_iops,
-            iops / floor_irq,
-            show(wall, median(&d, |r| r.wall_mbs)),
-            wall / floor_iops
-        );
-        let _ = std::io::stdout().flush();
-    }
 }
