@@ -1,9 +1,10 @@
 //! Firecracker's own virtio-vsock device with its Unix-socket backend (hybrid vsock:
 //! `vmm::devices::virtio::vsock::{Vsock, VsockUnixBackend}`, the muxer and its connection
 //! state machine) at device level, no guest, no KVM: the peer of rypervisor's
-//! `crates/rypervisor/benches/vsock.rs`, which it mirrors case for case (same memory layout,
-//! queue size, 64 RX buffers, TX chains of header + payload descriptors, CREDIT_UPDATE every
-//! 128 KiB, floors interleaved, same table). The model guest driver (`guest.rs`) is
+//! `crates/rypervisor/benches/vsock.rs`, run in the same harness (its
+//! `benches/vsock_harness/mod.rs`: cases, floors, interleaved rounds, table) with the same
+//! memory layout, queue size, 64 RX buffers, TX chains of header + payload descriptors and
+//! CREDIT_UPDATE every 128 KiB. The model guest driver (`guest.rs`) is
 //! rypervisor's `virtio::vsock::model::GuestDriver` re-written over `DriverQueue<FcMem>` for
 //! Firecracker's device. Run both with `peers/run.sh vsock`.
 //!
@@ -25,71 +26,16 @@ use std::time::{Duration, Instant};
 use rypervisor::virtio::vsock::packet::{
     Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
 };
-use vmm_sys_util::eventfd::EventFd;
 
 mod guest;
+#[path = "../../../crates/rypervisor/benches/vsock_harness/mod.rs"]
+mod vsock_harness;
+
 use guest::FcGuest;
 use rypervisor::virtio::vsock::unix::port_path;
+use vsock_harness::{run, Step, CASES};
 
-const SPAN: Duration = Duration::from_millis(300);
-const BATCH: usize = 8;
 pub const HOST_CID: u64 = 2;
-
-#[derive(Clone, Copy)]
-struct Rate {
-    mbs: f64,
-    wall_mbs: f64,
-}
-
-fn throughput(bytes: usize, mut step: impl FnMut() -> Duration) -> Rate {
-    let start = Instant::now();
-    let (mut n, mut counted) = (0u64, Duration::ZERO);
-    while counted < SPAN {
-        counted += step();
-        n += 1;
-    }
-    let moved = n as f64 * bytes as f64 / 1e6;
-    Rate {
-        mbs: moved / counted.as_secs_f64(),
-        wall_mbs: moved / start.elapsed().as_secs_f64(),
-    }
-}
-
-fn median(v: &[Rate], key: impl Fn(&Rate) -> f64) -> f64 {
-    let mut v: Vec<f64> = v.iter().map(key).collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The floor, identical to ours.
-fn floor(
-    size: usize,
-    batch: usize,
-    per_packet_reads: bool,
-    interrupt: bool,
-) -> impl FnMut() -> Duration {
-    let (mut a, mut b) = UnixStream::pair().unwrap();
-    let data = vec![0x5au8; size];
-    let mut buf = vec![0u8; size * batch];
-    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    move || {
-        let start = Instant::now();
-        for _ in 0..batch {
-            a.write_all(&data).unwrap();
-        }
-        if per_packet_reads {
-            for chunk in buf.chunks_mut(size) {
-                b.read_exact(chunk).unwrap();
-            }
-        } else {
-            b.read_exact(&mut buf).unwrap();
-        }
-        if interrupt {
-            irq.write(1).unwrap();
-        }
-        start.elapsed()
-    }
-}
 
 /// A guest connected to the host's port 5000 (a listener at `<uds>_5000`).
 fn connected(size: u32) -> (tempfile::TempDir, FcGuest, UnixStream) {
@@ -274,9 +220,6 @@ fn verify() {
     println!("verify: ok");
 }
 
-/// One step of a case: it moves the case's bytes and returns the time to count.
-type Step = Box<dyn FnMut() -> Duration>;
-
 /// The device's step for one case, with the directory holding its sockets.
 fn device_step(direction: &str, size: usize, batch: usize) -> (tempfile::TempDir, Step) {
     match direction {
@@ -292,17 +235,13 @@ fn device_step(direction: &str, size: usize, batch: usize) -> (tempfile::TempDir
 }
 
 fn main() {
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(7);
     let only = std::env::var("ONLY").unwrap_or_default();
     if let Some(n) = std::env::var("STEPS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
         // N device steps of the first matching case alone (for strace -c).
-        for (size, batch) in [(4 << 10, 1), (4 << 10, BATCH), (64 << 10, 1), (64 << 10, 2)] {
+        for (size, batch) in CASES {
             for direction in ["guest → host", "host → guest"] {
                 let label = format!("{direction} {}K×{batch}", size >> 10);
                 if !label.contains(&only) {
@@ -324,55 +263,5 @@ fn main() {
     if std::env::var("VERIFY_ONLY").is_ok_and(|v| v == "1") {
         return;
     }
-    println!(
-        "| direction | payload | packets per kick | socket pair (floor) | Firecracker vsock device | ratio | ratio to floor + interrupt | device + model driver | ratio |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (size, batch) in [(4 << 10, 1), (4 << 10, BATCH), (64 << 10, 1), (64 << 10, 2)] {
-        for direction in ["guest → host", "host → guest"] {
-            let label = format!("{direction} {}K×{batch}", size >> 10);
-            if !label.contains(&only) {
-                continue;
-            }
-            let bytes = size * batch;
-            let per_packet_reads = direction == "host → guest";
-            let mut floor_step = floor(size, batch, per_packet_reads, false);
-            let mut floor_irq = floor(size, batch, per_packet_reads, true);
-            let (_dir, mut device_step) = device_step(direction, size, batch);
-            if let Ok(side) = std::env::var("PROFILE") {
-                let step: &mut dyn FnMut() -> Duration = match side.as_str() {
-                    "floor" => &mut floor_step,
-                    _ => &mut device_step,
-                };
-                let mbs = throughput(bytes, step).mbs;
-                println!(
-                    "| {direction} | {} KiB | {batch} | {side} alone: {mbs:.0} MB/s |",
-                    size >> 10
-                );
-                continue;
-            }
-            let (mut f, mut fi, mut d) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..rounds {
-                if round % 2 == 0 {
-                    f.push(throughput(bytes, &mut floor_step));
-                    fi.push(throughput(bytes, &mut floor_irq));
-                    d.push(throughput(bytes, &mut device_step));
-                } else {
-                    d.push(throughput(bytes, &mut device_step));
-                    fi.push(throughput(bytes, &mut floor_irq));
-                    f.push(throughput(bytes, &mut floor_step));
-                }
-            }
-            let (floor_mbs, irq_mbs) = (median(&f, |r| r.mbs), median(&fi, |r| r.mbs));
-            let (mbs, wall) = (median(&d, |r| r.mbs), median(&d, |r| r.wall_mbs));
-            println!(
-                "| {direction} | {} KiB | {batch} | {floor_mbs:.0} MB/s | {mbs:.0} MB/s | **{:.2}×** | {:.2}× | {wall:.0} MB/s | {:.2}× |",
-                size >> 10,
-                mbs / floor_mbs,
-                mbs / irq_mbs,
-                wall / floor_mbs
-            );
-            let _ = std::io::stdout().flush();
-        }
-    }
+    run("Firecracker vsock device", device_step);
 }
