@@ -8,7 +8,7 @@
 //! avail ring; a benchmark needs buffers that come and go, so this one keeps a free list.
 
 use virtio_bindings::virtio_ring::{
-    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
@@ -35,6 +35,8 @@ pub struct DriverQueue<M: GuestMemory + Clone = GuestMemoryMmap> {
     used: u64,
     avail_idx: u16,
     used_seen: u16,
+    /// `avail_idx` when [`Self::needs_kick`] last looked.
+    kicked_at: u16,
     free: Vec<u16>,
 }
 
@@ -53,6 +55,7 @@ impl<M: GuestMemory + Clone> DriverQueue<M> {
             used,
             avail_idx: 0,
             used_seen: 0,
+            kicked_at: 0,
             free: (0..size).rev().collect(),
         }
     }
@@ -75,6 +78,25 @@ impl<M: GuestMemory + Clone> DriverQueue<M> {
     pub fn want_next_used(&mut self) {
         let at = GuestAddress(self.avail + 4 + 2 * u64::from(self.size));
         let _ = self.mem.write_obj(self.used_seen, at);
+    }
+
+    /// Whether the device wants a kick for the chains offered since the last call, as
+    /// Linux's `virtqueue_kick_prepare` decides: with EVENT_IDX, when the avail index passed
+    /// the `avail_event` the device wrote (after the used ring); without, unless the device
+    /// set `VRING_USED_F_NO_NOTIFY`. A driver that kicks only then finds a device that asks
+    /// for no kick and then waits for one (a stall).
+    pub fn needs_kick(&mut self, event_idx: bool) -> bool {
+        let (old, new) = (self.kicked_at, self.avail_idx);
+        self.kicked_at = new;
+        if event_idx {
+            let at = GuestAddress(self.used + 4 + 8 * u64::from(self.size));
+            let event: u16 = self.mem.read_obj(at).unwrap_or(old);
+            // vring_need_event: the device's mark lies in (old, new].
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            let flags: u16 = self.mem.read_obj(GuestAddress(self.used)).unwrap_or(0);
+            flags & VRING_USED_F_NO_NOTIFY as u16 == 0
+        }
     }
 
     /// The device's view of the queue, set up and ready (as after the driver's QUEUE_READY).
@@ -228,6 +250,41 @@ mod tests {
                 used_one(&mut d, &mut q),
                 !event_idx,
                 "event_idx {event_idx}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_driver_kicks_only_when_the_device_asked() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let buf = Buffer {
+            addr: 0x8000,
+            len: 1,
+            writable: true,
+        };
+        for event_idx in [false, true] {
+            let mut d = DriverQueue::new(&mem, 8, 0x1000);
+            let mut q = d.device_queue(event_idx);
+            d.offer(&[buf]).unwrap();
+            assert!(
+                d.needs_kick(event_idx),
+                "event_idx {event_idx}: a fresh queue"
+            );
+            // The device at work: no kicks wanted (with EVENT_IDX, its mark stays behind).
+            q.disable_notification(&mem).unwrap();
+            d.offer(&[buf]).unwrap();
+            assert!(
+                !d.needs_kick(event_idx),
+                "event_idx {event_idx}: while serving"
+            );
+            // Done, it asks for the next one; a chain offered after that wants a kick.
+            while q.pop_descriptor_chain(&mem).is_some() {}
+            q.enable_notification(&mem).unwrap();
+            assert!(d.needs_kick(event_idx) != event_idx, "nothing new offered");
+            d.offer(&[buf]).unwrap();
+            assert!(
+                d.needs_kick(event_idx),
+                "event_idx {event_idx}: after enabling"
             );
         }
     }

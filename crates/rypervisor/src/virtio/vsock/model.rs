@@ -41,6 +41,8 @@ pub struct GuestDriver {
     /// The device's interrupt line.
     pub irq: EventFd,
     interrupt: Arc<Interrupt>,
+    /// The rings follow VIRTIO_RING_F_EVENT_IDX (as Linux negotiates it when offered).
+    event_idx: bool,
     /// Time spent inside the device's queue and socket handlers (what its event-loop thread
     /// would spend), apart from the model driver's own work.
     pub device_time: Duration,
@@ -55,9 +57,22 @@ impl std::fmt::Debug for GuestDriver {
 }
 
 impl GuestDriver {
-    /// A device listening on `path`, activated with EVENT_IDX off, its RX queue given
-    /// buffers of `rx_payload` payload bytes (Linux uses 4 KiB) after the header.
+    /// A device listening on `path`, activated with EVENT_IDX as Linux's driver negotiates
+    /// it, its RX queue given buffers of `rx_payload` payload bytes (Linux uses 4 KiB) after
+    /// the header.
     pub fn new(cid: u64, path: PathBuf, rx_payload: u32) -> Result<Self, VsockError> {
+        Self::with_event_idx(cid, path, rx_payload, true)
+    }
+
+    /// [`Self::new`], the rings following EVENT_IDX or not. Either way the driver kicks only
+    /// when the device asked for a kick ([`DriverQueue::needs_kick`]) and, with EVENT_IDX,
+    /// asks for the next interrupt once it has drained a used ring, as Linux's does.
+    pub fn with_event_idx(
+        cid: u64,
+        path: PathBuf,
+        rx_payload: u32,
+        event_idx: bool,
+    ) -> Result<Self, VsockError> {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)])
             .expect("model memory");
         let mut device = Vsock::new(cid, path)?;
@@ -69,8 +84,12 @@ impl GuestDriver {
         let interrupt = Arc::new(Interrupt::new(irq.try_clone().expect("an eventfd clone")));
         device.activate(Active {
             mem: mem.clone(),
-            queues: queues.iter().map(|q| q.device_queue(false)).collect(),
-            features: 0,
+            queues: queues.iter().map(|q| q.device_queue(event_idx)).collect(),
+            features: if event_idx {
+                1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX
+            } else {
+                0
+            },
             interrupt: interrupt.clone(),
         });
         let [rx, tx, _events]: [DriverQueue; 3] = queues.try_into().expect("three queues");
@@ -95,15 +114,37 @@ impl GuestDriver {
             tx_free,
             irq,
             interrupt,
+            event_idx,
             device_time: Duration::ZERO,
         };
         driver.refill_rx();
-        driver.queue(TX); // the activation's kick
+        driver.want_interrupts();
+        driver.serve(TX); // the activation's kick
         Ok(driver)
     }
 
-    /// Kicks queue `q`: the device serves it.
+    /// Kicks queue `q` if the device asked for a kick for what was offered since the last.
     fn queue(&mut self, q: usize) {
+        let wanted = match q {
+            RX => self.rx.needs_kick(self.event_idx),
+            _ => self.tx.needs_kick(self.event_idx),
+        };
+        if wanted {
+            self.serve(q);
+        }
+    }
+
+    /// With EVENT_IDX, asks for an interrupt at the next used buffer of each queue (what
+    /// Linux's `virtqueue_enable_cb` does once a used ring is drained).
+    fn want_interrupts(&mut self) {
+        if self.event_idx {
+            self.rx.want_next_used();
+            self.tx.want_next_used();
+        }
+    }
+
+    /// The device serves queue `q` (a kick).
+    fn serve(&mut self, q: usize) {
         let start = Instant::now();
         self.device.process_queue(q);
         self.device_time += start.elapsed();
@@ -218,6 +259,7 @@ impl GuestDriver {
             }
             self.rx_free.push(addr);
         }
+        self.want_interrupts();
         self.refill_rx();
         if !got.is_empty() {
             self.queue(RX);
@@ -291,6 +333,7 @@ impl GuestDriver {
                 self.tx_free.push(addr);
             }
         }
+        self.want_interrupts();
     }
 
     /// The address of a chain's first descriptor (still in the table after its use).
@@ -327,6 +370,7 @@ impl GuestDriver {
             }
             self.rx_free.push(addr);
         }
+        self.want_interrupts();
         self.refill_rx();
         if !got.is_empty() {
             self.queue(RX); // the driver's kick after refilling

@@ -14,6 +14,11 @@ fn driver(dir: &tempfile::TempDir) -> GuestDriver {
     GuestDriver::new(3, dir.path().join("v.sock"), 4096).unwrap()
 }
 
+/// A driver with EVENT_IDX (as Linux's) or without (the flags in the rings).
+fn driver_with(dir: &tempfile::TempDir, event_idx: bool) -> GuestDriver {
+    GuestDriver::with_event_idx(3, dir.path().join("v.sock"), 4096, event_idx).unwrap()
+}
+
 fn host_connect(dir: &tempfile::TempDir, line: &[u8]) -> UnixStream {
     let mut s = UnixStream::connect(dir.path().join("v.sock")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -51,63 +56,69 @@ fn established(g: &mut GuestDriver, dir: &tempfile::TempDir, port: u32) -> (Unix
 
 #[test]
 fn a_host_program_reaches_a_guest_port_and_bytes_flow_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = driver(&dir);
-    let (mut host, hport) = established(&mut g, &dir, 1234);
-    host.write_all(b"ping").unwrap();
-    let got = until(&mut g, OP_RW);
-    let (h, data) = got.iter().find(|(h, _)| h.op == OP_RW).unwrap();
-    assert_eq!(data, b"ping");
-    let (len, buf_alloc) = (h.len, h.buf_alloc);
-    assert_eq!((len, buf_alloc), (4, super::credit::HOST_BUF_ALLOC));
-    let mut rw = g.header(OP_RW, 1234, hport, 4);
-    rw.fwd_cnt = 4;
-    g.send(rw, b"pong");
-    let mut back = [0u8; 4];
-    host.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"pong");
-    // The host program closes: the guest hears SHUTDOWN, closes too, and gets its RST.
-    drop(host);
-    let got = until(&mut g, OP_SHUTDOWN);
-    let flags = got
-        .iter()
-        .find(|(h, _)| h.op == OP_SHUTDOWN)
-        .unwrap()
-        .0
-        .flags;
-    assert_eq!(flags & SHUTDOWN_SEND, SHUTDOWN_SEND);
-    let mut bye = g.header(OP_SHUTDOWN, 1234, hport, 0);
-    bye.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
-    g.send(bye, &[]);
-    until(&mut g, OP_RST);
-    assert_eq!(g.device.connections(), 0);
+    // Both ways a driver may ask for kicks and interrupts.
+    for event_idx in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = driver_with(&dir, event_idx);
+        let (mut host, hport) = established(&mut g, &dir, 1234);
+        host.write_all(b"ping").unwrap();
+        let got = until(&mut g, OP_RW);
+        let (h, data) = got.iter().find(|(h, _)| h.op == OP_RW).unwrap();
+        assert_eq!(data, b"ping");
+        let (len, buf_alloc) = (h.len, h.buf_alloc);
+        assert_eq!((len, buf_alloc), (4, super::credit::HOST_BUF_ALLOC));
+        let mut rw = g.header(OP_RW, 1234, hport, 4);
+        rw.fwd_cnt = 4;
+        g.send(rw, b"pong");
+        let mut back = [0u8; 4];
+        host.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"pong");
+        // The host program closes: the guest hears SHUTDOWN, closes too, and gets its RST.
+        drop(host);
+        let got = until(&mut g, OP_SHUTDOWN);
+        let flags = got
+            .iter()
+            .find(|(h, _)| h.op == OP_SHUTDOWN)
+            .unwrap()
+            .0
+            .flags;
+        assert_eq!(flags & SHUTDOWN_SEND, SHUTDOWN_SEND);
+        let mut bye = g.header(OP_SHUTDOWN, 1234, hport, 0);
+        bye.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+        g.send(bye, &[]);
+        until(&mut g, OP_RST);
+        assert_eq!(g.device.connections(), 0);
+    }
 }
 
 #[test]
 fn a_guest_reaches_path_underscore_port_or_is_reset() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = driver(&dir);
-    let listener = UnixListener::bind(port_path(&dir.path().join("v.sock"), 5000)).unwrap();
-    g.send(g.header(OP_REQUEST, 40000, 5000, 0), &[]);
-    let got = g.collect();
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!({ got[0].0.op }, OP_RESPONSE);
-    let (mut peer, _) = listener.accept().unwrap();
-    g.send(g.header(OP_RW, 40000, 5000, 5), b"hello");
-    let mut got = [0u8; 5];
-    peer.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"hello");
-    // Nobody listens on PATH_5001: RST at once.
-    g.send(g.header(OP_REQUEST, 40001, 5001, 0), &[]);
-    let got = g.collect();
-    assert_eq!({ got[0].0.op }, OP_RST);
-    let (sp, dp) = (got[0].0.src_port, got[0].0.dst_port);
-    assert_eq!((sp, dp), (5001, 40001));
-    // A packet for no connection: RST; an RST for none: nothing.
-    g.send(g.header(OP_RW, 40002, 5000, 1), b"x");
-    assert_eq!({ g.collect()[0].0.op }, OP_RST);
-    g.send(g.header(OP_RST, 40003, 5000, 0), &[]);
-    assert!(g.collect().is_empty());
+    // Both ways a driver may ask for kicks and interrupts.
+    for event_idx in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = driver_with(&dir, event_idx);
+        let listener = UnixListener::bind(port_path(&dir.path().join("v.sock"), 5000)).unwrap();
+        g.send(g.header(OP_REQUEST, 40000, 5000, 0), &[]);
+        let got = g.collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!({ got[0].0.op }, OP_RESPONSE);
+        let (mut peer, _) = listener.accept().unwrap();
+        g.send(g.header(OP_RW, 40000, 5000, 5), b"hello");
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // Nobody listens on PATH_5001: RST at once.
+        g.send(g.header(OP_REQUEST, 40001, 5001, 0), &[]);
+        let got = g.collect();
+        assert_eq!({ got[0].0.op }, OP_RST);
+        let (sp, dp) = (got[0].0.src_port, got[0].0.dst_port);
+        assert_eq!((sp, dp), (5001, 40001));
+        // A packet for no connection: RST; an RST for none: nothing.
+        g.send(g.header(OP_RW, 40002, 5000, 1), b"x");
+        assert_eq!({ g.collect()[0].0.op }, OP_RST);
+        g.send(g.header(OP_RST, 40003, 5000, 0), &[]);
+        assert!(g.collect().is_empty());
+    }
 }
 
 #[test]
@@ -153,75 +164,81 @@ fn bad_connect_lines_close_the_host_connection_and_harm_nothing() {
 
 #[test]
 fn a_slow_guest_reader_stops_the_host_writer_instead_of_growing_buffers() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = driver(&dir);
-    let mut host = host_connect(&dir, b"CONNECT 9\n");
-    let req = until(&mut g, OP_REQUEST)[0].0;
-    let mut resp = req.reply(OP_RESPONSE);
-    resp.buf_alloc = 16 << 10; // the guest can hold 16 KiB
-    g.send(resp, &[]);
-    let mut ok = [0u8; 14];
-    host.read_exact(&mut ok).unwrap();
-    host.set_nonblocking(true).unwrap();
-    let chunk = vec![0x5au8; 64 << 10];
-    let payload = |got: Vec<(Header, Vec<u8>)>| -> usize {
-        (got.iter().filter(|(h, _)| h.op == OP_RW))
-            .map(|(_, d)| d.len())
-            .sum()
-    };
-    let (mut written, mut delivered) = (0, 0);
-    for _ in 0..64 {
-        match host.write(&chunk) {
-            Ok(n) => written += n,
-            Err(_) => break,
+    // Both ways a driver may ask for kicks and interrupts.
+    for event_idx in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = driver_with(&dir, event_idx);
+        let mut host = host_connect(&dir, b"CONNECT 9\n");
+        let req = until(&mut g, OP_REQUEST)[0].0;
+        let mut resp = req.reply(OP_RESPONSE);
+        resp.buf_alloc = 16 << 10; // the guest can hold 16 KiB
+        g.send(resp, &[]);
+        let mut ok = [0u8; 14];
+        host.read_exact(&mut ok).unwrap();
+        host.set_nonblocking(true).unwrap();
+        let chunk = vec![0x5au8; 64 << 10];
+        let payload = |got: Vec<(Header, Vec<u8>)>| -> usize {
+            (got.iter().filter(|(h, _)| h.op == OP_RW))
+                .map(|(_, d)| d.len())
+                .sum()
+        };
+        let (mut written, mut delivered) = (0, 0);
+        for _ in 0..64 {
+            match host.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+            delivered += payload(g.receive());
         }
-        delivered += payload(g.receive());
+        for _ in 0..20 {
+            delivered += payload(g.receive());
+        }
+        assert_eq!(delivered, 16 << 10, "exactly the guest's credit");
+        assert!(written > delivered, "the rest waits in the host socket");
+        assert!(
+            written < 4 << 20,
+            "and the host writer was stopped ({written} bytes)"
+        );
+        // The guest reads and says so: more flows.
+        let mut update = req.reply(OP_CREDIT_UPDATE);
+        update.buf_alloc = 16 << 10;
+        update.fwd_cnt = 16 << 10;
+        g.send(update, &[]);
+        let more = payload(until(&mut g, OP_RW));
+        assert!(more > 0 && more <= 16 << 10);
     }
-    for _ in 0..20 {
-        delivered += payload(g.receive());
-    }
-    assert_eq!(delivered, 16 << 10, "exactly the guest's credit");
-    assert!(written > delivered, "the rest waits in the host socket");
-    assert!(
-        written < 4 << 20,
-        "and the host writer was stopped ({written} bytes)"
-    );
-    // The guest reads and says so: more flows.
-    let mut update = req.reply(OP_CREDIT_UPDATE);
-    update.buf_alloc = 16 << 10;
-    update.fwd_cnt = 16 << 10;
-    g.send(update, &[]);
-    let more = payload(until(&mut g, OP_RW));
-    assert!(more > 0 && more <= 16 << 10);
 }
 
 #[test]
 fn sixty_four_connections_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = driver(&dir);
-    let mut hosts: Vec<(UnixStream, u32, u32)> = (0..64)
-        .map(|i| {
-            let (h, hp) = established(&mut g, &dir, 100 + i);
-            (h, hp, 100 + i)
-        })
-        .collect();
-    assert_eq!(g.device.connections(), 64);
-    for (host, _, port) in &mut hosts {
-        host.write_all(format!("to {port}").as_bytes()).unwrap();
-    }
-    let mut seen = std::collections::HashMap::new();
-    for _ in 0..50 {
-        for (h, data) in g.receive() {
-            if h.op == OP_RW {
-                seen.insert(h.dst_port, data);
+    // Both ways a driver may ask for kicks and interrupts.
+    for event_idx in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = driver_with(&dir, event_idx);
+        let mut hosts: Vec<(UnixStream, u32, u32)> = (0..64)
+            .map(|i| {
+                let (h, hp) = established(&mut g, &dir, 100 + i);
+                (h, hp, 100 + i)
+            })
+            .collect();
+        assert_eq!(g.device.connections(), 64);
+        for (host, _, port) in &mut hosts {
+            host.write_all(format!("to {port}").as_bytes()).unwrap();
+        }
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..50 {
+            for (h, data) in g.receive() {
+                if h.op == OP_RW {
+                    seen.insert(h.dst_port, data);
+                }
+            }
+            if seen.len() == 64 {
+                break;
             }
         }
-        if seen.len() == 64 {
-            break;
+        for (_, _, port) in &hosts {
+            assert_eq!(seen[port], format!("to {port}").as_bytes());
         }
-    }
-    for (_, _, port) in &hosts {
-        assert_eq!(seen[port], format!("to {port}").as_bytes());
     }
 }
 
@@ -322,97 +339,104 @@ fn vsock_specs_parse_or_say_what_is_wrong() {
 
 #[test]
 fn one_read_of_the_host_stream_fills_several_rx_buffers_each_a_packet_of_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = driver(&dir); // 4 KiB RX buffers
-    let (mut host, hport) = established(&mut g, &dir, 1234);
-    let mut sent = Vec::new();
-    for (round, size) in [1usize, 4096, 4097, 10_000, 50_000, 3]
-        .into_iter()
-        .enumerate()
-    {
-        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + round) as u8).collect();
-        host.write_all(&bytes).unwrap();
-        sent.extend(bytes);
-    }
-    let mut got = Vec::new();
-    let mut packets = 0u64;
-    for _ in 0..200 {
-        for (h, data) in g.receive() {
-            assert_eq!({ h.op }, OP_RW);
-            let (len, dst, src) = (h.len, h.dst_port, h.src_port);
-            assert_eq!((len as usize, dst, src), (data.len(), 1234, hport));
-            assert!(data.len() <= 4096 && !data.is_empty());
-            got.extend(data);
-            packets += 1;
+    // Both ways a driver may ask for kicks and interrupts.
+    for event_idx in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = driver_with(&dir, event_idx); // 4 KiB RX buffers
+        let (mut host, hport) = established(&mut g, &dir, 1234);
+        let mut sent = Vec::new();
+        for (round, size) in [1usize, 4096, 4097, 10_000, 50_000, 3]
+            .into_iter()
+            .enumerate()
+        {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + round) as u8).collect();
+            host.write_all(&bytes).unwrap();
+            sent.extend(bytes);
         }
-        if got.len() == sent.len() {
-            break;
-        }
-    }
-    assert!(got == sent, "every byte once, in order");
-    assert!(packets >= sent.len().div_ceil(4096) as u64);
-    assert_eq!(
-        g.device.stats.rx,
-        1 + packets,
-        "the REQUEST, then one per RW"
-    );
-    // Buffers offered to a read and not filled go back to the queue: 100 small writes, each
-    // read into one of two buffers offered, would otherwise run the 64 buffers out.
-    let mut told = 0u32;
-    for round in 0..100u8 {
-        host.write_all(&[round; 100]).unwrap();
-        let mut n = 0;
-        for _ in 0..100 {
+        let mut got = Vec::new();
+        let mut packets = 0u64;
+        for _ in 0..200 {
             for (h, data) in g.receive() {
-                assert!({ h.op } == OP_RW && data.iter().all(|&b| b == round));
-                n += data.len();
+                assert_eq!({ h.op }, OP_RW);
+                let (len, dst, src) = (h.len, h.dst_port, h.src_port);
+                assert_eq!((len as usize, dst, src), (data.len(), 1234, hport));
+                assert!(data.len() <= 4096 && !data.is_empty());
+                got.extend(data);
+                packets += 1;
             }
-            if n == 100 {
+            if got.len() == sent.len() {
                 break;
             }
         }
-        assert_eq!(n, 100, "round {round}: the bytes arrived");
-        told += 100;
-        let mut update = g.header(OP_CREDIT_UPDATE, 1234, hport, 0);
-        update.fwd_cnt = sent.len() as u32 + told;
-        g.send(update, &[]);
+        assert!(got == sent, "every byte once, in order");
+        assert!(packets >= sent.len().div_ceil(4096) as u64);
+        assert_eq!(
+            g.device.stats.rx,
+            1 + packets,
+            "the REQUEST, then one per RW"
+        );
+        // Buffers offered to a read and not filled go back to the queue: 100 small writes, each
+        // read into one of two buffers offered, would otherwise run the 64 buffers out.
+        let mut told = 0u32;
+        for round in 0..100u8 {
+            host.write_all(&[round; 100]).unwrap();
+            let mut n = 0;
+            for _ in 0..100 {
+                for (h, data) in g.receive() {
+                    assert!({ h.op } == OP_RW && data.iter().all(|&b| b == round));
+                    n += data.len();
+                }
+                if n == 100 {
+                    break;
+                }
+            }
+            assert_eq!(n, 100, "round {round}: the bytes arrived");
+            told += 100;
+            let mut update = g.header(OP_CREDIT_UPDATE, 1234, hport, 0);
+            update.fwd_cnt = sent.len() as u32 + told;
+            g.send(update, &[]);
+        }
+        // ... and all 64 are still there: 32 KiB arrive in one turn of the event loop.
+        host.write_all(&[7u8; 32 << 10]).unwrap();
+        let got: usize = g.receive().iter().map(|(_, data)| data.len()).sum();
+        assert_eq!(got, 32 << 10);
     }
-    // ... and all 64 are still there: 32 KiB arrive in one turn of the event loop.
-    host.write_all(&[7u8; 32 << 10]).unwrap();
-    let got: usize = g.receive().iter().map(|(_, data)| data.len()).sum();
-    assert_eq!(got, 32 << 10);
 }
 
 #[test]
 fn a_connections_payloads_in_one_kick_reach_its_stream_in_order_around_other_packets() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = driver(&dir);
-    let (mut a, ap) = established(&mut g, &dir, 1);
-    let (mut b, bp) = established(&mut g, &dir, 2);
-    let rw =
-        |g: &GuestDriver, port, hport, data: &[u8]| g.header(OP_RW, port, hport, data.len() as u32);
-    let mut shut = g.header(OP_SHUTDOWN, 1, ap, 0);
-    shut.flags = SHUTDOWN_SEND;
-    let batch = [
-        (rw(&g, 1, ap, b"a1"), &b"a1"[..]),
-        (rw(&g, 1, ap, b"a22"), &b"a22"[..]),
-        (rw(&g, 2, bp, b"b1"), &b"b1"[..]),
-        (rw(&g, 1, ap, b"a3"), &b"a3"[..]),
-        (shut, &b""[..]),
-        (rw(&g, 2, bp, b"b22"), &b"b22"[..]),
-    ];
-    g.send_batch(&batch);
-    let mut all = String::new();
-    a.read_to_string(&mut all).unwrap(); // then EOF: the SHUTDOWN came after the bytes
-    assert_eq!(all, "a1a22a3");
-    let mut got = [0u8; 5];
-    b.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"b1b22");
-    assert_eq!(
-        g.device.stats.tx,
-        2 + 6,
-        "two RESPONSEs, then every packet of the batch"
-    );
+    // Both ways a driver may ask for kicks and interrupts.
+    for event_idx in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = driver_with(&dir, event_idx);
+        let (mut a, ap) = established(&mut g, &dir, 1);
+        let (mut b, bp) = established(&mut g, &dir, 2);
+        let rw = |g: &GuestDriver, port, hport, data: &[u8]| {
+            g.header(OP_RW, port, hport, data.len() as u32)
+        };
+        let mut shut = g.header(OP_SHUTDOWN, 1, ap, 0);
+        shut.flags = SHUTDOWN_SEND;
+        let batch = [
+            (rw(&g, 1, ap, b"a1"), &b"a1"[..]),
+            (rw(&g, 1, ap, b"a22"), &b"a22"[..]),
+            (rw(&g, 2, bp, b"b1"), &b"b1"[..]),
+            (rw(&g, 1, ap, b"a3"), &b"a3"[..]),
+            (shut, &b""[..]),
+            (rw(&g, 2, bp, b"b22"), &b"b22"[..]),
+        ];
+        g.send_batch(&batch);
+        let mut all = String::new();
+        a.read_to_string(&mut all).unwrap(); // then EOF: the SHUTDOWN came after the bytes
+        assert_eq!(all, "a1a22a3");
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"b1b22");
+        assert_eq!(
+            g.device.stats.tx,
+            2 + 6,
+            "two RESPONSEs, then every packet of the batch"
+        );
+    }
 }
 
 /// Attached to a running event loop, the device's listener, CONNECT lines and timer are
