@@ -118,7 +118,8 @@ pub const CASES: [(&str, bool, usize, u32); 5] = [
     ("1 MiB sequential read", false, 1, 1 << 20),
 ];
 
-/// Runs every workload (those whose name contains `ONLY`) against the floors on `file`,
+/// Runs every workload (those whose name contains `ONLY`) against the floors on `file`
+/// (with `PROFILE=device`, the device alone: for a profiler),
 /// `device` serving one batch — `(write, depth, len, offsets)`: `depth` requests of `len`
 /// bytes at the next offsets, one kick, every completion taken — and returning the time
 /// the device took; prints the table, `name` heading the device's column.
@@ -164,6 +165,12 @@ pub fn run(
             start.elapsed()
         };
         let mut device = || device(write, depth, len, &mut d_off);
+        if std::env::var("PROFILE").is_ok_and(|p| p == "device") {
+            // The device alone, for a profiler.
+            let iops = measure(depth, len as usize, &mut device).iops;
+            println!("| {case} | | device alone: {:.0}k IOPS |", iops / 1000.0);
+            continue;
+        }
         let (mut f, mut fi, mut d) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let mut floor_pair = |plain: bool| {
