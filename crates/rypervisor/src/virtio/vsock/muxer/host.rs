@@ -1,5 +1,6 @@
 //! The muxer's host-program side: accepting on the listener, reading each program's
-//! `CONNECT` line (bounded: [`MAX_CONNECTIONS`] at once, each within [`CONNECT_TIMEOUT`]),
+//! `CONNECT` line (bounded: [`MAX_CONNECTIONS`] at once, [`MAX_PENDING_LINES`] of them lines,
+//! each within [`CONNECT_TIMEOUT`]; [`ACCEPTS_PER_WAKE`] accepted per wake-up),
 //! turning a whole line into a connection, and the timer that ends lines and unanswered
 //! REQUESTs past their deadline. The connection table and what the guest is owed stay in
 //! the parent module.
@@ -8,8 +9,8 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::{
-    Key, Muxer, PendingLine, CONNECT_TIMEOUT, FIRST_HOST_PORT, LINE_EVENTS, MAX_CONNECTIONS, TICK,
-    TIMER,
+    Key, Muxer, PendingLine, ACCEPTS_PER_WAKE, CONNECT_TIMEOUT, FIRST_HOST_PORT, LINE_EVENTS,
+    MAX_CONNECTIONS, MAX_PENDING_LINES, TICK, TIMER,
 };
 use crate::virtio::vsock::conn::Connection;
 use crate::virtio::vsock::connect::{ConnectLine, Step};
@@ -18,7 +19,7 @@ use crate::virtio::vsock::unix;
 
 impl Muxer {
     pub(super) fn accept(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_WAKE {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -30,6 +31,13 @@ impl Muxer {
             };
             if self.conns.len() + self.lines.len() >= MAX_CONNECTIONS {
                 let what = format_args!("{MAX_CONNECTIONS} connections open: a new one is closed");
+                self.complaints.note("vsock", what);
+                continue;
+            }
+            if self.lines.len() >= MAX_PENDING_LINES {
+                let what = format_args!(
+                    "{MAX_PENDING_LINES} host connections have not sent CONNECT yet: a new one is closed"
+                );
                 self.complaints.note("vsock", what);
                 continue;
             }

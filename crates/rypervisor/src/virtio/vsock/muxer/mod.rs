@@ -36,6 +36,13 @@ mod host;
 
 /// Connections (and CONNECT lines being read) at most.
 pub const MAX_CONNECTIONS: usize = 256;
+/// CONNECT lines being read at most, so host programs that connect and say nothing leave
+/// most of the connections to the guest.
+pub const MAX_PENDING_LINES: usize = 64;
+/// Host connections accepted per wake-up of the listener (level-triggered: the event loop
+/// comes back for the rest after serving everything else), so a host program that keeps
+/// connecting cannot hold the loop.
+const ACCEPTS_PER_WAKE: usize = 16;
 /// How long a host program has to send its CONNECT line, and the guest to answer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// RSTs for stray packets held at most.
