@@ -149,12 +149,14 @@ impl Vsock {
                             muxer.from_guest(&header, &payload);
                         }
                     }
-                    Err((why, header)) => {
+                    Err((why, answer)) => {
                         flush(&mut run, muxer);
                         stats.dropped += 1;
                         complaints.note("vsock", format_args!("TX buffer {head} dropped: {why}"));
-                        if let Some(h) = header {
-                            muxer.reset_connection(&h);
+                        match answer {
+                            Answer::Nothing => {}
+                            Answer::Refuse(h) => muxer.refuse(&h),
+                            Answer::Reset(h) => muxer.reset_connection(&h),
                         }
                     }
                 }
@@ -346,23 +348,35 @@ fn joins(run: &Header, next: &Header) -> bool {
         && (next.src_port, next.dst_port) == (run.src_port, run.dst_port)
 }
 
+/// What a refused TX packet gets besides being dropped.
+enum Answer {
+    /// Nothing (no header to answer, or not addressed to us).
+    Nothing,
+    /// An RST for its ports (a socket type we do not serve): a stream connection on the
+    /// same ports is another socket, left alone.
+    Refuse(Header),
+    /// Its connection is reset (a payload past its buffers would tear the stream).
+    Reset(Header),
+}
+
 /// Reads one TX packet's header, checked, and finds its payload in guest memory (only the
-/// chain's driver-readable descriptors count: a chain of writable ones is too short). A
-/// refused packet's header comes back when it deserves an RST (a non-stream socket).
+/// chain's driver-readable descriptors count: a chain of writable ones is too short).
 fn read_packet<'m>(
     chain: DescriptorChain<&'m GuestMemoryMmap>,
     mem: &'m GuestMemoryMmap,
     guest_cid: u64,
-) -> Result<(Header, Buffers<'m>), (String, Option<Header>)> {
-    let mut r = Buffers::of(chain, mem, false).map_err(|e| (e.to_string(), None))?;
-    let header: Header = r.read_obj().map_err(|e| (e.to_string(), None))?;
+) -> Result<(Header, Buffers<'m>), (String, Answer)> {
+    let mut r = Buffers::of(chain, mem, false).map_err(|e| (e.to_string(), Answer::Nothing))?;
+    let header: Header = r.read_obj().map_err(|e| (e.to_string(), Answer::Nothing))?;
     match check(&header, guest_cid, r.len()) {
         Ok(()) => {}
-        // A non-stream socket is refused; a payload longer than its buffers would tear the
-        // stream, so its connection is reset.
-        Err(Refusal::NotStream) => return Err(("not a stream socket".into(), Some(header))),
-        Err(Refusal::BadLength) => return Err(("payload past its buffers".into(), Some(header))),
-        Err(why) => return Err((format!("{why:?}"), None)),
+        Err(Refusal::NotStream) => {
+            return Err(("not a stream socket".into(), Answer::Refuse(header)))
+        }
+        Err(Refusal::BadLength) => {
+            return Err(("payload past its buffers".into(), Answer::Reset(header)))
+        }
+        Err(why) => return Err((format!("{why:?}"), Answer::Nothing)),
     }
     r.truncate(header.len as usize);
     Ok((header, r))

@@ -279,9 +279,20 @@ fn bad_packets_and_chains_are_dropped_and_counted() {
     seqpacket.kind = 2;
     g.send(seqpacket, &[]);
     assert_eq!({ g.collect()[0].0.op }, OP_RST);
-    // Still serving.
+    // An RST is never answered, whatever is wrong with it.
+    let mut rst_seqpacket = g.header(OP_RST, 1, 80, 0);
+    rst_seqpacket.kind = 2;
+    g.send(rst_seqpacket, &[]);
+    g.send(g.header(OP_RST, 1, 80, 1000), b"short");
+    assert_eq!(g.collect().len(), 0, "no RST for an RST");
+    // Still serving; a non-stream packet on a stream connection's ports leaves it alone.
     g.send(g.header(OP_REQUEST, 2, 80, 0), &[]);
     assert_eq!({ g.collect()[0].0.op }, OP_RESPONSE);
+    let mut other_socket = g.header(OP_RW, 2, 80, 0);
+    other_socket.kind = 2;
+    g.send(other_socket, &[]);
+    assert_eq!({ g.collect()[0].0.op }, OP_RST);
+    assert_eq!(g.device.connections(), 1, "the stream on those ports lives on");
 }
 
 #[test]

@@ -314,8 +314,8 @@ impl Muxer {
         }
     }
 
-    /// A guest packet that breaks its connection (a payload past its buffers, a socket type
-    /// we do not serve): the connection, if any, is reset; otherwise an RST answers it.
+    /// A guest packet that breaks its connection (a payload past its buffers): the
+    /// connection, if any, is reset; otherwise an RST answers it (unless it is one).
     pub fn reset_connection(&mut self, header: &Header) {
         let key = (header.dst_port, header.src_port);
         match self.conns.get_mut(&key) {
@@ -327,9 +327,10 @@ impl Muxer {
         }
     }
 
-    /// Answers a guest packet with an RST (bounded: beyond the cap, dropped).
+    /// Answers a guest packet with an RST (bounded: beyond the cap, dropped) — unless it is
+    /// an RST itself, which is never answered (as Linux's transport never answers one).
     pub fn refuse(&mut self, header: &Header) {
-        if self.stray_rsts.len() < MAX_STRAY_RSTS {
+        if header.op != OP_RST && self.stray_rsts.len() < MAX_STRAY_RSTS {
             self.stray_rsts.push_back(header.reply(OP_RST));
         }
     }
