@@ -34,6 +34,41 @@ pub enum BufferError {
     /// Fewer bytes than needed.
     #[error("shorter than {0} bytes")]
     Short(usize),
+    /// More descriptors than any of our queues holds (virtio forbids a chain longer than
+    /// the queue; only an indirect table, which we never offer, could make one).
+    #[error("a chain of more than {MAX_CHAIN} descriptors")]
+    TooLong,
+    /// The chain stops at a descriptor that says another follows: it loops, points past
+    /// the table, or passes 4 GiB in all (virtio-queue ends such a walk without a word).
+    #[error("a chain that loops or runs past its table")]
+    Cut,
+}
+
+/// Descriptors in a chain at most: the largest queue our devices offer.
+pub const MAX_CHAIN: usize = 256;
+
+/// Walks `chain`, giving `f` each descriptor, and checks how it ended: bounded by
+/// [`MAX_CHAIN`] descriptors, and a chain cut short (see [`BufferError::Cut`]) is an error.
+pub fn walk<M>(
+    chain: DescriptorChain<M>,
+    mut f: impl FnMut(virtio_queue::desc::split::Descriptor) -> Result<(), BufferError>,
+) -> Result<(), BufferError>
+where
+    M: std::ops::Deref,
+    M::Target: GuestMemory,
+{
+    let mut more = false;
+    for (i, d) in chain.enumerate() {
+        if i == MAX_CHAIN {
+            return Err(BufferError::TooLong);
+        }
+        more = d.has_next();
+        f(d)?;
+    }
+    match more {
+        true => Err(BufferError::Cut),
+        false => Ok(()),
+    }
 }
 
 /// Slices kept inline: a packet, frame or request is a header and a payload or two (more
@@ -55,10 +90,13 @@ impl<'m> Buffers<'m> {
         writable: bool,
     ) -> Result<Self, BufferError> {
         let mut b = Self::default();
-        // Zero-length descriptors carry nothing (and would only count against IOV_MAX).
-        for d in chain.filter(|d| d.is_write_only() == writable && d.len() > 0) {
-            b.push(mem, d.addr(), d.len() as usize, writable)?;
-        }
+        walk(chain, |d| {
+            // Zero-length descriptors carry nothing (and would only count against IOV_MAX).
+            if d.is_write_only() == writable && d.len() > 0 {
+                b.push(mem, d.addr(), d.len() as usize, writable)?;
+            }
+            Ok(())
+        })?;
         Ok(b)
     }
 
@@ -68,13 +106,16 @@ impl<'m> Buffers<'m> {
         mem: &'m GuestMemoryMmap,
     ) -> Result<(Self, Self), BufferError> {
         let (mut r, mut w) = (Self::default(), Self::default());
-        for d in chain.filter(|d| d.len() > 0) {
+        walk(chain, |d| {
             let (b, writable) = match d.is_write_only() {
                 true => (&mut w, true),
                 false => (&mut r, false),
             };
-            b.push(mem, d.addr(), d.len() as usize, writable)?;
-        }
+            if d.len() > 0 {
+                b.push(mem, d.addr(), d.len() as usize, writable)?;
+            }
+            Ok(())
+        })?;
         Ok((r, w))
     }
 
@@ -413,6 +454,60 @@ mod tests {
             w.pop_last_byte().unwrap();
         }
         assert!(w.is_empty() && w.pop_last_byte().is_none());
+    }
+
+    #[test]
+    fn chains_that_loop_or_run_past_the_queues_length_are_refused() {
+        use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut d = DriverQueue::new(&mem, 8, 0x1000);
+        let mut q = d.device_queue(false);
+        let (table, _, _) = d.rings();
+        let desc = |at: u64, addr: u64, len: u32, flags: u32, next: u16| {
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&len.to_le_bytes());
+            raw[12..14].copy_from_slice(&(flags as u16).to_le_bytes());
+            raw[14..].copy_from_slice(&next.to_le_bytes());
+            mem.write_slice(&raw, GuestAddress(at)).unwrap();
+        };
+        let one = Buffer {
+            addr: 0x8000,
+            len: 4,
+            writable: false,
+        };
+        // A descriptor whose next is itself.
+        let head = d.offer(&[one]).unwrap();
+        let at = table + 16 * u64::from(head);
+        desc(at, 0x8000, 4, VRING_DESC_F_NEXT, head);
+        let chain = q.pop_descriptor_chain(&mem).unwrap();
+        assert!(matches!(
+            Buffers::of(chain, &mem, false),
+            Err(BufferError::Cut)
+        ));
+        // Indirect tables (never offered, but virtio-queue follows them): up to MAX_CHAIN
+        // descriptors are a chain like any other; more are refused, unread.
+        for (n, ok) in [(MAX_CHAIN, true), (MAX_CHAIN + 1, false), (4096, false)] {
+            let at = 0x2_0000;
+            for i in 0..n as u64 {
+                let flags = if i + 1 < n as u64 {
+                    VRING_DESC_F_NEXT
+                } else {
+                    0
+                };
+                desc(at + 16 * i, 0x8000, 1, flags, i as u16 + 1);
+            }
+            let head = d.offer(&[one]).unwrap();
+            let entry = table + 16 * u64::from(head);
+            desc(entry, at, 16 * n as u32, VRING_DESC_F_INDIRECT, 0);
+            let chain = q.pop_descriptor_chain(&mem).unwrap();
+            match Buffers::split(chain, &mem) {
+                Ok((r, _)) => assert!(ok && r.len() == n, "{n} descriptors"),
+                Err(e) => assert!(!ok && matches!(e, BufferError::TooLong), "{n}: {e}"),
+            }
+            q.add_used(&mem, head, 0).unwrap();
+            d.take_used().unwrap();
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::buffers::Buffers;
 use super::{
     queue_eventfds, serve_queue, stop_broken, Active, Complaints, VirtioDevice, VirtioError,
 };
@@ -48,10 +49,11 @@ fn fill(
     mem: &vm_memory::GuestMemoryMmap,
     entropy: &mut [u8],
 ) -> Result<usize, String> {
-    let mut w = chain.writer(mem).map_err(|e| format!("{e:?}"))?;
-    let n = w.available_bytes().min(MAX_REQUEST).min(entropy.len());
+    // (Our walk, not virtio-queue's `Writer`: it bounds the chain's length.)
+    let mut w = Buffers::of(chain, mem, true).map_err(|e| e.to_string())?;
+    let n = w.len().min(MAX_REQUEST).min(entropy.len());
     fill_random(&mut entropy[..n]);
-    std::io::Write::write_all(&mut w, &entropy[..n]).map_err(|e| e.to_string())?;
+    w.write_bytes(&entropy[..n]).map_err(|e| e.to_string())?;
     Ok(n)
 }
 

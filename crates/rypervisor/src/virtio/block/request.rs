@@ -14,7 +14,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::disk::{Direction, Disk, SECTOR};
-use crate::virtio::buffers::{BufferError, Buffers};
+use crate::virtio::buffers::{walk, BufferError, Buffers};
 
 /// Segments accepted in one DISCARD or WRITE_ZEROES request (announced in the config).
 pub const MAX_SEGMENTS: u32 = 32;
@@ -53,6 +53,8 @@ pub fn execute(
 ) -> Result<Done, Unanswerable> {
     let (mut readable, mut data_out) = match Buffers::split(chain.clone(), mem) {
         Ok(buffers) => buffers,
+        // A chain too long or cut short has no end to trust: no status is written.
+        Err(e @ (BufferError::TooLong | BufferError::Cut)) => return Err(e.into()),
         Err(e) => return status_only(chain, mem).ok_or(e.into()),
     };
     let status_at = data_out.pop_last_byte().ok_or(Unanswerable::NoStatus)?;
@@ -75,7 +77,15 @@ pub fn execute(
 /// their lengths overflow), written where the status belongs — the last byte of its last
 /// descriptor — if that descriptor is device-writable and in guest memory; `None` if not.
 fn status_only(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> Option<Done> {
-    let last = chain.filter(|d| d.len() > 0).last()?;
+    let mut last = None;
+    walk(chain, |d| {
+        if d.len() > 0 {
+            last = Some(d);
+        }
+        Ok(())
+    })
+    .ok()?;
+    let last = last?;
     let at = last.addr().0.checked_add(u64::from(last.len()) - 1)?;
     if !last.is_write_only() {
         return None;

@@ -292,7 +292,11 @@ fn bad_packets_and_chains_are_dropped_and_counted() {
     other_socket.kind = 2;
     g.send(other_socket, &[]);
     assert_eq!({ g.collect()[0].0.op }, OP_RST);
-    assert_eq!(g.device.connections(), 1, "the stream on those ports lives on");
+    assert_eq!(
+        g.device.connections(),
+        1,
+        "the stream on those ports lives on"
+    );
 }
 
 #[test]
