@@ -199,11 +199,6 @@ impl Vsock {
                 };
                 let head = chain.head_index();
                 match rx_buffer(chain, mem) {
-                    // A buffer with no room for payload behind others would get an empty RW.
-                    Ok(b) if b.payload().len == 0 && !bufs.is_empty() => {
-                        queue.go_to_previous_position();
-                        break;
-                    }
                     Ok(b) => bufs.push(b),
                     // Buffers not filled go back by rewinding the queue, which must not reach
                     // past one already used: an unusable buffer behind good ones waits for
@@ -308,8 +303,11 @@ fn rx_buffer<'m>(
 ) -> Result<RxBuffer<'m>, String> {
     let head = chain.head_index();
     let buffers = Buffers::of(chain, mem, true).map_err(|e| e.to_string())?;
-    if buffers.len() < HEADER_SIZE {
-        return Err("shorter than a header".into());
+    // A buffer of a header alone (Linux's hold a header and 4 KiB) is returned empty: it
+    // could carry a control packet, but data owed next would find no room in it and wait
+    // for ever at the head of the ring.
+    if buffers.len() <= HEADER_SIZE {
+        return Err("no room behind a header".into());
     }
     Ok(RxBuffer {
         head,

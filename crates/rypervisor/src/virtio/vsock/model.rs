@@ -43,6 +43,8 @@ pub struct GuestDriver {
     interrupt: Arc<Interrupt>,
     /// The rings follow VIRTIO_RING_F_EVENT_IDX (as Linux negotiates it when offered).
     event_idx: bool,
+    /// RX buffers the device gave back with nothing in them (or less than a header).
+    pub rx_returned_empty: usize,
     /// Time spent inside the device's queue and socket handlers (what its event-loop thread
     /// would spend), apart from the model driver's own work.
     pub device_time: Duration,
@@ -115,6 +117,7 @@ impl GuestDriver {
             irq,
             interrupt,
             event_idx,
+            rx_returned_empty: 0,
             device_time: Duration::ZERO,
         };
         driver.refill_rx();
@@ -257,7 +260,7 @@ impl GuestDriver {
             {
                 got.push(header);
             }
-            self.rx_free.push(addr);
+            self.rx_done(addr, len);
         }
         self.want_interrupts();
         self.refill_rx();
@@ -368,7 +371,7 @@ impl GuestDriver {
             if ok && len as usize >= HEADER_SIZE {
                 got.push((header, payload));
             }
-            self.rx_free.push(addr);
+            self.rx_done(addr, len);
         }
         self.want_interrupts();
         self.refill_rx();
@@ -376,6 +379,25 @@ impl GuestDriver {
             self.queue(RX); // the driver's kick after refilling
         }
         got
+    }
+
+    /// An RX buffer came back used with `len` bytes: one of the model's is free again (a
+    /// chain offered with [`Self::offer_rx_chain`] is not the model's to reuse).
+    fn rx_done(&mut self, addr: u64, len: u32) {
+        if (len as usize) < HEADER_SIZE {
+            self.rx_returned_empty += 1;
+        }
+        let ours = (RX_BASE..TX_BASE).contains(&addr);
+        if ours && !self.rx_free.contains(&addr) {
+            self.rx_free.push(addr);
+        }
+    }
+
+    /// Offers any chain on RX, behind the buffers the model keeps there (for tests of what
+    /// a driver may post).
+    pub fn offer_rx_chain(&mut self, chain: &[Buffer]) {
+        self.rx.offer(chain);
+        self.queue(RX);
     }
 
     /// How many RX buffers the device holds.

@@ -615,3 +615,56 @@ fn out_of_band_bytes_from_a_host_program_arrive_in_order_with_the_rest() {
         );
     }
 }
+
+#[test]
+fn rx_buffers_of_a_header_alone_come_back_empty_and_the_stream_flows_past_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    let (host, hport) = established(&mut g, &dir, 1234);
+    // Eight buffers with room for a header and nothing more, behind the model's 64.
+    for i in 0..8 {
+        g.offer_rx_chain(&[Buffer {
+            addr: 0x100_0000 + i * 0x100,
+            len: HEADER_SIZE as u32,
+            writable: true,
+        }]);
+    }
+    const TOTAL: usize = 600 << 10;
+    // The host writes as the socket takes it (non-blocking: a stalled device fails the test
+    // instead of hanging it).
+    let mut host = host;
+    host.set_nonblocking(true).unwrap();
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+    let (mut got, mut told, mut written) = (Vec::new(), 0usize, 0usize);
+    for _ in 0..20_000 {
+        if let Ok(n) = host.write(&data[written..]) {
+            written += n;
+        }
+        for (h, data) in g.receive() {
+            assert_ne!({ h.op }, OP_RST, "the connection lives");
+            if h.op == OP_RW {
+                got.extend_from_slice(&data);
+            }
+        }
+        if got.len() - told >= 64 << 10 {
+            let mut update = g.header(OP_CREDIT_UPDATE, 1234, hport, 0);
+            update.fwd_cnt = got.len() as u32;
+            g.send(update, &[]);
+            told = got.len();
+        }
+        if got.len() == TOTAL {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(got.len(), TOTAL, "every byte arrived");
+    assert!(
+        got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+        "in order"
+    );
+    assert_eq!(
+        g.rx_returned_empty, 8,
+        "each header-only buffer came back empty"
+    );
+    assert_eq!(g.device.connections(), 1);
+}
