@@ -98,7 +98,8 @@ impl Muxer {
         let conn = Connection::host_initiated(pending.stream, Instant::now() + CONNECT_TIMEOUT);
         if let Err(e) = self.insert(token, (host_port, port), conn) {
             // (The guest has not been asked yet: closing the host program's stream is all.)
-            tracing::warn!("vsock: host connection to port {port} closed: {e}");
+            let what = format_args!("host connection to port {port} closed: {e}");
+            self.complaints.note("vsock", what);
         }
     }
 

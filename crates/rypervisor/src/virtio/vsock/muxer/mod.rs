@@ -262,7 +262,10 @@ impl Muxer {
             OP_RW => {
                 conn.guest_data(payload);
                 if conn.state() == State::Resetting {
-                    let what = format_args!("guest port {}: sent past its credit: reset", key.1);
+                    let what = format_args!(
+                        "guest port {}: data past its credit or its shutdown: reset",
+                        key.1
+                    );
                     self.complaints.note("vsock", what);
                 }
             }
@@ -290,7 +293,8 @@ impl Muxer {
                 let token = self.token();
                 if let Err(e) = self.insert(token, (header.dst_port, header.src_port), conn) {
                     // Refused as if nothing listened: the guest's connect fails, not times out.
-                    tracing::warn!("vsock: guest connect to {}: {e}", path.display());
+                    let what = format_args!("guest connect to {}: {e}", path.display());
+                    self.complaints.note("vsock", what);
                     self.refuse(header);
                 }
             }
