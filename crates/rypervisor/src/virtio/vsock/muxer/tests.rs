@@ -5,13 +5,9 @@
 
 use super::*;
 
-#[test]
-fn connections_that_come_and_go_leave_nothing_queued_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.sock");
-    let mut m = Muxer::new(3, path.clone()).unwrap();
-    let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
-    let header = |op| Header {
+/// A stream packet from guest port 7 to host port 80.
+fn from_port_7_to_80(op: u16) -> Header {
+    Header {
         src_cid: 3,
         dst_cid: HOST_CID,
         src_port: 7,
@@ -19,7 +15,16 @@ fn connections_that_come_and_go_leave_nothing_queued_behind() {
         kind: TYPE_STREAM,
         op,
         ..Header::default()
-    };
+    }
+}
+
+#[test]
+fn connections_that_come_and_go_leave_nothing_queued_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock");
+    let mut m = Muxer::new(3, path.clone()).unwrap();
+    let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
+    let header = from_port_7_to_80;
     // The guest never gives RX buffers; it connects and resets, again and again.
     for _ in 0..2000 {
         m.from_guest(&header(OP_REQUEST), &Buffers::default());
@@ -36,15 +41,7 @@ fn a_guest_connection_that_cannot_be_watched_is_refused() {
     let mut m = Muxer::new(3, path.clone()).unwrap();
     let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
     m.watch.break_for_test();
-    let request = Header {
-        src_cid: 3,
-        dst_cid: HOST_CID,
-        src_port: 7,
-        dst_port: 80,
-        kind: TYPE_STREAM,
-        op: OP_REQUEST,
-        ..Header::default()
-    };
+    let request = from_port_7_to_80(OP_REQUEST);
     m.from_guest(&request, &Buffers::default());
     assert_eq!(m.connections(), 0);
     let (rst, _) = m.next_packet(&[]).expect("an answer for the guest");
@@ -71,15 +68,7 @@ fn host_programs_that_keep_connecting_neither_hold_the_loop_nor_take_every_slot(
     assert_eq!(m.lines.len(), MAX_PENDING_LINES);
     // The guest can still connect out.
     let _peer = std::os::unix::net::UnixListener::bind(unix::port_path(&path, 80)).unwrap();
-    let request = Header {
-        src_cid: 3,
-        dst_cid: HOST_CID,
-        src_port: 7,
-        dst_port: 80,
-        kind: TYPE_STREAM,
-        op: OP_REQUEST,
-        ..Header::default()
-    };
+    let request = from_port_7_to_80(OP_REQUEST);
     m.from_guest(&request, &Buffers::default());
     assert_eq!(m.connections(), 1);
 }
