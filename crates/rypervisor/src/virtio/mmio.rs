@@ -3,9 +3,10 @@
 //! FEATURES_OK → DRIVER_OK), negotiates features 32 bits at a time, holds the queues while
 //! the driver sets them up, hands them to the device at DRIVER_OK, and resets on a write
 //! of 0 to STATUS. A driver that breaks the rules has the write ignored and logged; one
-//! that makes the device unusable (a ready queue outside guest memory) gets
-//! DEVICE_NEEDS_RESET and a configuration interrupt. Registers are 32 bits wide; other
-//! widths are ignored (configuration space takes any width).
+//! that makes the device unusable (a ready queue outside guest memory or at address 0, or
+//! rings the device later finds broken) gets DEVICE_NEEDS_RESET and a configuration
+//! interrupt. Registers are 32 bits wide; other widths are ignored (configuration space
+//! takes any width).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,7 +20,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Active, Complaints, Interrupt, VirtioDevice, VirtioError, INT_CONFIG};
+use super::{Active, Complaints, Interrupt, VirtioDevice, VirtioError};
 use crate::bus::BusDevice;
 
 /// "virt", little-endian.
@@ -103,9 +104,13 @@ impl MmioTransport {
         self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The status register.
+    /// The status register: the driver's bits, and DEVICE_NEEDS_RESET once the device
+    /// (here at DRIVER_OK, or later on the event loop) gave up on the driver's rings.
     pub fn status(&self) -> u32 {
-        self.status
+        match self.interrupt.reset_needed() {
+            true => self.status | VIRTIO_CONFIG_S_NEEDS_RESET,
+            false => self.status,
+        }
     }
 
     fn mistake(&mut self, what: std::fmt::Arguments<'_>) {
@@ -129,9 +134,11 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
-            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_STATUS => self.status(),
             // The configuration never changes once the device exists.
             VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            // No shared memory regions: a length of -1 says the selected one does not exist.
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
             _ => 0,
         }
     }
@@ -157,7 +164,10 @@ impl MmioTransport {
         // virtio-queue refuses bad sizes and misaligned addresses itself (keeping the old
         // value); DRIVER_OK checks the result.
         match offset {
-            VIRTIO_MMIO_QUEUE_NUM => q.set_size(value as u16),
+            VIRTIO_MMIO_QUEUE_NUM => match u16::try_from(value) {
+                Ok(size) => q.set_size(size),
+                Err(_) => self.mistake(format_args!("queue size {value} is past 65535")),
+            },
             VIRTIO_MMIO_QUEUE_READY => q.set_ready(value == 1),
             VIRTIO_MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
             VIRTIO_MMIO_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
@@ -185,6 +195,8 @@ impl MmioTransport {
         if value == 0 {
             return self.reset();
         }
+        // DEVICE_NEEDS_RESET is the device's to set: a driver writes back what it read.
+        let value = value & !VIRTIO_CONFIG_S_NEEDS_RESET;
         let new = value & !self.status;
         if value & self.status != self.status {
             let old = self.status;
@@ -230,19 +242,28 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let broken = self
-            .queues
-            .iter()
-            .position(|q| q.ready() && !q.is_valid(&self.mem));
+        // virtio-queue takes an avail ring at guest address 0 for one never set up, and
+        // would hand out nothing from it while its index says there is more.
+        let broken = (self.queues.iter())
+            .position(|q| q.ready() && (!q.is_valid(&self.mem) || q.avail_ring() == 0));
         if let Some(index) = broken {
-            self.mistake(format_args!("queue {index} lies outside guest memory"));
-            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-            self.interrupt.signal(INT_CONFIG);
-            return;
+            self.mistake(format_args!(
+                "queue {index} lies outside guest memory or at address 0"
+            ));
+            return self.interrupt.needs_reset();
         }
+        // The device gets its own copies; these stay for the registers the driver may still
+        // read (QUEUE_READY reads back what it wrote).
+        let queues: Result<Vec<Queue>, _> = (self.queues.iter())
+            .map(|q| Queue::try_from(q.state()))
+            .collect();
+        let Ok(queues) = queues else {
+            self.mistake(format_args!("a queue's setup cannot be handed over"));
+            return self.interrupt.needs_reset();
+        };
         let active = Active {
             mem: self.mem.clone(),
-            queues: std::mem::take(&mut self.queues),
+            queues,
             features: self.acked,
             interrupt: self.interrupt.clone(),
         };

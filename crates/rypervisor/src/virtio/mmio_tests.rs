@@ -11,11 +11,14 @@ use vmm_sys_util::eventfd::EventFd;
 use super::*;
 use crate::bus::BusDevice;
 use crate::virtio::{queue_eventfds, Active, Interrupt, VirtioDevice};
+use virtio_queue::QueueT;
 
 /// A device that records what the transport did to it.
 struct Fake {
     events: Vec<EventFd>,
     activated: Option<(usize, u64)>,
+    /// The sizes of the queues it was given.
+    sizes: Vec<u16>,
     resets: u32,
 }
 
@@ -40,6 +43,7 @@ impl VirtioDevice for Fake {
     }
     fn activate(&mut self, active: Active) {
         self.activated = Some((active.queues.len(), active.features));
+        self.sizes = active.queues.iter().map(|q| q.size()).collect();
     }
     fn reset(&mut self) {
         self.activated = None;
@@ -62,6 +66,7 @@ impl Rig {
         let fake = Arc::new(Mutex::new(Fake {
             events: queue_eventfds(2).unwrap(),
             activated: None,
+            sizes: Vec::new(),
             resets: 0,
         }));
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
@@ -193,4 +198,64 @@ fn careless_drivers_are_ignored_and_broken_queues_need_reset() {
     r.wr(VIRTIO_MMIO_QUEUE_NOTIFY, 1);
     assert_eq!(r.fake.lock().unwrap().events[1].read().unwrap(), 1);
     r.wr(VIRTIO_MMIO_QUEUE_NOTIFY, 7); // no such queue: logged, nothing else
+}
+
+#[test]
+fn queue_registers_read_back_once_the_device_is_live() {
+    let mut r = Rig::new();
+    r.negotiate(MODERN);
+    r.setup_queue(0, 0x1_0000);
+    r.wr(VIRTIO_MMIO_QUEUE_NUM, 0x1_0100); // past 16 bits: refused, not taken for 256
+    r.wr(VIRTIO_MMIO_STATUS, 0b1111);
+    assert_eq!(
+        r.fake.lock().unwrap().sizes,
+        [128, 256],
+        "queue 1 never set up"
+    );
+    // QUEUE_READY reads back what the driver wrote, NUM_MAX stays.
+    for (sel, ready) in [(0, 1), (1, 0)] {
+        r.wr(VIRTIO_MMIO_QUEUE_SEL, sel);
+        assert_eq!(r.rd(VIRTIO_MMIO_QUEUE_READY), ready);
+        assert_eq!(r.rd(VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
+    }
+    // No shared memory region: its length is -1.
+    assert_eq!(r.rd(VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
+    assert_eq!(r.rd(VIRTIO_MMIO_SHM_LEN_HIGH), u32::MAX);
+}
+
+#[test]
+fn a_device_that_gives_up_on_its_rings_says_so_until_reset() {
+    let mut r = Rig::new();
+    r.negotiate(MODERN);
+    r.setup_queue(0, 0x1_0000);
+    r.wr(VIRTIO_MMIO_STATUS, 0b1111);
+    // What the device does on the event loop when it finds the rings broken.
+    r.interrupt.needs_reset();
+    assert_eq!(
+        r.rd(VIRTIO_MMIO_STATUS),
+        0b1111 | VIRTIO_CONFIG_S_NEEDS_RESET
+    );
+    assert_eq!(
+        r.rd(VIRTIO_MMIO_INTERRUPT_STATUS),
+        crate::virtio::INT_CONFIG
+    );
+    // Linux adds a status bit by writing back what it read: accepted, NEEDS_RESET stays.
+    r.wr(
+        VIRTIO_MMIO_STATUS,
+        0b1111 | VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED,
+    );
+    assert_eq!(
+        r.rd(VIRTIO_MMIO_STATUS),
+        0b1111 | VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED
+    );
+    r.wr(VIRTIO_MMIO_STATUS, 0);
+    assert_eq!(r.rd(VIRTIO_MMIO_STATUS), 0);
+    // A ready queue whose avail ring is at guest address 0 (virtio-queue's "never set up")
+    // is refused at DRIVER_OK, as one outside guest memory is.
+    r.negotiate(MODERN);
+    r.setup_queue(0, 0x1_0000);
+    r.wr(VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0);
+    r.wr(VIRTIO_MMIO_STATUS, 0b1111);
+    assert_ne!(r.rd(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    assert_eq!(r.fake.lock().unwrap().activated, None);
 }

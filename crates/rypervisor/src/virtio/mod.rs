@@ -28,7 +28,7 @@ pub mod net;
 pub mod rng;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use smallvec::SmallVec;
 use virtio_queue::Queue;
@@ -61,11 +61,14 @@ pub enum VirtioError {
 }
 
 /// A device's line to the guest: the interrupt status register and the irqfd that raises
-/// the device's interrupt.
+/// the device's interrupt — and whether the device gave up on the driver's rings
+/// (DEVICE_NEEDS_RESET, which the transport shows in STATUS), since the device, on the event
+/// loop, is the one that finds them broken.
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
     irqfd: EventFd,
+    needs_reset: AtomicBool,
 }
 
 impl Interrupt {
@@ -74,7 +77,20 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             irqfd,
+            needs_reset: AtomicBool::new(false),
         }
+    }
+
+    /// The device cannot go on until the driver resets it: DEVICE_NEEDS_RESET, and a
+    /// configuration interrupt so the driver looks (virtio 1.2, 2.1.2).
+    pub fn needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.signal(INT_CONFIG);
+    }
+
+    /// Whether [`Self::needs_reset`] was called since the last reset.
+    pub fn reset_needed(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     /// Sets `bit` in the interrupt status, then raises the line — unless the bit was set
@@ -99,9 +115,10 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Device reset: nothing pending.
+    /// Device reset: nothing pending, nothing broken.
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 
@@ -266,8 +283,8 @@ pub fn serve_queue(
         *budget -= 1;
         Ok(true)
     };
-    let outcome = serve_chains(queue, mem, one);
-    finish(queue, mem, interrupt, kick, outcome)
+    let served = serve_chains(queue, mem, one);
+    finish(queue, mem, interrupt, kick, served)
 }
 
 /// A descriptor chain on guest memory.
@@ -318,61 +335,82 @@ pub fn serve_queue_batched(
         *budget -= chains.len();
         Ok(true)
     };
-    let outcome = serve_chains(queue, mem, some);
-    finish(queue, mem, interrupt, kick, outcome)
+    let served = serve_chains(queue, mem, some);
+    finish(queue, mem, interrupt, kick, served)
 }
 
-/// After serving: the kick to come back if the budget ran out, the driver's interrupt.
+/// After serving: the kick to come back if the budget ran out, the driver's interrupt if
+/// any buffer was used (a kick that found nothing, or a queue never made ready, raises
+/// none: Linux counts an interrupt with nothing behind it as spurious).
 fn finish(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     interrupt: &Interrupt,
     kick: &EventFd,
-    outcome: Served,
+    (outcome, used): (Served, usize),
 ) -> Result<(), RingsBroken> {
     if outcome == Served::OutOfBudget {
         let _ = kick.write(1);
     }
-    notify_used(queue, mem, interrupt);
+    if used > 0 {
+        notify_used(queue, mem, interrupt);
+    }
     match outcome {
         Served::BadRing => Err(RingsBroken),
         _ => Ok(()),
     }
 }
 
-/// A device whose driver broke its rings drops its queues until the driver resets it.
+/// A device whose driver broke its rings drops its queues until the driver resets it, and
+/// tells it so (DEVICE_NEEDS_RESET): a guest whose I/O stops gets to know why.
 pub fn stop_broken(active: &mut Option<Active>, complaints: &mut Complaints, device: &str) {
     let what = "rings outside memory or indexes past the queue: stopped until reset";
     complaints.note(device, format_args!("{what}"));
-    *active = None;
+    if let Some(active) = active.take() {
+        active.interrupt.needs_reset();
+    }
 }
 
 /// Serves every available chain by `round`s (each pops some, serves them, returns them used
 /// and counts them off the budget; false when there were none). With EVENT_IDX the driver
 /// kicks only when told to (`avail_event`): notifications are re-enabled after draining,
-/// and the queue drained again if buffers came meanwhile. At most the queue's size per call.
+/// and the queue drained again if buffers came meanwhile. At most the queue's size per call;
+/// how it ended and how many chains were used.
 fn serve_chains(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    mut round: impl FnMut(&mut Queue, &mut usize) -> Result<bool, Served>,
-) -> Served {
+    round: impl FnMut(&mut Queue, &mut usize) -> Result<bool, Served>,
+) -> (Served, usize) {
     use virtio_queue::QueueT;
     // A queue the driver never made ready (DRIVER_OK without QUEUE_READY) has nothing to
     // serve, and its ring addresses are not the driver's: touch nothing.
     if !queue.ready() {
-        return Served::Done;
+        return (Served::Done, 0);
     }
-    let mut budget = usize::from(queue.size()).max(1);
+    let full = usize::from(queue.size()).max(1);
+    let mut budget = full;
+    let outcome = serve_rounds(queue, mem, round, &mut budget);
+    (outcome, full - budget)
+}
+
+/// [`serve_chains`]'s loop, counting the chains used off `budget`.
+fn serve_rounds(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut round: impl FnMut(&mut Queue, &mut usize) -> Result<bool, Served>,
+    budget: &mut usize,
+) -> Served {
+    use virtio_queue::QueueT;
     loop {
         let _ = queue.disable_notification(mem);
         let mut popped = false;
         loop {
-            match round(queue, &mut budget) {
+            match round(queue, budget) {
                 Ok(true) => popped = true,
                 Ok(false) => break,
                 Err(outcome) => return outcome,
             }
-            if budget == 0 {
+            if *budget == 0 {
                 return Served::OutOfBudget;
             }
         }
@@ -404,11 +442,15 @@ pub fn option_parts(spec: &str) -> Result<Vec<(&str, Option<&str>)>, &'static st
     Ok(parts)
 }
 
-/// Whether the driver's avail index is further ahead than the queue holds (or unreadable):
-/// virtio-queue then hands out nothing while it keeps saying buffers are there, and a
+/// Whether the driver's avail index is further ahead than the queue holds (or unreadable),
+/// or its avail ring is at guest address 0 (which virtio-queue takes for a queue never set
+/// up): virtio-queue then hands out nothing while it keeps saying buffers are there, and a
 /// device that believed it would spin.
 pub fn ring_broken(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
     use virtio_queue::QueueT;
+    if queue.avail_ring() == 0 {
+        return true;
+    }
     match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
         Ok(idx) => (idx - std::num::Wrapping(queue.next_avail())).0 > queue.size(),
         Err(_) => true,

@@ -23,6 +23,7 @@ struct Rig {
     q: DriverQueue,
     dev: Block,
     image: tempfile::NamedTempFile,
+    interrupt: Arc<Interrupt>,
 }
 
 fn rig(size: usize, spec: &str) -> Rig {
@@ -37,15 +38,21 @@ fn rig(size: usize, spec: &str) -> Rig {
     let mut dev = Block::new(disk, cfg.serial.as_deref()).unwrap();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
     let q = DriverQueue::new(&mem, 16, 0x1000);
-    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
     dev.activate(Active {
         mem: mem.clone(),
         // EVENT_IDX, as Linux's driver negotiates it: kicks only when the device asks.
         queues: vec![q.device_queue(true)],
         features: 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX,
-        interrupt: Arc::new(Interrupt::new(irq)),
+        interrupt: interrupt.clone(),
     });
-    Rig { mem, q, dev, image }
+    Rig {
+        mem,
+        q,
+        dev,
+        image,
+        interrupt,
+    }
 }
 
 impl Rig {
@@ -500,37 +507,56 @@ fn an_avail_index_past_the_queue_stops_the_device_instead_of_spinning() {
     );
     let r = t.join().unwrap();
     assert_eq!(r.dev.stats.requests, 0);
+    // The driver is told: DEVICE_NEEDS_RESET, with a configuration interrupt.
+    assert!(r.interrupt.reset_needed());
+    assert_eq!(r.interrupt.status(), crate::virtio::INT_CONFIG);
 }
 
+/// A queue the driver never made ready is left alone (no interrupt, nothing written); one
+/// made ready with its avail ring left at guest address 0 (where virtio-queue sees no
+/// queue, and hands out nothing while the index there says one buffer waits) stops the
+/// device, which says it needs a reset, instead of spinning.
 #[test]
-fn a_queue_the_driver_never_made_ready_is_left_alone() {
-    let image = tempfile::NamedTempFile::new().unwrap();
-    image.as_file().set_len(4096).unwrap();
-    let d: DriveConfig = format!("path={}", image.path().display()).parse().unwrap();
-    let (disk, _) = open_all(std::slice::from_ref(&d)).unwrap().remove(0);
-    let mut dev = Block::new(disk, None).unwrap();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    mem.write_obj(1u16, GuestAddress(2)).unwrap(); // "one buffer" where ring 0 would be
-    dev.activate(Active {
-        mem: mem.clone(),
-        queues: vec![<virtio_queue::Queue as virtio_queue::QueueT>::new(16).unwrap()], // not ready
-        features: 0,
-        interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-    });
-    let (done, waited) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        dev.process_queue(0);
-        let _ = done.send(());
-    });
-    assert!(
-        waited
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .is_ok(),
-        "the device spun on a queue that is not ready"
-    );
-    assert_eq!(
-        mem.read_obj::<u16>(GuestAddress(0)).unwrap(),
-        0,
-        "nothing written there"
-    );
+fn a_queue_never_made_ready_or_with_its_ring_at_address_0_does_not_spin() {
+    use virtio_queue::{Queue, QueueT};
+    for ready in [false, true] {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        image.as_file().set_len(4096).unwrap();
+        let d: DriveConfig = format!("path={}", image.path().display()).parse().unwrap();
+        let (disk, _) = open_all(std::slice::from_ref(&d)).unwrap().remove(0);
+        let mut dev = Block::new(disk, None).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_obj(1u16, GuestAddress(2)).unwrap(); // "one buffer" where ring 0 would be
+        let mut queue = Queue::new(16).unwrap();
+        queue.set_ready(ready);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        dev.activate(Active {
+            mem: mem.clone(),
+            queues: vec![queue],
+            features: 0,
+            interrupt: interrupt.clone(),
+        });
+        let (done, waited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            dev.process_queue(0);
+            dev.process_queue(0);
+            let _ = done.send(());
+        });
+        assert!(
+            waited
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "the device spun (queue ready: {ready})"
+        );
+        assert_eq!(interrupt.reset_needed(), ready);
+        match ready {
+            false => {
+                assert!(irq.read().is_err(), "an interrupt for nothing");
+                let at_0 = mem.read_obj::<u16>(GuestAddress(0)).unwrap();
+                assert_eq!(at_0, 0, "something written where no ring was set up");
+            }
+            true => assert_eq!(interrupt.status(), crate::virtio::INT_CONFIG),
+        }
+    }
 }
