@@ -5,9 +5,10 @@
 //! DISCARD and WRITE_ZEROES.
 //!
 //! I/O is synchronous, on the device event loop: on a file in the host's page cache a read
-//! is a memory copy, and the benchmark (benches/block.rs) measured the device at 0.7–0.95×
-//! the `pread`/`pwrite` floor at queue depth 1 and 32. A worker thread would add a hand-off
-//! per request. io_uring would save no system call at queue depth 1: the interrupt may only
+//! is a memory copy, and the benchmark (benches/block.rs, docs/PERFORMANCE.md) measured the
+//! device, interrupt included, at 0.6× the `pread` floor for single 4 KiB reads (0.8× the
+//! floor plus one eventfd write), 0.8× at queue depth 32 and 0.85–0.95× for writes. A worker
+//! thread would add a hand-off (a wake-up and a switch) per request. io_uring would save no system call at queue depth 1: the interrupt may only
 //! follow the used entry, which follows the read's completion, so a request would still cost
 //! one call for the read and one eventfd write. Either would win only on cold, slow storage.
 
