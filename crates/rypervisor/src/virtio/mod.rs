@@ -269,19 +269,39 @@ pub fn serve_queue(
     kick: &EventFd,
     mut serve: impl FnMut(Chain<'_>) -> u32,
 ) -> Result<(), RingsBroken> {
+    serve_queue_metered(queue, mem, interrupt, kick, u64::MAX, |c| (serve(c), 0))
+}
+
+/// [`serve_queue`] for chains whose cost differs: `serve` also says what each cost (bytes
+/// moved), and once `limit` is spent the call ends as when a queue's worth is served (the
+/// kick written, the rest served after the other devices), so a driver's large requests
+/// cannot hold the event loop for long.
+pub fn serve_queue_metered(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    kick: &EventFd,
+    limit: u64,
+    mut serve: impl FnMut(Chain<'_>) -> (u32, u64),
+) -> Result<(), RingsBroken> {
     use virtio_queue::QueueT;
+    let mut spent = 0u64;
     // One chain at a time (no list to build).
     let one = |queue: &mut Queue, budget: &mut usize| {
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            return Ok(false);
+            return Ok(0);
         };
         let head = chain.head_index();
-        let len = serve(chain);
+        let (len, cost) = serve(chain);
         queue
             .add_used(mem, head, len)
             .map_err(|_| Served::BadRing)?;
         *budget -= 1;
-        Ok(true)
+        spent = spent.saturating_add(cost);
+        if spent >= limit {
+            *budget = 0;
+        }
+        Ok(1)
     };
     let served = serve_chains(queue, mem, one);
     finish(queue, mem, interrupt, kick, served)
@@ -322,7 +342,7 @@ pub fn serve_queue_batched(
             chains.push(chain);
         }
         if chains.is_empty() {
-            return Ok(false);
+            return Ok(0);
         }
         lens.clear();
         serve(&chains, &mut lens);
@@ -333,7 +353,7 @@ pub fn serve_queue_batched(
                 .map_err(|_| Served::BadRing)?;
         }
         *budget -= chains.len();
-        Ok(true)
+        Ok(chains.len())
     };
     let served = serve_chains(queue, mem, some);
     finish(queue, mem, interrupt, kick, served)
@@ -372,14 +392,14 @@ pub fn stop_broken(active: &mut Option<Active>, complaints: &mut Complaints, dev
 }
 
 /// Serves every available chain by `round`s (each pops some, serves them, returns them used
-/// and counts them off the budget; false when there were none). With EVENT_IDX the driver
+/// and counts them off the budget; how many, 0 when there were none). With EVENT_IDX the driver
 /// kicks only when told to (`avail_event`): notifications are re-enabled after draining,
 /// and the queue drained again if buffers came meanwhile. At most the queue's size per call;
 /// how it ended and how many chains were used.
 fn serve_chains(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    round: impl FnMut(&mut Queue, &mut usize) -> Result<bool, Served>,
+    round: impl FnMut(&mut Queue, &mut usize) -> Result<usize, Served>,
 ) -> (Served, usize) {
     use virtio_queue::QueueT;
     // A queue the driver never made ready (DRIVER_OK without QUEUE_READY) has nothing to
@@ -387,30 +407,30 @@ fn serve_chains(
     if !queue.ready() {
         return (Served::Done, 0);
     }
-    let full = usize::from(queue.size()).max(1);
-    let mut budget = full;
-    let outcome = serve_rounds(queue, mem, round, &mut budget);
-    (outcome, full - budget)
+    let mut used = 0;
+    let outcome = serve_rounds(queue, mem, round, &mut used);
+    (outcome, used)
 }
 
-/// [`serve_chains`]'s loop, counting the chains used off `budget`.
+/// [`serve_chains`]'s loop, adding the chains used to `used`.
 fn serve_rounds(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    mut round: impl FnMut(&mut Queue, &mut usize) -> Result<bool, Served>,
-    budget: &mut usize,
+    mut round: impl FnMut(&mut Queue, &mut usize) -> Result<usize, Served>,
+    used: &mut usize,
 ) -> Served {
     use virtio_queue::QueueT;
+    let mut budget = usize::from(queue.size()).max(1);
     loop {
         let _ = queue.disable_notification(mem);
         let mut popped = false;
         loop {
-            match round(queue, budget) {
-                Ok(true) => popped = true,
-                Ok(false) => break,
+            match round(queue, &mut budget) {
+                Ok(0) => break,
+                Ok(n) => (popped, *used) = (true, *used + n),
                 Err(outcome) => return outcome,
             }
-            if *budget == 0 {
+            if budget == 0 {
                 return Served::OutOfBudget;
             }
         }

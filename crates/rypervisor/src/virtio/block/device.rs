@@ -13,10 +13,14 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request::{execute, MAX_SEGMENTS, MAX_WRITE_ZEROES_SECTORS};
 use crate::virtio::{
-    queue_eventfds, serve_queue, stop_broken, Active, Complaints, VirtioDevice, VirtioError,
+    queue_eventfds, serve_queue_metered, stop_broken, Active, Complaints, VirtioDevice, VirtioError,
 };
 
 const QUEUE_SIZE: u16 = 256;
+/// Bytes one turn of the event loop moves at most before the other devices get theirs (the
+/// request that crosses it finishes; the rest waits for the next turn): ~2–5 ms of page-cache
+/// copies, where a queue's worth of large requests could hold the loop for seconds.
+const BYTES_PER_TURN: u64 = 16 << 20;
 
 /// Request counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,7 +151,8 @@ impl VirtioDevice for Block {
         let mem = &active.mem;
         let (disk, serial) = (&self.disk, &self.serial[..]);
         let (stats, complaints) = (&mut self.stats, &mut self.complaints);
-        let outcome = serve_queue(queue, mem, &active.interrupt, &self.events[0], |chain| {
+        let (interrupt, kick) = (&active.interrupt, &self.events[0]);
+        let outcome = serve_queue_metered(queue, mem, interrupt, kick, BYTES_PER_TURN, |chain| {
             let head = chain.head_index();
             match execute(chain, mem, disk, serial) {
                 Ok(done) => {
@@ -155,12 +160,12 @@ impl VirtioDevice for Block {
                     if u32::from(done.status) == virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR {
                         complaints.note("blk", format_args!("request {head}: IOERR"));
                     }
-                    done.written
+                    (done.written, done.moved)
                 }
                 Err(e) => {
                     stats.dropped += 1;
                     complaints.note("blk", format_args!("request {head} dropped: {e}"));
-                    0
+                    (0, 0)
                 }
             }
         });

@@ -31,6 +31,9 @@ pub struct Done {
     pub status: u8,
     /// Bytes written to guest memory.
     pub written: u32,
+    /// Bytes the request moved to or from the file, or zeroed there: what it cost the event
+    /// loop (see `serve_queue_metered`).
+    pub moved: u64,
 }
 
 /// Why a request could not even be answered.
@@ -58,8 +61,8 @@ pub fn execute(
         Err(e) => return status_only(chain, mem).ok_or(e.into()),
     };
     let status_at = data_out.pop_last_byte().ok_or(Unanswerable::NoStatus)?;
-    let (status, written) = match readable.read_obj::<[u8; 16]>() {
-        Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+    let (status, written, moved) = match readable.read_obj::<[u8; 16]>() {
+        Err(_) => (VIRTIO_BLK_S_IOERR, 0, 0),
         Ok(header) => {
             let kind = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
             let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
@@ -70,6 +73,7 @@ pub fn execute(
     Ok(Done {
         status: status as u8,
         written: written + 1,
+        moved,
     })
 }
 
@@ -95,10 +99,11 @@ fn status_only(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) 
     Some(Done {
         status: VIRTIO_BLK_S_IOERR as u8,
         written: 1,
+        moved: 0,
     })
 }
 
-/// The status and the data bytes written to the guest.
+/// The status, the data bytes written to the guest, and the bytes moved or zeroed.
 fn serve(
     kind: u32,
     sector: u64,
@@ -106,23 +111,28 @@ fn serve(
     to_guest: &Buffers<'_>,
     disk: &Disk,
     serial: &[u8],
-) -> (u32, u32) {
+) -> (u32, u32, u64) {
+    // (Bytes written to the guest, bytes moved or zeroed in the file.)
     let result = match kind {
-        VIRTIO_BLK_T_IN => transfer(disk, Direction::Read, sector, to_guest).map(|n| n as u32),
+        VIRTIO_BLK_T_IN => {
+            transfer(disk, Direction::Read, sector, to_guest).map(|n| (n as u32, n as u64))
+        }
         VIRTIO_BLK_T_OUT if disk.read_only() => Err(VIRTIO_BLK_S_IOERR),
-        VIRTIO_BLK_T_OUT => transfer(disk, Direction::Write, sector, from_guest).map(|_| 0),
-        VIRTIO_BLK_T_FLUSH if disk.writeback() => disk.flush().map(|_| 0).map_err(io_error),
-        VIRTIO_BLK_T_GET_ID => get_id(to_guest, serial),
+        VIRTIO_BLK_T_OUT => {
+            transfer(disk, Direction::Write, sector, from_guest).map(|n| (0, n as u64))
+        }
+        VIRTIO_BLK_T_FLUSH if disk.writeback() => disk.flush().map(|_| (0, 0)).map_err(io_error),
+        VIRTIO_BLK_T_GET_ID => get_id(to_guest, serial).map(|n| (n, 0)),
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if disk.read_only() => {
             Err(VIRTIO_BLK_S_IOERR)
         }
-        VIRTIO_BLK_T_DISCARD => segments(disk, from_guest, false).map(|_| 0),
-        VIRTIO_BLK_T_WRITE_ZEROES => segments(disk, from_guest, true).map(|_| 0),
+        VIRTIO_BLK_T_DISCARD => segments(disk, from_guest, false).map(|_| (0, 0)),
+        VIRTIO_BLK_T_WRITE_ZEROES => segments(disk, from_guest, true).map(|n| (0, n)),
         _ => Err(VIRTIO_BLK_S_UNSUPP),
     };
     match result {
-        Ok(written) => (VIRTIO_BLK_S_OK, written),
-        Err(status) => (status, 0),
+        Ok((written, moved)) => (VIRTIO_BLK_S_OK, written, moved),
+        Err(status) => (status, 0, 0),
     }
 }
 
@@ -159,8 +169,8 @@ fn get_id(to_guest: &Buffers<'_>, serial: &[u8]) -> Result<u32, u32> {
 }
 
 /// DISCARD / WRITE_ZEROES: 16-byte segments (sector, sectors, flags), each checked before
-/// any is executed.
-fn segments(disk: &Disk, from_guest: &Buffers<'_>, zeroes: bool) -> Result<(), u32> {
+/// any is executed; the bytes they cover.
+fn segments(disk: &Disk, from_guest: &Buffers<'_>, zeroes: bool) -> Result<u64, u32> {
     if from_guest.is_empty() || !from_guest.len().is_multiple_of(16) {
         return Err(VIRTIO_BLK_S_IOERR);
     }
@@ -202,5 +212,5 @@ fn segments(disk: &Disk, from_guest: &Buffers<'_>, zeroes: bool) -> Result<(), u
         };
         r.unwrap_or(Ok(())).map_err(io_error)?;
     }
-    Ok(())
+    Ok(total * SECTOR)
 }
