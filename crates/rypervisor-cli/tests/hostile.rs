@@ -434,3 +434,35 @@ fn a_program_that_uses_the_system_call_port_itself_gets_sigsegv() {
         r.stderr
     );
 }
+
+/// Stopped and continued (`kill -STOP`/`-CONT`, a shell's Ctrl-Z and `fg`, a debugger
+/// attaching): the kernel resumes the VMM's timed waits with `restart_syscall`, which its
+/// seccomp filters must allow, and the run goes on to its timeout.
+#[test]
+fn a_vmm_stopped_and_continued_goes_on_under_seccomp() {
+    require_kvm();
+    let files = Files::new();
+    let spin = assemble(16, 0x1000, |a| {
+        let mut again = a.create_label();
+        a.set_label(&mut again)?;
+        a.jmp(again)
+    });
+    let guest = files.write("spin.bin", &spin);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args(["run", "--timeout", "3", path_str(&guest)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rypervisor");
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(800));
+    for signal in [libc::SIGSTOP, libc::SIGCONT] {
+        // SAFETY: signals to our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{:?}: {stderr}", out.status);
+}

@@ -107,7 +107,7 @@ pub(crate) fn kvm_ioctls() -> Vec<u64> {
 }
 
 /// What every VMM thread needs: its own memory, the standard streams, time, the kick signal.
-pub(crate) const VMM_BASICS: [i64; 24] = [
+pub(crate) const VMM_BASICS: [i64; 25] = [
     libc::SYS_read,  // stdin for the program
     libc::SYS_write, // stdout/stderr, traces
     libc::SYS_writev,
@@ -124,6 +124,9 @@ pub(crate) const VMM_BASICS: [i64; 24] = [
     libc::SYS_gettid,
     libc::SYS_tgkill,
     libc::SYS_rt_sigreturn, // the kick signal's handler returning
+    // A timed wait (futex, nanosleep) a stop and continue interrupted (SIGSTOP/SIGCONT,
+    // Ctrl-Z, a debugger) is resumed by the kernel through this call.
+    libc::SYS_restart_syscall,
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
     libc::SYS_sched_yield,
