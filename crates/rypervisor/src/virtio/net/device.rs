@@ -162,9 +162,14 @@ impl Net {
                         0
                     }
                     Err(e) => {
+                        // The tap itself fails (its interface gone, say): nothing was read,
+                        // so the buffer goes back and the tap waits for its next event,
+                        // rather than each of the guest's buffers going back empty on the
+                        // same error, again and again.
                         self.complaints.note("net", format_args!("tap read: {e}"));
-                        self.stats.rx_dropped += 1;
-                        0
+                        self.readable = false;
+                        queue.go_to_previous_position();
+                        break;
                     }
                 },
                 _ => {

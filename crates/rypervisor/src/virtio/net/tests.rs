@@ -39,6 +39,10 @@ fn pair() -> (File, UnixDatagram) {
 
 fn rig(features: u64) -> Rig {
     let (tap, peer) = pair();
+    rig_on(tap, peer, features)
+}
+
+fn rig_on(tap: File, peer: UnixDatagram, features: u64) -> Rig {
     let mut dev = Net::new(tap, [0x52, 0x54, 0, 1, 2, 3]).unwrap();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
     let rx = DriverQueue::new(&mem, 16, 0x1000);
@@ -327,4 +331,25 @@ fn the_tap_gets_the_vnet_header_that_was_checked_not_what_the_guest_wrote_after(
         &f[..],
         "the header as checked, the payload as it was"
     );
+}
+
+#[test]
+fn a_tap_whose_reads_fail_keeps_the_guests_buffers_and_does_not_spin() {
+    let (_, peer) = pair();
+    let tap = File::options().write(true).open("/dev/null").unwrap(); // reads: EBADF
+    let mut r = rig_on(tap, peer, 0);
+    for i in 0..4 {
+        r.rx.offer(&[rx_buffer(0x20_0000 + i * 0x1000, 1526)])
+            .unwrap();
+    }
+    let rx_kick = r.dev.queue_events()[RX].try_clone().unwrap();
+    let _ = rx_kick.read(); // (the kick at activation)
+    r.dev.process_fd(0);
+    r.dev.process_queue(RX);
+    assert_eq!(r.rx.take_used(), None, "a buffer used up by a failed read");
+    assert!(
+        rx_kick.read().is_err(),
+        "the device kicked itself to try again"
+    );
+    assert_eq!(r.dev.stats.rx_dropped, 0);
 }
