@@ -165,6 +165,7 @@ impl EventLoop {
             .name("virtio".into())
             .spawn(move || {
                 on_start();
+                let _stop = StopOnExit(&devices);
                 serve(&epoll, &devices);
             })
             .map_err(VirtioError::EventLoop)?;
@@ -172,6 +173,20 @@ impl EventLoop {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// Stops every device when the loop's thread leaves [`serve`] — told to, or not (an
+/// `epoll_wait` failure, a panic in a handler while unwinding): what a device must undo on
+/// this thread (vsock removes its socket file: the only thread whose seccomp filter allows
+/// `unlink`) is undone whatever ended the loop.
+struct StopOnExit<'d>(&'d Devices);
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        for device in self.0 {
+            device.lock().unwrap_or_else(|p| p.into_inner()).stop();
+        }
     }
 }
 
@@ -187,12 +202,7 @@ fn serve(epoll: &Epoll, devices: &Devices) {
         };
         for event in &events[..n] {
             match source(event.data()) {
-                Source::Stop => {
-                    for device in devices {
-                        device.lock().unwrap_or_else(|p| p.into_inner()).stop();
-                    }
-                    return;
-                }
+                Source::Stop => return, // (the devices stop on the way out: `StopOnExit`)
                 Source::Queue(d, i) => {
                     let mut device = devices[d].lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(evt) = device.queue_events().get(i) {
@@ -264,6 +274,57 @@ mod tests {
             39,
             "level-triggered: again until read"
         );
+    }
+
+    /// A device whose queue handler panics (a bug), and which records being stopped.
+    struct Panicky {
+        events: Vec<EventFd>,
+        stopped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl VirtioDevice for Panicky {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn activate(&mut self, _active: super::super::Active) {}
+        fn reset(&mut self) {}
+        fn queue_events(&self) -> &[EventFd] {
+            &self.events
+        }
+        fn process_queue(&mut self, _index: usize) {
+            panic!("a bug in a device");
+        }
+        fn stop(&mut self) {
+            self.stopped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// However the loop ends, its devices are stopped on its thread (vsock removes its
+    /// socket file there, the only thread allowed to).
+    #[test]
+    fn a_loop_that_ends_without_being_told_still_stops_its_devices() {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let device = Panicky {
+            events: super::super::queue_eventfds(1).unwrap(),
+            stopped: stopped.clone(),
+        };
+        device.events[0].write(1).unwrap();
+        let devices: Devices = vec![Arc::new(Mutex::new(device))];
+        let mut event_loop = EventLoop::start(devices, || {}).unwrap();
+        let thread = event_loop.thread.take().unwrap();
+        assert!(thread.join().is_err(), "the handler panicked");
+        assert!(stopped.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]
