@@ -448,7 +448,7 @@ fn a_vmm_stopped_and_continued_goes_on_under_seccomp() {
         a.jmp(again)
     });
     let guest = files.write("spin.bin", &spin);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+    let child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
         .args(["run", "--timeout", "3", path_str(&guest)])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
