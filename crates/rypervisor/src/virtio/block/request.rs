@@ -23,6 +23,10 @@ pub const MAX_SEGMENTS: u32 = 32;
 /// kept to 16 MiB of them.
 pub const MAX_WRITE_ZEROES_SECTORS: u32 = 32 << 10;
 
+/// What a FLUSH counts for against a turn's budget (see `Done::moved`): all of it, since
+/// `fdatasync` writes back whatever the guest dirtied, however much.
+pub const FLUSH_COST: u64 = u64::MAX;
+
 /// A request's outcome: the status byte, and the bytes the device wrote into the guest's
 /// buffers (status included) for the used ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,8 +35,8 @@ pub struct Done {
     pub status: u8,
     /// Bytes written to guest memory.
     pub written: u32,
-    /// Bytes the request moved to or from the file, or zeroed there: what it cost the event
-    /// loop (see `serve_queue_metered`).
+    /// Bytes the request moved to or from the file, zeroed or discarded there (a FLUSH:
+    /// [`FLUSH_COST`]): what it cost the event loop (see `serve_queue_metered`).
     pub moved: u64,
 }
 
@@ -121,12 +125,15 @@ fn serve(
         VIRTIO_BLK_T_OUT => {
             transfer(disk, Direction::Write, sector, from_guest).map(|n| (0, n as u64))
         }
-        VIRTIO_BLK_T_FLUSH if disk.writeback() => disk.flush().map(|_| (0, 0)).map_err(io_error),
+        // A flush writes back whatever the guest dirtied: it costs a turn's worth.
+        VIRTIO_BLK_T_FLUSH if disk.writeback() => {
+            disk.flush().map(|_| (0, FLUSH_COST)).map_err(io_error)
+        }
         VIRTIO_BLK_T_GET_ID => get_id(to_guest, serial).map(|n| (n, 0)),
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if disk.read_only() => {
             Err(VIRTIO_BLK_S_IOERR)
         }
-        VIRTIO_BLK_T_DISCARD => segments(disk, from_guest, false).map(|_| (0, 0)),
+        VIRTIO_BLK_T_DISCARD => segments(disk, from_guest, false).map(|n| (0, n)),
         VIRTIO_BLK_T_WRITE_ZEROES => segments(disk, from_guest, true).map(|n| (0, n)),
         _ => Err(VIRTIO_BLK_S_UNSUPP),
     };

@@ -605,4 +605,22 @@ fn large_requests_are_served_over_several_turns_of_the_event_loop() {
     assert_eq!(rest, 2);
     assert_eq!(r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), OK);
     assert_eq!(r.dev.stats.requests, 6);
+    // A flush (an fdatasync of whatever the guest dirtied) ends a turn by itself.
+    let mut wb = rig(64 << 10, ",cache=writeback");
+    let mut flush = [0u8; 16];
+    flush[..4].copy_from_slice(&VIRTIO_BLK_T_FLUSH.to_le_bytes());
+    wb.mem.write_slice(&flush, GuestAddress(HEADER)).unwrap();
+    for _ in 0..2 {
+        wb.q.offer(&[readable(HEADER, 16), writable(STATUS, 1)])
+            .unwrap();
+    }
+    let kick = wb.dev.queue_events()[0].try_clone().unwrap();
+    let _ = kick.read();
+    wb.dev.process_queue(0);
+    assert_eq!(std::iter::from_fn(|| wb.q.take_used()).count(), 1);
+    assert_eq!(
+        kick.read().unwrap(),
+        1,
+        "the device kicked itself to come back"
+    );
 }
