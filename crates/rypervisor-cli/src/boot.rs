@@ -44,6 +44,7 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
     if let Some(notice) = notice {
         eprintln!("{notice}");
     }
+    crate::terminal::stop_on_signals(vm.stop_handle());
     let raw = crate::terminal::RawMode::enable_if_tty();
     let filter = vm.console_input_filter();
     boot::console_input(
@@ -60,6 +61,9 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
     print_ending(&report);
     if args.stats {
         print_stats(&report);
+    }
+    if let Ending::Signal(sig) = report.ending {
+        crate::terminal::die_by(sig);
     }
     Ok(report.ending.status() as u8)
 }
@@ -82,6 +86,10 @@ fn print_ending(report: &BootReport) {
     match &report.ending {
         Ending::PoweredOff | Ending::Reset => {}
         Ending::UserQuit => eprintln!("rypervisor: stopped (Ctrl-A x)"),
+        Ending::Signal(sig) => eprintln!(
+            "rypervisor: stopped by {}",
+            crate::terminal::signal_name(*sig)
+        ),
         Ending::Panic => eprintln!("rypervisor: the guest kernel panicked (see the console above)"),
         Ending::TimedOut => {
             eprintln!("rypervisor: guest stopped: time limit expired");

@@ -45,7 +45,8 @@ const LWN_PROGRAM: [u8; 12] = [
         124 on --timeout, 2 on a triple fault, 3 on other guest faults; exec: the program's own, \
         139/132/136 when it crashes, 159 when --strict ends it, 124 on --timeout; boot: 0 when \
         the guest powers off or reboots, 1 after a kernel panic, 124 on --timeout, 3 when the VM \
-        cannot continue. Bad input: 1.\n\
+        cannot continue, killed by the same signal after SIGTERM, SIGINT, SIGHUP or SIGQUIT \
+        (the VM stopped first). Bad input: 1.\n\
         Logging: RUST_LOG=debug for more detail."
 )]
 struct Cli {
@@ -131,7 +132,10 @@ enum Command {
         The console is raw while the guest runs; type Ctrl-A x to quit (Ctrl-A Ctrl-A sends \
         Ctrl-A). The guest's poweroff, halt or reboot ends rypervisor with status 0; a kernel \
         panic (with the default panic=1) with status 1; --timeout with 124; a VM that cannot \
-        continue (e.g. an instruction the host's KVM cannot emulate) with 3 and a report.\n\n\
+        continue (e.g. an instruction the host's KVM cannot emulate) with 3 and a report. \
+        SIGTERM, SIGINT, SIGHUP or SIGQUIT stops the VM as its own end would (devices \
+        stopped, the vsock socket file removed, the terminal restored); then rypervisor dies \
+        by that signal.\n\n\
         Default command line: console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux \
         i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1; --cmdline appends to it. \
         A small kernel and initramfs for trying this: guest/build-kernel.sh and \

@@ -7,7 +7,8 @@
 //! datagrams echoed, 1 MiB streamed over TCP and checked by the host.
 //! A second boot runs from an ext4 root disk (guest/build-rootfs.sh) with a read-only data
 //! drive, and the host then reads what the guest wrote. `--vsock` and `--drive` mistakes are
-//! refused with one clear line.
+//! refused with one clear line. A short boot is stopped and continued, then sent SIGTERM: it
+//! ends as the guest's own end would, its vsock socket file removed.
 
 mod common;
 
@@ -544,4 +545,51 @@ fn a_guest_on_a_tap_exchanges_udp_and_streams_tcp_in_a_network_namespace() {
         said.trim(),
         "what the host received is what was sent"
     );
+}
+
+/// `kill -STOP`/`-CONT` (every thread's timed waits resumed under seccomp), then SIGTERM:
+/// the VM stops as at its own end (the socket file removed on the event loop's thread) and
+/// rypervisor dies by SIGTERM, as `timeout(1)` or a service manager expects.
+#[test]
+fn a_boot_stopped_continued_and_terminated_ends_cleanly() {
+    use std::os::unix::process::ExitStatusExt;
+    require_kvm();
+    let kernel = guest_kernel().join("vmlinux");
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let _one = one_at_a_time();
+    let spec = format!("cid=3,uds={}", uds.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rypervisor"))
+        .args(["boot", "--kernel", kernel.to_str().unwrap()])
+        .args(["--mem", "64M", "--timeout", "120", "--vsock", &spec])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !uds.exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1)); // the guest runs
+    let pid = child.id() as i32;
+    for signal in [libc::SIGSTOP, libc::SIGCONT, libc::SIGTERM] {
+        // SAFETY: signals to our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("rypervisor: stopped by SIGTERM"),
+        "{stderr}"
+    );
+    assert!(!uds.exists(), "the socket file is removed");
 }

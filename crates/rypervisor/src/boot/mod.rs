@@ -44,6 +44,10 @@ pub const DEFAULT_MEM: u64 = 256 << 20;
 pub const MAX_CPUS: u8 = 32;
 /// The status a Ctrl-A x request carries on the stop signal.
 pub const USER_QUIT: u8 = 0xfe;
+/// A host signal asks the VM to end: `SIGNALLED | signal number` on the stop signal
+/// ([`LinuxVm::stop_handle`]), a single atomic store that a signal handler may make; the VM
+/// then ends as [`Ending::Signal`], its devices stopped as for any other ending.
+pub const SIGNALLED: u8 = 0x80;
 
 /// Errors preparing or running a Linux guest.
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +270,9 @@ pub enum Ending {
     TimedOut,
     /// The user typed Ctrl-A x.
     UserQuit,
+    /// A host signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT) asked the VMM to stop (see
+    /// [`SIGNALLED`]); its number.
+    Signal(i32),
     /// The VM stopped on something the VMM cannot continue from (report attached).
     Crashed(String),
 }
@@ -277,6 +284,7 @@ impl Ending {
             Ending::PoweredOff | Ending::Reset | Ending::UserQuit => 0,
             Ending::Panic => 1,
             Ending::TimedOut => 124,
+            Ending::Signal(sig) => 128 + sig,
             Ending::Crashed(_) => 3,
         }
     }

@@ -13,7 +13,7 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::console::ConsoleEvents;
-use super::{BootConfig, BootError, BootReport, Ending, KernelFormat, USER_QUIT};
+use super::{BootConfig, BootError, BootReport, Ending, KernelFormat, SIGNALLED, USER_QUIT};
 use crate::bus::Bus;
 use crate::cpu_template::{self, CpuTemplate, Workaround};
 use crate::devices::misc::BootMarker;
@@ -249,6 +249,7 @@ impl LinuxVm {
             if let Some(status) = self.devices.stop.requested() {
                 return match status {
                     USER_QUIT => Ending::UserQuit,
+                    s if s & SIGNALLED != 0 => Ending::Signal(i32::from(s & !SIGNALLED)),
                     _ => self.reset_ending(),
                 };
             }
