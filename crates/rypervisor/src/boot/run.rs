@@ -38,6 +38,11 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// The same after the time limit: a moment, so the last lines of a hung guest still show
 /// (unless stdout itself is stuck).
 const GRACE: Duration = Duration::from_millis(200);
+/// How long the vCPU threads and the device event loop get to stop once asked. One that has
+/// not (a vCPU waiting for a device whose handler is still busy: a huge request, an image on
+/// a hung network file system) is left behind, and said so: the VM's end, and `--timeout`,
+/// hold whatever a device is doing.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// The devices a booted guest has, and the handles the supervisor watches.
 pub struct Devices {
@@ -210,14 +215,36 @@ impl LinuxVm {
         // Stop every vCPU: raise the flag, then kick each once (immediate_exit makes the kick
         // stick even when it lands between two KVM_RUNs).
         shared.stopping.store(true, Ordering::Release);
+        for (kicker, handle) in &threads {
+            kicker.kick(handle);
+        }
+        let stop_by = Instant::now() + STOP_WAIT;
         let (mut exits, mut places) = (Vec::new(), Vec::new());
-        for (kicker, handle) in threads {
-            kicker.kick(&handle);
-            let (stats, place) = handle.join().unwrap_or_default();
+        for (index, (_, handle)) in threads.into_iter().enumerate() {
+            let (stats, place) = match join_by(handle, stop_by) {
+                Some(ended) => ended.unwrap_or_default(),
+                None => {
+                    let what = format!(
+                        "vCPU {index}: did not stop within {STOP_WAIT:?}: left running \
+                         (waiting for a busy device?)"
+                    );
+                    tracing::warn!("{what}");
+                    (ExitStats::default(), what)
+                }
+            };
             exits.push(stats);
             places.push(place);
         }
-        drop(event_loop);
+        if let Some(event_loop) = event_loop {
+            if !event_loop.stop_by(Instant::now() + STOP_WAIT) {
+                let what = format!(
+                    "the device event loop did not stop within {STOP_WAIT:?}: left running \
+                     (a device handler is still busy)"
+                );
+                tracing::warn!("{what}");
+                places.push(what);
+            }
+        }
         self.devices
             .serial
             .lock()
@@ -280,6 +307,18 @@ impl LinuxVm {
             )
         }
     }
+}
+
+/// Joins `handle` if its thread ends by `by`; `None` (the thread left running, detached) if
+/// not. `Some(Err(_))`: it panicked.
+fn join_by<T>(handle: JoinHandle<T>, by: Instant) -> Option<std::thread::Result<T>> {
+    while !handle.is_finished() {
+        if Instant::now() >= by {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Some(handle.join())
 }
 
 /// One vCPU thread: runs until the supervisor stops it (`None`) or the guest ends the VM from

@@ -235,6 +235,25 @@ fn serve(epoll: &Epoll, devices: &Devices) {
     }
 }
 
+impl EventLoop {
+    /// Stops the loop and joins its thread if it ends by `by` (true); if a handler is still
+    /// busy then, the thread is left to end on its own (false), and `Drop` waits no more.
+    pub fn stop_by(mut self, by: std::time::Instant) -> bool {
+        let _ = self.stop.write(1);
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        while !thread.is_finished() {
+            if std::time::Instant::now() >= by {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = thread.join();
+        true
+    }
+}
+
 impl Drop for EventLoop {
     fn drop(&mut self) {
         let _ = self.stop.write(1);
@@ -276,13 +295,27 @@ mod tests {
         );
     }
 
-    /// A device whose queue handler panics (a bug), and which records being stopped.
-    struct Panicky {
+    /// A device whose queue handler does `work` (panics, takes long), and which records
+    /// being stopped.
+    struct Fake {
         events: Vec<EventFd>,
         stopped: Arc<std::sync::atomic::AtomicBool>,
+        work: fn(),
     }
 
-    impl VirtioDevice for Panicky {
+    /// [`Fake`] with its queue kicked once, and whether it was stopped.
+    fn kicked(work: fn()) -> (Devices, Arc<std::sync::atomic::AtomicBool>) {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let device = Fake {
+            events: super::super::queue_eventfds(1).unwrap(),
+            stopped: stopped.clone(),
+            work,
+        };
+        device.events[0].write(1).unwrap();
+        (vec![Arc::new(Mutex::new(device))], stopped)
+    }
+
+    impl VirtioDevice for Fake {
         fn device_type(&self) -> u32 {
             4
         }
@@ -302,7 +335,7 @@ mod tests {
             &self.events
         }
         fn process_queue(&mut self, _index: usize) {
-            panic!("a bug in a device");
+            (self.work)();
         }
         fn stop(&mut self) {
             self.stopped
@@ -314,16 +347,32 @@ mod tests {
     /// socket file there, the only thread allowed to).
     #[test]
     fn a_loop_that_ends_without_being_told_still_stops_its_devices() {
-        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let device = Panicky {
-            events: super::super::queue_eventfds(1).unwrap(),
-            stopped: stopped.clone(),
-        };
-        device.events[0].write(1).unwrap();
-        let devices: Devices = vec![Arc::new(Mutex::new(device))];
+        let (devices, stopped) = kicked(|| panic!("a bug in a device"));
         let mut event_loop = EventLoop::start(devices, || {}).unwrap();
         let thread = event_loop.thread.take().unwrap();
         assert!(thread.join().is_err(), "the handler panicked");
+        assert!(stopped.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// A stop waits for a busy handler only as long as asked, then leaves the loop behind.
+    #[test]
+    fn a_stop_is_bounded_while_a_handler_is_busy() {
+        use std::time::{Duration, Instant};
+        let (devices, stopped) = kicked(|| std::thread::sleep(Duration::from_secs(3)));
+        let event_loop = EventLoop::start(devices, || {}).unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // the handler is running
+        let asked = Instant::now();
+        assert!(!event_loop.stop_by(asked + Duration::from_millis(200)));
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert!(!stopped.load(std::sync::atomic::Ordering::SeqCst));
+        // An idle loop stops at once.
+        let (devices, stopped) = kicked(|| {});
+        let event_loop = EventLoop::start(devices, || {}).unwrap();
+        assert!(event_loop.stop_by(Instant::now() + Duration::from_secs(10)));
         assert!(stopped.load(std::sync::atomic::Ordering::SeqCst));
     }
 

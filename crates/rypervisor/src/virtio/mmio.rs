@@ -19,6 +19,7 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{Active, Complaints, Interrupt, VirtioDevice, VirtioError};
 use crate::bus::BusDevice;
@@ -45,6 +46,13 @@ const STEPS: [u32; 4] = [
 /// One device's transport.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// What a vCPU reads or kicks without the device's lock, which the event loop holds
+    /// while it serves the device (a vCPU would wait for that): its name, type, queue sizes
+    /// and queue kicks.
+    name: &'static str,
+    device_type: u32,
+    sizes: Vec<u16>,
+    kicks: Vec<EventFd>,
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
@@ -80,13 +88,23 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
     ) -> Result<Self, VirtioError> {
-        let (queues, features) = {
+        let (name, device_type, sizes, kicks, features) = {
             let d = device.lock().unwrap_or_else(|p| p.into_inner());
-            (fresh_queues(d.queue_max_sizes())?, d.features())
+            let kicks = (d.queue_events().iter())
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(VirtioError::EventFd)?;
+            let sizes = d.queue_max_sizes().to_vec();
+            (d.name(), d.device_type(), sizes, kicks, d.features())
         };
+        let queues = fresh_queues(&sizes)?;
         let offered = features | (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
         Ok(Self {
             device,
+            name,
+            device_type,
+            sizes,
+            kicks,
             mem,
             interrupt,
             queues,
@@ -114,9 +132,8 @@ impl MmioTransport {
     }
 
     fn mistake(&mut self, what: std::fmt::Arguments<'_>) {
-        let name = self.device().name();
         self.complaints
-            .note(name, format_args!("driver error, ignored: {what}"));
+            .note(self.name, format_args!("driver error, ignored: {what}"));
     }
 
     fn register(&self, offset: u32) -> u32 {
@@ -124,7 +141,7 @@ impl MmioTransport {
         match offset {
             VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
             VIRTIO_MMIO_VERSION => VERSION,
-            VIRTIO_MMIO_DEVICE_ID => self.device().device_type(),
+            VIRTIO_MMIO_DEVICE_ID => self.device_type,
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
                 0 => self.offered as u32,
@@ -273,9 +290,8 @@ impl MmioTransport {
     /// Device reset: status 0, features and queues forgotten, the device idle.
     fn reset(&mut self) {
         self.device().reset();
-        let sizes = self.device().queue_max_sizes().to_vec();
         // The sizes were valid when the transport was made.
-        self.queues = fresh_queues(&sizes).unwrap_or_default();
+        self.queues = fresh_queues(&self.sizes).unwrap_or_default();
         self.status = 0;
         self.acked = 0;
         self.device_features_sel = 0;
@@ -322,8 +338,8 @@ impl BusDevice for MmioTransport {
             | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue(offset as u32, value),
             // Without an ioeventfd for it (or for another value), the kick comes here: pass
             // it to the device's event, which the event loop serves.
-            VIRTIO_MMIO_QUEUE_NOTIFY if (value as usize) < self.device().queue_events().len() => {
-                self.device().kick(value as usize)
+            VIRTIO_MMIO_QUEUE_NOTIFY if (value as usize) < self.kicks.len() => {
+                let _ = self.kicks[value as usize].write(1);
             }
             VIRTIO_MMIO_QUEUE_NOTIFY => {
                 self.mistake(format_args!("kick of queue {value}, which does not exist"))
