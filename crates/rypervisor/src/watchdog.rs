@@ -9,6 +9,8 @@
 //!
 //! One watchdog thread lives as long as its owner (a sandbox serves request after request with
 //! the same one), so arming it costs a mutex and a condition variable, not a thread spawn.
+//!
+//! [`join_by`] bounds the wait for a thread asked to stop, so an end holds too.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -16,6 +18,18 @@ use std::time::{Duration, Instant};
 
 use crate::vcpu::kick::{self, KickError, ThisThread};
 use crate::vcpu::Kicker;
+
+/// Joins `handle` if its thread ends by `by`; `None` (the thread left running, detached) if
+/// not. `Some(Err(_))`: it panicked.
+pub(crate) fn join_by<T>(handle: JoinHandle<T>, by: Instant) -> Option<std::thread::Result<T>> {
+    while !handle.is_finished() {
+        if Instant::now() >= by {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Some(handle.join())
+}
 
 /// How often a fired watchdog repeats its signal (for blocking host calls).
 const KICK_INTERVAL: Duration = Duration::from_millis(5);

@@ -29,6 +29,7 @@ use crate::vcpu::{
 use crate::virtio::event_loop::EventLoop;
 use crate::virtio::VirtioDevice;
 use crate::vm::Vm;
+use crate::watchdog::join_by;
 use seccompiler::BpfProgram;
 
 /// How often the supervisor looks at the console, the stop signal and the clock.
@@ -307,18 +308,6 @@ impl LinuxVm {
             )
         }
     }
-}
-
-/// Joins `handle` if its thread ends by `by`; `None` (the thread left running, detached) if
-/// not. `Some(Err(_))`: it panicked.
-fn join_by<T>(handle: JoinHandle<T>, by: Instant) -> Option<std::thread::Result<T>> {
-    while !handle.is_finished() {
-        if Instant::now() >= by {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Some(handle.join())
 }
 
 /// One vCPU thread: runs until the supervisor stops it (`None`) or the guest ends the VM from

@@ -240,17 +240,8 @@ impl EventLoop {
     /// busy then, the thread is left to end on its own (false), and `Drop` waits no more.
     pub fn stop_by(mut self, by: std::time::Instant) -> bool {
         let _ = self.stop.write(1);
-        let Some(thread) = self.thread.take() else {
-            return true;
-        };
-        while !thread.is_finished() {
-            if std::time::Instant::now() >= by {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let _ = thread.join();
-        true
+        let thread = self.thread.take();
+        thread.is_none_or(|t| crate::watchdog::join_by(t, by).is_some())
     }
 }
 
