@@ -12,6 +12,15 @@ use rypervisor::info;
 
 use crate::{BootArgs, PROCESS_START};
 
+/// `eprintln!` that never panics: after SIGHUP the terminal is gone and writes to it fail
+/// (EIO), and the process must still end by the signal, not by a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
     let mut config = BootConfig {
         kernel: args.kernel,
@@ -42,7 +51,7 @@ pub(crate) fn cmd_boot(args: BootArgs, device: &Path) -> Result<u8> {
     let vm = boot::prepare(config, crate::guest_stdout()?)?;
     // Said only now, when the VM is about to run: an error above has nothing to do with it.
     if let Some(notice) = notice {
-        eprintln!("{notice}");
+        say!("{notice}");
     }
     crate::terminal::stop_on_signals(vm.stop_handle());
     let raw = crate::terminal::RawMode::enable_if_tty();
@@ -85,22 +94,22 @@ fn probe_template(device: &Path) -> Result<(CpuTemplate, Option<String>)> {
 fn print_ending(report: &BootReport) {
     match &report.ending {
         Ending::PoweredOff | Ending::Reset => {}
-        Ending::UserQuit => eprintln!("rypervisor: stopped (Ctrl-A x)"),
-        Ending::Signal(sig) => eprintln!(
+        Ending::UserQuit => say!("rypervisor: stopped (Ctrl-A x)"),
+        Ending::Signal(sig) => say!(
             "rypervisor: stopped by {}",
             crate::terminal::signal_name(*sig)
         ),
-        Ending::Panic => eprintln!("rypervisor: the guest kernel panicked (see the console above)"),
+        Ending::Panic => say!("rypervisor: the guest kernel panicked (see the console above)"),
         Ending::TimedOut => {
-            eprintln!("rypervisor: guest stopped: time limit expired");
+            say!("rypervisor: guest stopped: time limit expired");
             for place in &report.last_places {
-                eprintln!("  {place}");
+                say!("  {place}");
             }
         }
         Ending::Crashed(why) => {
-            eprintln!("rypervisor: the VM cannot continue: {why}");
+            say!("rypervisor: the VM cannot continue: {why}");
             for place in &report.last_places {
-                eprintln!("  {place}");
+                say!("  {place}");
             }
         }
     }
@@ -109,15 +118,16 @@ fn print_ending(report: &BootReport) {
 fn print_stats(report: &BootReport) {
     let ms =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()));
-    eprintln!(
+    say!(
         "boot statistics ({}, cpu template {})",
-        report.format, report.template
+        report.format,
+        report.template
     );
-    eprintln!("  kernel entry      {}", ms(report.kernel_entry));
-    eprintln!("  boot marker       {}", ms(report.marker));
-    eprintln!("  end               {}", ms(Some(report.ended)));
-    eprintln!("  emulation steps   {}", report.workarounds);
+    say!("  kernel entry      {}", ms(report.kernel_entry));
+    say!("  boot marker       {}", ms(report.marker));
+    say!("  end               {}", ms(Some(report.ended)));
+    say!("  emulation steps   {}", report.workarounds);
     for (i, e) in report.exits.iter().enumerate() {
-        eprintln!("vCPU {i} {e}");
+        say!("vCPU {i} {e}");
     }
 }

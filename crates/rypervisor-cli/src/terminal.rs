@@ -1,5 +1,6 @@
 //! The console's terminal mode while a guest runs, and the host signals that end the guest.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rypervisor::boot::SIGNALLED;
@@ -9,6 +10,8 @@ use rypervisor::devices::StopSignal;
 static SAVED: OnceLock<libc::termios> = OnceLock::new();
 /// Where a signal asks the running VM to stop.
 static STOP: OnceLock<Arc<StopSignal>> = OnceLock::new();
+/// A signal asked already: a second one ends the process at once (a stop that hangs).
+static ASKED: AtomicBool = AtomicBool::new(false);
 
 /// The signals that end a VM gracefully. Raw mode turns Ctrl-C into a byte for the guest,
 /// so SIGINT only comes from outside (or from a terminal not in raw mode: stdin redirected).
@@ -53,7 +56,14 @@ impl Drop for RawMode {
 /// whose seccomp filters allow a vCPU or the event loop no terminal or signal calls, so the
 /// supervisor does the rest (devices stopped, vsock's socket file removed, the terminal
 /// restored) and then the process dies by the same signal ([`die_by`]).
+/// A second signal while the stop is under way ends the process at once (`_exit`, which
+/// every filter allows), as a user pressing Ctrl-C again or a service manager insisting
+/// expects.
 extern "C" fn ask_to_stop(sig: libc::c_int) {
+    if ASKED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe and ends the process.
+        unsafe { libc::_exit(128 + sig) };
+    }
     if let Some(stop) = STOP.get() {
         // (An atomic compare-and-swap: async-signal-safe. Signal numbers are below 0x80.)
         stop.request(SIGNALLED | (sig as u8 & !SIGNALLED));

@@ -571,6 +571,7 @@ fn a_boot_stopped_continued_and_terminated_ends_cleanly() {
     while !uds.exists() && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(uds.exists(), "the VM was never built");
     std::thread::sleep(Duration::from_secs(1)); // the guest runs
     let pid = child.id() as i32;
     for signal in [libc::SIGSTOP, libc::SIGCONT, libc::SIGTERM] {

@@ -372,7 +372,8 @@ fn finish(
     if outcome == Served::OutOfBudget {
         let _ = kick.write(1);
     }
-    if used > 0 {
+    // (A ring found broken mid-batch may follow used entries this call did not count.)
+    if used > 0 || outcome == Served::BadRing {
         notify_used(queue, mem, interrupt);
     }
     match outcome {

@@ -74,10 +74,12 @@ pub fn execute(
         }
     };
     status_at.copy_from(&[status as u8]);
+    // A request that failed (part done, then an error) costs at least its buffers.
+    let buffers = (readable.len() + data_out.len()) as u64;
     Ok(Done {
         status: status as u8,
         written: written + 1,
-        moved,
+        moved: moved.max(buffers),
     })
 }
 

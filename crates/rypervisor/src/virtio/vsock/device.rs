@@ -187,7 +187,7 @@ impl Vsock {
         let (mut used, mut broken) = (false, false);
         // A read that fills more buffers than are kept inline spills them to the heap.
         let mut bufs: SmallVec<[RxBuffer<'_>; RX_INLINE]> = SmallVec::new();
-        while self.muxer.has_packets() {
+        'fill: while self.muxer.has_packets() {
             let _ = queue.disable_notification(mem);
             let wanted = self.muxer.buffers_wanted();
             bufs.clear();
@@ -214,7 +214,8 @@ impl Vsock {
                         used = true;
                         budget -= 1;
                         if queue.add_used(mem, head, 0).is_err() {
-                            return self.complaints.note("vsock", format_args!("bad used ring"));
+                            broken = true; // (a head past the table)
+                            break 'fill;
                         }
                     }
                 }
@@ -252,7 +253,8 @@ impl Vsock {
                 used = true;
                 budget -= 1;
                 if queue.add_used(mem, b.head, b.written).is_err() {
-                    return self.complaints.note("vsock", format_args!("bad used ring"));
+                    broken = true;
+                    break 'fill;
                 }
             }
             if filled == 0 {

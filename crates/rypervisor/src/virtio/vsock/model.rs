@@ -126,6 +126,19 @@ impl GuestDriver {
         Ok(driver)
     }
 
+    /// Whether the device gave up on the rings and asked for a reset (DEVICE_NEEDS_RESET).
+    pub fn reset_needed(&self) -> bool {
+        self.interrupt.reset_needed()
+    }
+
+    /// Makes the first RX buffer offered name a descriptor past the table (a driver's bug),
+    /// before the device has taken any.
+    #[cfg(test)]
+    pub(crate) fn break_first_rx_buffer(&mut self) {
+        let (_, avail, _) = self.rx.rings();
+        let _ = self.mem.write_obj(u16::MAX, GuestAddress(avail + 4));
+    }
+
     /// Kicks queue `q` if the device asked for a kick for what was offered since the last.
     fn queue(&mut self, q: usize) {
         let wanted = match q {

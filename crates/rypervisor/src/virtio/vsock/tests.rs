@@ -668,3 +668,21 @@ fn rx_buffers_of_a_header_alone_come_back_empty_and_the_stream_flows_past_them()
     );
     assert_eq!(g.device.connections(), 1);
 }
+
+/// An RX buffer that names a descriptor past the table cannot be returned: the device stops
+/// (no connection is served from broken rings) and asks the driver for a reset.
+#[test]
+fn an_rx_buffer_past_the_descriptor_table_stops_the_device_until_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = driver(&dir);
+    g.break_first_rx_buffer();
+    let _host = host_connect(&dir, b"CONNECT 1234\n");
+    for _ in 0..20 {
+        assert!(g.receive_headers().is_empty(), "a packet from broken rings");
+        if g.reset_needed() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(g.reset_needed(), "DEVICE_NEEDS_RESET");
+}
