@@ -135,7 +135,7 @@ enum Command {
         continue (e.g. an instruction the host's KVM cannot emulate) with 3 and a report. \
         SIGTERM, SIGINT, SIGHUP or SIGQUIT stops the VM as its own end would (devices \
         stopped, the vsock socket file removed, the terminal restored); then rypervisor dies \
-        by that signal.\n\n\
+        by that signal (a second signal meanwhile ends it at once).\n\n\
         Default command line: console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux \
         i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1; --cmdline appends to it. \
         A small kernel and initramfs for trying this: guest/build-kernel.sh and \
