@@ -169,7 +169,7 @@ impl<'m> Buffers<'m> {
         Some(byte)
     }
 
-    /// Buffers over host memory (a header the device checked and sends as checked; tests).
+    /// Buffers over host memory (for tests).
     pub fn from_bytes(bytes: &'m mut [u8]) -> Self {
         let len = bytes.len();
         Self {
