@@ -10,7 +10,7 @@
 //! One watchdog thread lives as long as its owner (a sandbox serves request after request with
 //! the same one), so arming it costs a mutex and a condition variable, not a thread spawn.
 //!
-//! [`join_by`] bounds the wait for a thread asked to stop, so an end holds too.
+//! `join_by` bounds the wait for a thread asked to stop, so an end holds too.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
