@@ -47,11 +47,10 @@ const STEPS: [u32; 4] = [
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
     /// What a vCPU reads or kicks without the device's lock, which the event loop holds
-    /// while it serves the device (a vCPU would wait for that): its name, type, queue sizes
-    /// and queue kicks.
+    /// while it serves the device (a vCPU would wait for that): its name, type and queue
+    /// kicks.
     name: &'static str,
     device_type: u32,
-    sizes: Vec<u16>,
     kicks: Vec<EventFd>,
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
@@ -88,22 +87,20 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
     ) -> Result<Self, VirtioError> {
-        let (name, device_type, sizes, kicks, features) = {
+        let (name, device_type, queues, kicks, features) = {
             let d = device.lock().unwrap_or_else(|p| p.into_inner());
             let kicks = (d.queue_events().iter())
                 .map(EventFd::try_clone)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(VirtioError::EventFd)?;
-            let sizes = d.queue_max_sizes().to_vec();
-            (d.name(), d.device_type(), sizes, kicks, d.features())
+            let queues = fresh_queues(d.queue_max_sizes())?;
+            (d.name(), d.device_type(), queues, kicks, d.features())
         };
-        let queues = fresh_queues(&sizes)?;
         let offered = features | (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
         Ok(Self {
             device,
             name,
             device_type,
-            sizes,
             kicks,
             mem,
             interrupt,
@@ -290,8 +287,8 @@ impl MmioTransport {
     /// Device reset: status 0, features and queues forgotten, the device idle.
     fn reset(&mut self) {
         self.device().reset();
-        // The sizes were valid when the transport was made.
-        self.queues = fresh_queues(&self.sizes).unwrap_or_default();
+        // (The transport always holds its queues: the device got copies.)
+        self.queues.iter_mut().for_each(QueueT::reset);
         self.status = 0;
         self.acked = 0;
         self.device_features_sel = 0;

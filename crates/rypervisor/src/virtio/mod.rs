@@ -400,7 +400,7 @@ pub fn stop_broken(active: &mut Option<Active>, complaints: &mut Complaints, dev
 fn serve_chains(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    round: impl FnMut(&mut Queue, &mut usize) -> Result<usize, Served>,
+    mut round: impl FnMut(&mut Queue, &mut usize) -> Result<usize, Served>,
 ) -> (Served, usize) {
     use virtio_queue::QueueT;
     // A queue the driver never made ready (DRIVER_OK without QUEUE_READY) has nothing to
@@ -408,42 +408,30 @@ fn serve_chains(
     if !queue.ready() {
         return (Served::Done, 0);
     }
-    let mut used = 0;
-    let outcome = serve_rounds(queue, mem, round, &mut used);
-    (outcome, used)
-}
-
-/// [`serve_chains`]'s loop, adding the chains used to `used`.
-fn serve_rounds(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    mut round: impl FnMut(&mut Queue, &mut usize) -> Result<usize, Served>,
-    used: &mut usize,
-) -> Served {
-    use virtio_queue::QueueT;
-    let mut budget = usize::from(queue.size()).max(1);
-    loop {
+    let (mut budget, mut used) = (usize::from(queue.size()).max(1), 0);
+    let outcome = 'serve: loop {
         let _ = queue.disable_notification(mem);
-        let mut popped = false;
+        let before = used;
         loop {
             match round(queue, &mut budget) {
                 Ok(0) => break,
-                Ok(n) => (popped, *used) = (true, *used + n),
-                Err(outcome) => return outcome,
+                Ok(n) => used += n,
+                Err(outcome) => break 'serve outcome,
             }
             if budget == 0 {
-                return Served::OutOfBudget;
+                break 'serve Served::OutOfBudget;
             }
         }
-        if !popped && ring_broken(queue, mem) {
-            return Served::BadRing;
+        if used == before && ring_broken(queue, mem) {
+            break Served::BadRing;
         }
         match queue.enable_notification(mem) {
             Ok(true) => continue,
-            Ok(false) => return Served::Done,
-            Err(_) => return Served::BadRing,
+            Ok(false) => break Served::Done,
+            Err(_) => break Served::BadRing,
         }
-    }
+    };
+    (outcome, used)
 }
 
 /// The parts of a device option (`--drive path=FILE,ro`, `--net tap=NAME`): each key with its
