@@ -56,6 +56,7 @@ impl Drop for RawMode {
 /// whose seccomp filters allow a vCPU or the event loop no terminal or signal calls, so the
 /// supervisor does the rest (devices stopped, vsock's socket file removed, the terminal
 /// restored) and then the process dies by the same signal ([`die_by`]).
+///
 /// A second signal while the stop is under way ends the process at once (`_exit`, which
 /// every filter allows), as a user pressing Ctrl-C again or a service manager insisting
 /// expects.
@@ -75,7 +76,8 @@ extern "C" fn ask_to_stop(sig: libc::c_int) {
 pub fn stop_on_signals(stop: Arc<StopSignal>) {
     let _ = STOP.set(stop);
     for sig in SIGNALS {
-        // SAFETY: the handler makes one atomic store and nothing else.
+        // SAFETY: the handler makes atomic stores and, on a second signal, calls `_exit`:
+        // both async-signal-safe.
         unsafe { libc::signal(sig, ask_to_stop as *const () as libc::sighandler_t) };
     }
 }
